@@ -1,0 +1,163 @@
+"""``partreid`` command line: train, eval, demo, visualize, list. No logic of its own lives here."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import List, Optional
+
+
+def _overrides(args) -> List[str]:
+    return list(getattr(args, "overrides", []) or [])
+
+
+def cmd_train(args) -> int:
+    from .config import load_config
+    from .engine import train
+
+    cfg = load_config(args.config, _overrides(args))
+    resume = None if args.resume is None else (args.resume or "auto")
+    train(cfg, resume=resume)
+    return 0
+
+
+def _eval_overrides(args) -> List[str]:
+    over = _overrides(args)
+    if args.rerank:
+        over.append("eval.rerank=true")
+    if args.distance:
+        over.append(f"eval.distance={args.distance}")
+    if args.qe:
+        over.append(f"eval.query_expansion={args.qe}")
+    if args.test:
+        tests = []
+        for spec in args.test:
+            name, _, root = spec.partition("=")
+            if not root:
+                raise SystemExit(f"--test expects NAME=ROOT (e.g. manifest=../shared/data/classic/viper), got {spec!r}")
+            tests.append({"name": name, "root": root})
+        over.append("data.test=" + json.dumps(tests))
+    return over
+
+
+def cmd_eval(args) -> int:
+    from .config import load_config
+    from .engine.checkpoint import load_checkpoint, load_model_state
+    from .engine.trainer import load_data, model_kwargs, resolve_device, setup_logging
+    from .models import build_model
+    from .report import write_run_report
+
+    cfg = load_config(args.config, _eval_overrides(args))
+    out = args.out or cfg.output_dir
+    setup_logging(out)
+    ckpt = load_checkpoint(args.checkpoint)
+    device = resolve_device(cfg.train.device)
+    model = build_model(cfg.model["name"], int(ckpt.get("num_classes", 1)), **{
+        **model_kwargs(cfg), "pretrained": False}).to(device)
+    load_model_state(model, ckpt, args.checkpoint, cfg.model)
+    if args.only_test:
+        from .data import build_dataset
+        # evaluate only the extra --test sets: make the first of them the main one
+        first = cfg.data.test[0]
+        cfg.data.name, cfg.data.root = first["name"], first["root"]
+        cfg.data.options = first.get("options", {})
+        cfg.data.test = cfg.data.test[1:]
+        ds = build_dataset(cfg.data.name, cfg.data.root, **cfg.data.options)
+    else:
+        ds = load_data(cfg)
+    write_run_report(cfg, model, ds, device, cfg.train.amp and device.type == "cuda", out_dir=out)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    run_demo(args.out, model=args.model, epochs=args.epochs, seconds=args.seconds)
+    return 0
+
+
+def cmd_visualize(args) -> int:
+    from .visualize import visualize
+
+    visualize(args.what, args.config, args.checkpoint, args.out, args.num, _overrides(args))
+    return 0
+
+
+def cmd_list(args) -> int:
+    from .data import list_datasets
+    from .models import list_models, model_options
+
+    print("models:")
+    for m in list_models():
+        print(f"  {m}: " + ", ".join(f"{k}={v!r}" for k, v in model_options(m).items()))
+    print("data sets: " + ", ".join(list_datasets()))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="partreid", description="Part-based person re-identification.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a model from a config")
+    t.add_argument("-c", "--config", required=True, help="YAML config (configs/<model>/<data>.yaml)")
+    t.add_argument("--resume", nargs="?", const="", default=None, metavar="CKPT",
+                   help="continue from CKPT (default: OUTPUT_DIR/last.pth)")
+    t.add_argument("overrides", nargs="*", help="section.key=value overrides")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="evaluate a checkpoint")
+    e.add_argument("-c", "--config", required=True)
+    e.add_argument("--checkpoint", required=True)
+    e.add_argument("--out", help="report folder (default: the config's output_dir)")
+    e.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking")
+    e.add_argument("--distance", choices=["euclidean", "cosine"])
+    e.add_argument("--qe", choices=["none", "average", "alpha"], help="query expansion")
+    e.add_argument("--test", action="append", metavar="NAME=ROOT",
+                   help="also test on another data set (repeatable), e.g. manifest=../shared/data/classic/viper")
+    e.add_argument("--only-test", action="store_true",
+                   help="evaluate only the --test sets, not the config's own data set")
+    e.add_argument("overrides", nargs="*")
+    e.set_defaults(func=cmd_eval)
+
+    d = sub.add_parser("demo", help="generate a synthetic data set, train on the CPU, report")
+    d.add_argument("--out", default="partreid_demo", help="output folder (default: partreid_demo)")
+    d.add_argument("--model", default=None, help="model to train (default: cgpn, CPU-sized)")
+    d.add_argument("--epochs", type=int, default=None)
+    d.add_argument("--seconds", type=float, default=None,
+                   help="stop training after this many seconds (default: the demo's budget)")
+    d.set_defaults(func=cmd_demo)
+
+    v = sub.add_parser("visualize", help="draw figures of a trained model")
+    v.add_argument("what", choices=["activations", "ranked", "abp", "rp"],
+                   help="activations: per-part activation maps (CGPN Fig. 5); ranked: ranked lists; "
+                        "abp: activation balanced pooling borders; rp: original vs receptive-partition "
+                        "responses (RMGL Fig. 4)")
+    v.add_argument("-c", "--config", required=True)
+    v.add_argument("--checkpoint", required=True)
+    v.add_argument("--out", default=None, help="output PNG (default: in the run folder)")
+    v.add_argument("--num", type=int, default=6, help="number of images")
+    v.add_argument("overrides", nargs="*")
+    v.set_defaults(func=cmd_visualize)
+
+    ls = sub.add_parser("list", help="list models (with their options) and data sets")
+    ls.set_defaults(func=cmd_list)
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    from .config import ConfigError
+    from .engine.checkpoint import CheckpointError
+    from .data.io import UnreadableImageError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, CheckpointError, UnreadableImageError, FileNotFoundError, KeyError,
+            ValueError) as exc:
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"partreid {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""BoT: the strong global baseline (Luo et al., "Bag of Tricks and a Strong Baseline", 2019).
+
+backbone (last stride 1) -> GAP -> f_t (triplet) -> BNNeck -> f_i (classifier, test feature).
+"""
+from __future__ import annotations
+
+from typing import Dict
+
+import torch
+from torch import nn
+
+from .backbones import build_backbone
+from .parts import ReductionHead, pool2d
+from .registry import register_model
+
+
+@register_model("bot")
+class BoT(nn.Module):
+    """Global feature with BNNeck; CE on the BN feature's logits, triplet before BN.
+
+    Args:
+        num_classes: training identities.
+        backbone, pretrained, last_stride: see :func:`partreid.models.backbones.build_backbone`.
+        pooling: ``avg`` (GAP, the paper's) or ``max``.
+        test_feature: ``after_bn`` (the paper's) or ``before_bn``.
+    """
+
+    def __init__(self, num_classes: int, backbone: str = "resnet50", pretrained=False,
+                 last_stride: int = 1, pooling: str = "avg", test_feature: str = "after_bn"):
+        super().__init__()
+        if test_feature not in ("after_bn", "before_bn"):
+            raise ValueError(f"test_feature must be 'after_bn' or 'before_bn', got {test_feature!r}")
+        self.backbone = build_backbone(backbone, pretrained, last_stride)
+        self.pooling = pooling
+        self.test_feature = test_feature
+        self.head = ReductionHead(self.backbone.out_channels, num_classes, dim=None, relu=False)
+        self.head.reduction[0].bias.requires_grad_(False)  # BNNeck: no BN shift
+        self.feature_dim = self.backbone.out_channels
+
+    def forward(self, x: torch.Tensor):
+        fmap = self.backbone(x)
+        f_t = pool2d(fmap, self.pooling)
+        f_i, logits = self.head(f_t)
+        if self.training:
+            return {"logits": [logits], "triplet": [f_t]}
+        return f_i if self.test_feature == "after_bn" else f_t
+
+    @torch.no_grad()
+    def activation_maps(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Named N x h x w activation maps (mean of squared activations over channels)."""
+        return {"global": self.backbone(x).pow(2).mean(1)}
