@@ -73,7 +73,7 @@ def run_demo(out: str = "partreid_demo", model: Optional[str] = None,
     setup_logging(cfg.output_dir)
     log.info("partreid demo: model %s; output in %s", model, os.path.abspath(out))
     ds = build_dataset(cfg.data.name, cfg.data.root)  # generates the synthetic set the first time
-    log.info("synthetic data set ready in %.1f s\n%s", time.time() - start, ds.summary())
+    log.info("synthetic data set ready in %.1f s", time.time() - start)
 
     # The same initial weights the training run starts from (the trainer seeds with cfg.seed).
     torch.manual_seed(cfg.seed)

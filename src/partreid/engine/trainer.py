@@ -61,8 +61,7 @@ def model_kwargs(cfg: Config) -> Dict[str, Any]:
 
 
 def load_data(cfg: Config):
-    ds = build_dataset(cfg.data.name, cfg.data.root, **cfg.data.options)
-    log.info("data set %s at %s\n%s", cfg.data.name, cfg.data.root, ds.summary())
+    ds = build_dataset(cfg.data.name, cfg.data.root, **cfg.data.options)  # logs its summary
     if cfg.data.verify_images:
         ds.verify()
     return ds

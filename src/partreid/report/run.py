@@ -34,7 +34,6 @@ def evaluate_run(cfg, model, ds, device, use_amp: bool = False, out_dir: Optiona
             raise ValueError(f"data.test entries need 'name' and 'root' (and optional 'options'); "
                              f"got {spec}")
         extra = build_dataset(spec["name"], spec["root"], **spec.get("options", {}))
-        log.info("test set %s at %s\n%s", spec["name"], spec["root"], extra.summary())
         sets.append((spec["name"], extra))
     result: Dict[str, Any] = {}
     for i, (name, d) in enumerate(sets):
