@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import List, Optional
 
@@ -148,12 +149,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     from .config import ConfigError
     from .engine.checkpoint import CheckpointError
     from .data.io import UnreadableImageError
+    from .models.backbones import PretrainedWeightsError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, CheckpointError, UnreadableImageError, FileNotFoundError, KeyError,
-            ValueError) as exc:
+    except (ConfigError, CheckpointError, UnreadableImageError, PretrainedWeightsError,
+            FileNotFoundError, KeyError, ValueError) as exc:
+        if os.environ.get("PARTREID_DEBUG"):
+            raise
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"partreid {args.command}: error: {msg}", file=sys.stderr)
         return 2

@@ -25,7 +25,9 @@ def read_image(path: str) -> Image.Image:
         with Image.open(path) as img:
             return img.convert("RGB")
     except Exception as exc:  # PIL raises several types for corrupt files
-        raise UnreadableImageError(f"cannot read image {path}: {exc}") from exc
+        raise UnreadableImageError(
+            f"cannot read image {path}: {exc}. To list every unreadable image of the data set at "
+            "once, run with data.verify_images=true.") from exc
 
 
 def find_unreadable(paths: Sequence[str]) -> List[Tuple[str, str]]:

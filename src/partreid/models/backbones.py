@@ -40,6 +40,10 @@ BACKBONES = ("resnet18", "resnet34", "resnet50", "mobilenet_v2")
 Pretrained = Union[bool, str, None]
 
 
+class PretrainedWeightsError(RuntimeError):
+    """Pretrained weights could not be obtained (offline, no file)."""
+
+
 class Backbone(nn.Module):
     """``stem`` + four ``stages`` with known channels and strides per stage."""
 
@@ -185,7 +189,7 @@ def _load_pretrained(bb: Backbone, pretrained: Pretrained) -> None:
     try:
         state = weights.get_state_dict(progress=False)
     except Exception as exc:  # offline, proxy, ...
-        raise RuntimeError(
+        raise PretrainedWeightsError(
             f"could not get ImageNet weights for {bb.name} from torchvision ({type(exc).__name__}: "
             f"{exc}). Without internet, download {weights.url} elsewhere and pass its path as "
             "model.pretrained=/path/to/file.pth (for MobileNetV2 on the dev machine: "
