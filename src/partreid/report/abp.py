@@ -1,0 +1,49 @@
+"""Activation balanced pooling borders drawn over images (RMGL, Sec. III-C)."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from ..data.io import Item, read_image  # noqa: E402
+from .activations import _denormalize  # noqa: E402
+
+COLOURS = ["#ff3030", "#30c0ff", "#ffd020", "#50ff50", "#ff50ff", "#ffffff"]
+
+
+@torch.no_grad()
+def draw_abp_borders(model, items: Sequence[Item], transform, device, path: str,
+                     mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)) -> str:
+    """One row per image, one panel per branch: the image with that branch's ABP stripe borders
+    (uniform stripes dashed for comparison)."""
+    if not hasattr(model, "abp_borders"):
+        raise ValueError(f"model {type(model).__name__} has no activation balanced pooling "
+                         "(use an RMGL or PCB config with model.abp=true)")
+    model.eval()
+    images = torch.stack([transform(read_image(p)) for p, _, _ in items]).to(device)
+    borders = model.abp_borders(images, image_rows=True)
+    names = list(borders)
+    h = images.shape[-2]
+    fig, axes = plt.subplots(len(items), len(names),
+                             figsize=(1.5 * len(names), 2.8 * len(items)), squeeze=False)
+    for r in range(len(items)):
+        img = _denormalize(images[r], mean, std)
+        for c, name in enumerate(names):
+            ax = axes[r, c]
+            ax.imshow(img)
+            b = borders[name][r].tolist()
+            k = len(b) - 1
+            for i in range(1, k):
+                ax.axhline(h * i / k - 0.5, color="white", lw=0.8, ls="--")
+                ax.axhline(b[i] - 0.5, color=COLOURS[i % len(COLOURS)], lw=2)
+            if r == 0:
+                ax.set_title(f"ABP {name}", fontsize=7)
+            ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
