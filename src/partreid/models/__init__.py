@@ -3,7 +3,7 @@ from .backbones import Backbone, build_backbone
 from .registry import build_model, list_models, model_options, register_model
 
 # Importing a model module registers it.
-from . import bot  # noqa: F401
+from . import bot, cgpn, mgn, pcb, rmgl  # noqa: F401
 
 __all__ = ["Backbone", "build_backbone", "build_model", "list_models", "model_options",
            "register_model"]

@@ -1,0 +1,114 @@
+"""MGN baseline: 8 features / 2048-d, branch strides, stripe pooling, configs, parameter count."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import partreid.models.mgn  # noqa: F401  (registers "mgn")
+from partreid.models import build_model
+from partreid.models.mgn import MGN
+from partreid.models.parts import ReductionHead
+
+from .test_cgpn import RowMap, head, resnet50_parts
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIGS = sorted((REPO / "configs" / "mgn").rglob("*.yaml"))
+NUM_CLASSES = 7
+
+
+def small_mgn(**kw) -> MGN:
+    torch.manual_seed(0)
+    return MGN(NUM_CLASSES, backbone=kw.pop("backbone", "mobilenet_v2"), **kw)
+
+
+@pytest.mark.parametrize("size", [(384, 128), (200, 96)])
+def test_test_feature_is_8_x_256(size):
+    model = small_mgn().eval()
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, *size)).shape == (2, 2048) == (2, model.feature_dim)
+    heads = [m for m in model.modules() if isinstance(m, ReductionHead)]
+    assert len(heads) == 8 and all(h.classifier.out_features == NUM_CLASSES for h in heads)
+
+
+def test_train_outputs():
+    model = small_mgn().train()
+    out = model(torch.randn(4, 3, 128, 64))
+    assert len(out["logits"]) == 8 and all(z.shape == (4, NUM_CLASSES) for z in out["logits"])
+    assert [f.shape for f in out["triplet"]] == [(4, 1280)] * 3      # pooled global features
+    assert out["mse"] == []
+    reduced = small_mgn(triplet_on="reduced").train()(torch.randn(4, 3, 128, 64))
+    assert [f.shape for f in reduced["triplet"]] == [(4, 256)] * 3
+
+
+def test_global_branch_downsamples_and_starts_from_the_same_weights():
+    model = small_mgn().train()
+    g, p2 = model.branches[0].layers.state_dict(), model.branches[1].layers.state_dict()
+    assert g.keys() == p2.keys() and all(torch.equal(g[k], p2[k]) for k in g)
+    assert g[next(iter(g))].data_ptr() != p2[next(iter(p2))].data_ptr()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    maps = model.activation_maps(torch.randn(1, 3, 128, 64))
+    assert maps["branch_G"].shape == (1, 4, 2)                        # stride 32
+    assert maps["branch_P2"].shape == maps["branch_P3"].shape == (1, 8, 4)   # stride 16
+    assert model.training and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    same = small_mgn(global_last_stride=1).activation_maps(torch.randn(1, 3, 128, 64))
+    assert same["branch_G"].shape == (1, 8, 4)
+
+
+def test_stripes_pool_their_rows():
+    model = small_mgn().train()
+    model.trunk = nn.Identity()
+    for branch in model.branches:
+        branch.layers = RowMap(1280)
+    shared = torch.zeros(2, 3, 13, 4)
+    for branch, k in zip(model.branches[1:], (2, 3)):
+        zg, zp = branch(shared)
+        assert zg[0, 0].item() == 12 and zg[0, 1].item() == 0
+        for z, rows in zip(zp, np.array_split(np.arange(13), k)):
+            assert z[0, 0].item() == rows.max() and -z[0, 1].item() == rows.min()
+
+
+def test_invalid_switch_names_the_key():
+    with pytest.raises(ValueError, match="model.triplet_on"):
+        small_mgn(triplet_on="logits")
+    with pytest.raises(ValueError, match="model.parts"):
+        small_mgn(parts=3)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_config_builds_mgn(path):
+    from partreid.config import load_config
+
+    cfg = load_config(str(path))
+    model_cfg = dict(cfg.model)
+    assert model_cfg.pop("name") == "mgn"
+    assert (model_cfg["last_stride"], model_cfg["global_last_stride"]) == (1, 2)
+    model_cfg.update(backbone="mobilenet_v2", pretrained=False)
+    model = build_model("mgn", NUM_CLASSES, **model_cfg).train()
+    out = model(torch.randn(2, 3, 128, 64))
+    assert (len(out["logits"]), len(out["triplet"]), len(out["mse"])) == (8, 3, 0)
+
+
+def test_mgn_paper_recipe():
+    from partreid.config import load_config
+
+    cfg = load_config(str(REPO / "configs" / "mgn" / "market1501.yaml"))
+    assert (cfg.input.height, cfg.input.width, cfg.sampler.p, cfg.sampler.k) == (384, 128, 4, 4)
+    assert (cfg.optim.lr, cfg.optim.weight_decay) == (0.01, 5e-4)
+    assert (cfg.schedule.epochs, cfg.schedule.milestones) == (80, [40, 60])
+    assert {t["type"]: t.get("margin") for t in cfg.losses}["triplet"] == 1.2
+
+
+def test_parameter_count_resnet50():
+    nc, c = 751, 2048
+    trunk, rest = resnet50_parts()
+    expected = trunk + 3 * rest + 8 * head(c, nc)
+    model = MGN(nc, backbone="resnet50")
+    assert sum(p.numel() for p in model.parameters()) == expected
+    assert sum(isinstance(m, nn.Linear) for m in model.modules()) == 8
+    model.eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 128, 64)).shape == (1, 2048)
