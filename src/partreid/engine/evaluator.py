@@ -47,9 +47,9 @@ def distances(qf: torch.Tensor, gf: torch.Tensor, cfg) -> torch.Tensor:
     if cfg.normalize:
         qf, gf = torch.nn.functional.normalize(qf, dim=1), torch.nn.functional.normalize(gf, dim=1)
     if cfg.query_expansion == "average":
-        qf = M.average_query_expansion(qf, gf, k=cfg.qe_k)
+        qf, gf = M.average_query_expansion(qf, gf, k=cfg.qe_k)
     elif cfg.query_expansion == "alpha":
-        qf = M.alpha_query_expansion(qf, gf, k=cfg.qe_k, alpha=cfg.qe_alpha)
+        qf, gf = M.alpha_query_expansion(qf, gf, k=cfg.qe_k, alpha=cfg.qe_alpha)
     elif cfg.query_expansion != "none":
         raise ValueError(f"eval.query_expansion: unknown {cfg.query_expansion!r}; "
                          "valid: none, average, alpha")

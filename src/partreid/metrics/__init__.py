@@ -1,0 +1,21 @@
+"""Evaluation metrics (CMC / mAP / mINP), distances, k-reciprocal re-ranking and query expansion.
+
+This package knows nothing about models or data sets: every function takes numpy arrays or
+torch tensors.
+"""
+from __future__ import annotations
+
+from .distance import compute_distance
+from .query_expansion import alpha_query_expansion, average_query_expansion
+from .rank import evaluate_cuhk03_single_gallery_shot, evaluate_rank
+from .rerank import re_rank, re_rank_features
+
+__all__ = [
+    "compute_distance",
+    "evaluate_rank",
+    "evaluate_cuhk03_single_gallery_shot",
+    "re_rank",
+    "re_rank_features",
+    "average_query_expansion",
+    "alpha_query_expansion",
+]

@@ -1,0 +1,340 @@
+"""Ranking metrics for re-identification: CMC, mAP and mINP (single-query protocol).
+
+The protocol (Market-1501 / DukeMTMC / MSMT17 style), for each query:
+
+* gallery items with the same identity AND the same camera as the query are ignored ("junk");
+  a camera id of ``-1`` means "unknown camera" and disables this filter for the pair;
+* the remaining ("valid") gallery items are ordered by distance, ties broken by gallery
+  index (i.e. a stable sort), and the valid items with the query's identity are the true
+  matches;
+* a query without any true match is skipped (and counted in ``num_skipped_queries``).
+
+With the 0-based ranks ``r_1 < ... < r_n`` of the ``n`` true matches in that ordering:
+``AP = mean_k k / (r_k + 1)``, ``INP = n / (r_n + 1)`` and ``CMC[t] = [r_1 <= t]``.
+
+The implementation never sorts the whole query x gallery matrix.  For a chunk of queries it
+keeps only the gallery items not farther than the query's hardest true match (every item
+ranked before some true match is among them), sorts those few items by (distance, index) and
+reads the ranks of the true matches off that order.  When most of the chunk lies before the
+hardest match (a weak model), it instead buckets every item between the query's sorted match
+distances (``searchsorted``) and counts - linear in the chunk, with exact index tie-breaking.
+All work is torch tensor code on the device of ``distmat`` (a CUDA tensor is evaluated on its
+GPU); memory is bounded by the chunk.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict
+
+import torch
+
+from .distance import ArrayLike, as_tensor, chunks, single_thread_on_cpu
+
+__all__ = ["evaluate_rank", "evaluate_cuhk03_single_gallery_shot"]
+
+# elements of the query x gallery matrix handled at once when chunk_size is not given
+_DEFAULT_CHUNK_ELEMENTS = 1 << 23
+# above this fraction of the chunk lying before the hardest match, bucket instead of sorting
+_DENSE_FRACTION = 0.1
+
+
+@dataclass
+class _Problem:
+    """Validated inputs plus the per-query list of same-identity gallery items."""
+
+    dist: torch.Tensor  # (Q, G) floating
+    q_pids: torch.Tensor
+    g_pids: torch.Tensor
+    uniq_pids: torch.Tensor  # sorted unique gallery pids
+    id_start: torch.Tensor  # start of each identity in g_order
+    id_count: torch.Tensor  # number of gallery items of each identity
+    g_order: torch.Tensor  # gallery indices sorted by (pid, index)
+    q_id: torch.Tensor  # index of the query's pid in uniq_pids (clamped; see q_count)
+    same_id: torch.Tensor  # (Q, S) gallery indices with the query's pid, padded with 0
+    match: torch.Tensor  # (Q, S) bool: same pid, valid (a true match)
+    junk: torch.Tensor  # (Q, S) bool: same pid and same known camera (ignored)
+    n_match: torch.Tensor  # (Q,) number of true matches
+
+
+def _as_ids(x: Any, name: str, n: int, device: torch.device) -> torch.Tensor:
+    t, _ = as_tensor(x, name)
+    t = t.reshape(-1) if t.dim() > 1 and t.numel() == n else t
+    if t.dim() != 1 or t.shape[0] != n:
+        raise ValueError(f"{name}: expected a 1-D array of length {n} (matching distmat), got shape {tuple(t.shape)}")
+    if t.is_floating_point():
+        if not torch.equal(t, t.round()):
+            raise ValueError(f"{name}: expected integer ids, got non-integer values")
+    return t.to(device=device, dtype=torch.int64)
+
+
+def _prepare(distmat: ArrayLike, q_pids, g_pids, q_camids, g_camids) -> _Problem:
+    dist, _ = as_tensor(distmat, "distmat")
+    if dist.dim() != 2:
+        raise ValueError(f"distmat: expected a 2-D (num_query, num_gallery) matrix, got shape {tuple(dist.shape)}")
+    num_q, num_g = dist.shape
+    if num_q == 0 or num_g == 0:
+        raise ValueError(f"distmat: empty query or gallery (shape {tuple(dist.shape)})")
+    if not dist.is_floating_point():
+        dist = dist.to(torch.float64)
+    elif dist.dtype in (torch.float16, torch.bfloat16):
+        dist = dist.float()
+    dev = dist.device
+    qp = _as_ids(q_pids, "q_pids", num_q, dev)
+    gp = _as_ids(g_pids, "g_pids", num_g, dev)
+    qc = _as_ids(q_camids, "q_camids", num_q, dev)
+    gc = _as_ids(g_camids, "g_camids", num_g, dev)
+
+    g_order = torch.argsort(gp, stable=True)
+    uniq, counts = torch.unique_consecutive(gp[g_order], return_counts=True)
+    starts = torch.cumsum(counts, 0) - counts
+    pos = torch.searchsorted(uniq, qp).clamp_(max=uniq.numel() - 1)
+    found = uniq[pos] == qp
+    q_count = torch.where(found, counts[pos], torch.zeros_like(pos))
+    width = max(int(q_count.max()), 1)
+    offs = torch.arange(width, device=dev)
+    in_seg = offs.unsqueeze(0) < q_count.unsqueeze(1)
+    slot = (starts[pos].unsqueeze(1) + offs.unsqueeze(0)).clamp_(max=num_g - 1)
+    same_id = torch.where(in_seg, g_order[slot], torch.zeros_like(slot))
+    junk = in_seg & (gc[same_id] == qc.unsqueeze(1)) & (qc.unsqueeze(1) != -1)
+    match = in_seg & ~junk
+    return _Problem(dist, qp, gp, uniq, starts, counts, g_order, pos, same_id, match, junk, match.sum(1))
+
+
+def _chunk_rows(chunk_size: int | None, num_g: int) -> int:
+    if chunk_size is None:
+        return max(1, _DEFAULT_CHUNK_ELEMENTS // num_g)
+    if int(chunk_size) < 1:
+        raise ValueError(f"chunk_size: expected a positive number of query rows, got {chunk_size}")
+    return int(chunk_size)
+
+
+def _segment_starts(sorted_rows: torch.Tensor, n_rows: int) -> torch.Tensor:
+    """Start offset of each row's segment in a row-sorted flat list."""
+    counts = torch.bincount(sorted_rows, minlength=n_rows)
+    return torch.cumsum(counts, 0) - counts
+
+
+def _match_ranks_dense(dc: torch.Tensor, same: torch.Tensor, match: torch.Tensor, junk: torch.Tensor,
+                       n_match: torch.Tensor):
+    """Same result as :func:`_match_ranks`, by bucketing every item between the sorted matches.
+
+    Used when most of the gallery lies before the hardest match (sorting it would cost more):
+    ``pos_j`` = number of match distances below ``d_j`` (one ``searchsorted`` per row), a
+    histogram of ``pos`` gives, for the k-th match, the number of items with ``d <= t_k``;
+    items tied with a match distance are then corrected by gallery index, and junk removed.
+    """
+    c, num_g = dc.shape
+    dev = dc.device
+    ds = dc.gather(1, same)
+    inf = torch.tensor(float("inf"), dtype=dc.dtype, device=dev)
+    # the matches of each row sorted by (distance, index); padding (+inf, index num_g) last
+    key = torch.where(match, ds, inf)
+    order = torch.argsort(key, dim=1, stable=True)
+    order = order.gather(1, torch.argsort((~match.gather(1, order)).to(torch.int8), dim=1, stable=True))
+    t_val = key.gather(1, order).contiguous()
+    t_idx = torch.where(match.gather(1, order), same.gather(1, order), torch.full_like(same, num_g))
+    m = t_val.shape[1]
+    pos = torch.searchsorted(t_val, dc)  # (c, G): match distances strictly below each item
+    # items tied with a match distance (the matches themselves at least)
+    tie_r, tie_j = torch.nonzero(t_val.gather(1, pos.clamp(max=m - 1)) == dc, as_tuple=True)
+    pos += torch.arange(c, device=dev).unsqueeze(1) * (m + 1)
+    before = torch.bincount(pos.view(-1), minlength=c * (m + 1)).view(c, m + 1).cumsum(1)[:, :m].contiguous()
+    del pos
+    # before[r, k] = #{j: d_j <= t_k}; remove the tied items that come after the match by index
+    tv = dc[tie_r, tie_j]
+    late = (t_val[tie_r] == tv.unsqueeze(1)) & (t_idx[tie_r] <= tie_j.unsqueeze(1))  # (ties, m)
+    lr, lk = torch.nonzero(late, as_tuple=True)
+    before.view(-1).index_add_(0, tie_r[lr] * m + lk, torch.full_like(lr, -1))
+    # junk items (same identity, same camera) before each match
+    dj = torch.where(junk, ds, inf).unsqueeze(2)
+    jb = junk.unsqueeze(2) & ((dj < t_val.unsqueeze(1)) | ((dj == t_val.unsqueeze(1)) & (same.unsqueeze(2) < t_idx.unsqueeze(1))))
+    rank = before - jb.sum(1)
+    k = torch.arange(1, m + 1, device=dev).expand(c, m)
+    real = k <= n_match.unsqueeze(1)
+    rows = torch.arange(c, device=dev).unsqueeze(1).expand(c, m)
+    return rows[real], k[real], rank[real]
+
+
+def _match_ranks(p: _Problem, a: int, b: int):
+    """Ranks of the true matches of queries ``a:b``.
+
+    Returns ``(rows, k, ranks)`` for every true match, sorted by (row, rank): local query row,
+    1-based index ``k`` of the match in its query's ordering, and its 0-based rank among the
+    valid gallery items.
+    """
+    dc = p.dist[a:b].contiguous()
+    c, num_g = dc.shape
+    if torch.isnan(dc.amax()):  # max propagates NaN: one cheap reduction per chunk
+        raise ValueError("distmat: contains NaN distances; rankings are undefined")
+    same, match, junk = p.same_id[a:b], p.match[a:b], p.junk[a:b]
+    ds = dc.gather(1, same)
+    neg_inf = torch.tensor(float("-inf"), dtype=dc.dtype, device=dc.device)
+    thr = torch.where(match, ds, neg_inf).amax(1)
+    # every item ranked before some true match is not farther than the hardest match
+    flat = torch.nonzero((dc <= thr.unsqueeze(1)).view(-1)).squeeze(1)
+    if flat.numel() > _DENSE_FRACTION * dc.numel():  # hard problem: most items selected
+        return _match_ranks_dense(dc, same, match, junk, p.n_match[a:b])
+    rows = torch.div(flat, num_g, rounding_mode="floor")
+    keep = p.n_match[a:b][rows] > 0  # rows without a match select only -inf entries, if any
+    flat, rows = flat[keep], rows[keep]
+    if flat.numel() == 0:
+        return rows, rows, rows
+    vals = dc.view(-1)[flat]
+    # flag the selected items: 1 = true match, 2 = junk (ignored)
+    flags = torch.zeros(c * num_g, dtype=torch.int8, device=dc.device)
+    base = torch.arange(c, device=dc.device).unsqueeze(1) * num_g
+    flags[(base + same)[match]] = 1
+    flags[(base + same)[junk]] = 2
+    f = flags[flat]
+    # order by (row, distance, gallery index): flat is already in (row, index) order
+    order = torch.argsort(vals, stable=True)
+    order = order[torch.argsort(rows[order], stable=True)]
+    rows, f = rows[order], f[order]
+    valid = (f != 2).to(torch.int64)
+    before = torch.cumsum(valid, 0) - valid  # valid items before each element (global)
+    starts = _segment_starts(rows, c)
+    rank = before - before[starts.clamp(max=before.numel() - 1)][rows]
+    is_match = f == 1
+    m_rows, m_rank = rows[is_match], rank[is_match]
+    k = torch.arange(m_rows.numel(), device=dc.device) - _segment_starts(m_rows, c)[m_rows] + 1
+    return m_rows, k, m_rank
+
+
+def evaluate_rank(
+    distmat: ArrayLike,
+    q_pids: ArrayLike,
+    g_pids: ArrayLike,
+    q_camids: ArrayLike,
+    g_camids: ArrayLike,
+    max_rank: int = 50,
+    chunk_size: int | None = None,
+) -> Dict[str, Any]:
+    """CMC, mAP and mINP of a query x gallery distance matrix (single-query protocol).
+
+    Args:
+        distmat: ``(Q, G)`` distances (numpy or torch; a CUDA tensor is evaluated on its GPU).
+        q_pids, g_pids, q_camids, g_camids: integer identity / camera ids; camera ``-1`` is
+            unknown and disables the same-camera filter for that query-gallery pair.
+        max_rank: length of the CMC curve.  If it exceeds the gallery size the curve is
+            padded with its last value (1.0): a valid query always has its first match within
+            the gallery.
+        chunk_size: query rows per chunk (default: about 8M matrix elements per chunk).
+
+    On the CPU the work runs with one torch thread (restored afterwards): it is memory-bound,
+    and intra-op threads only added synchronisation cost in our measurements.
+
+    Returns a dict: ``cmc`` (float64 array of length ``max_rank``, fractions of valid
+    queries), ``mAP`` and ``mINP`` (floats in [0, 1]), ``num_valid_queries`` and
+    ``num_skipped_queries`` (queries without any valid true match).  Ties in distance are
+    broken by gallery index.  Raises ``ValueError`` if no query has a valid match.
+    """
+    if int(max_rank) < 1:
+        raise ValueError(f"max_rank: expected a positive integer, got {max_rank}")
+    dist, _ = as_tensor(distmat, "distmat")
+    with single_thread_on_cpu(dist.device):
+        return _evaluate_rank(dist, q_pids, g_pids, q_camids, g_camids, int(max_rank), chunk_size)
+
+
+def _evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int, chunk_size) -> Dict[str, Any]:
+    p = _prepare(distmat, q_pids, g_pids, q_camids, g_camids)
+    num_q, num_g = p.dist.shape
+    dev = p.dist.device
+    ap_sum = torch.zeros((), dtype=torch.float64, device=dev)
+    inp_sum = torch.zeros((), dtype=torch.float64, device=dev)
+    hist = torch.zeros(max_rank + 1, dtype=torch.int64, device=dev)
+    for a, b in chunks(num_q, _chunk_rows(chunk_size, num_g)):
+        rows, k, rank = _match_ranks(p, a, b)
+        if rows.numel() == 0:
+            continue
+        n = p.n_match[a:b][rows]
+        rank_f = rank.to(torch.float64)
+        ap_sum += (k.to(torch.float64) / (rank_f + 1) / n.to(torch.float64)).sum()
+        last = k == n
+        inp_sum += (n[last].to(torch.float64) / (rank_f[last] + 1)).sum()
+        hist += torch.bincount(rank[k == 1].clamp(max=max_rank), minlength=max_rank + 1)
+    num_valid = int((p.n_match > 0).sum())
+    if num_valid == 0:
+        raise ValueError(
+            "evaluate_rank: no query has a valid true match in the gallery (check that q_pids/g_pids "
+            "share identities and that not every match is filtered out by q_camids/g_camids)"
+        )
+    cmc = torch.cumsum(hist[:max_rank], 0).to(torch.float64) / num_valid
+    return {
+        "cmc": cmc.cpu().numpy(),
+        "mAP": float(ap_sum) / num_valid,
+        "mINP": float(inp_sum) / num_valid,
+        "num_valid_queries": num_valid,
+        "num_skipped_queries": num_q - num_valid,
+    }
+
+
+def evaluate_cuhk03_single_gallery_shot(
+    distmat: ArrayLike,
+    q_pids: ArrayLike,
+    g_pids: ArrayLike,
+    q_camids: ArrayLike,
+    g_camids: ArrayLike,
+    max_rank: int = 50,
+    repeats: int = 10,
+    seed: int = 0,
+) -> Dict[str, Any]:
+    """The classic CUHK03 "single-gallery-shot" CMC, with the standard mAP and mINP.
+
+    For each query (junk = same identity and same known camera removed, as in
+    :func:`evaluate_rank`) and each of ``repeats`` rounds, one gallery image is drawn uniformly
+    at random for every gallery identity (for the query's own identity: one of its valid true
+    matches).  The CMC counts whether that drawn true match is within the top ``t`` of the drawn
+    images (ties by gallery index), averaged over rounds and valid queries.  Draws are
+    independent per query and round and reproducible from ``seed`` (they are made on the CPU,
+    so the result does not depend on the device).  ``mAP`` and ``mINP`` are computed on the full
+    gallery exactly as in :func:`evaluate_rank` (that is what the classic code reports too).
+
+    Returns a dict with ``cmc``, ``mAP``, ``mINP``, ``num_valid_queries``,
+    ``num_skipped_queries`` and ``repeats``.
+    """
+    if int(repeats) < 1:
+        raise ValueError(f"repeats: expected a positive integer, got {repeats}")
+    repeats, max_rank = int(repeats), int(max_rank)
+    standard = evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=max_rank)
+    dist, _ = as_tensor(distmat, "distmat")
+    with single_thread_on_cpu(dist.device):
+        return _single_gallery_shot(standard, dist, q_pids, g_pids, q_camids, g_camids, max_rank, repeats, seed)
+
+
+def _single_gallery_shot(standard, distmat, q_pids, g_pids, q_camids, g_camids, max_rank, repeats, seed):
+    p = _prepare(distmat, q_pids, g_pids, q_camids, g_camids)
+    num_q, num_g = p.dist.shape
+    dev = p.dist.device
+    n_ids = p.uniq_pids.numel()
+    gen = torch.Generator().manual_seed(int(seed))
+    # each query's true matches, compacted to the front of its row
+    front = torch.argsort((~p.match).to(torch.int8), dim=1, stable=True)
+    matches = p.same_id.gather(1, front)
+    hist = torch.zeros(max_rank + 1, dtype=torch.int64, device=dev)
+    rows_per_chunk = max(1, (1 << 22) // (repeats * n_ids))
+    ids = torch.arange(n_ids, device=dev)
+    for a, b in chunks(num_q, rows_per_chunk):
+        c = b - a
+        # random draws for every (query, round, identity) and for the query's own identity
+        u = torch.rand((c, repeats, n_ids), generator=gen, dtype=torch.float64).to(dev)
+        v = torch.rand((c, repeats), generator=gen, dtype=torch.float64).to(dev)
+        valid = p.n_match[a:b] > 0
+        member = (u * p.id_count).long().clamp_(max=p.id_count - 1)
+        drawn = p.g_order[p.id_start + member]  # (c, repeats, n_ids)
+        n = p.n_match[a:b].clamp(min=1).unsqueeze(1)
+        pick = (v * n).long().clamp_(max=n - 1)
+        m_idx = matches[a:b].gather(1, pick)  # (c, repeats) drawn true match
+        dc = p.dist[a:b]
+        d_drawn = dc.gather(1, drawn.view(c, -1)).view(c, repeats, n_ids)
+        d_m = dc.gather(1, m_idx).unsqueeze(2)
+        m_exp = m_idx.unsqueeze(2)
+        closer = (d_drawn < d_m) | ((d_drawn == d_m) & (drawn < m_exp))
+        other = (ids.view(1, 1, -1) != p.q_id[a:b].view(-1, 1, 1))
+        rank = (closer & other).sum(2)  # (c, repeats)
+        hist += torch.bincount(rank[valid].reshape(-1).clamp(max=max_rank), minlength=max_rank + 1)
+    num_valid = standard["num_valid_queries"]
+    cmc = torch.cumsum(hist[:max_rank], 0).to(torch.float64) / (num_valid * repeats)
+    out = dict(standard)
+    out["cmc"] = cmc.cpu().numpy()
+    out["repeats"] = repeats
+    return out
