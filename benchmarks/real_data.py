@@ -31,12 +31,34 @@ def mean_rate(run: Path) -> float:
     return sum(rates) / max(len(rates), 1)
 
 
+def evaluate_variant(row: dict, label: str, overrides: list, out: str) -> dict:
+    """Evaluate the trained model of ``row`` again with ``overrides`` (e.g. test-time ABP)."""
+    from partreid.config import load_config
+    from partreid.report import evaluate_run
+    from partreid.visualize import load_trained
+
+    run = f"{out}/{row['model']}"
+    over = overrides + [f"output_dir={run}", "train.progress=false"]
+    t0 = time.time()
+    cfg, model, ds, device = load_trained(row["config"], f"{run}/last.pth", over)
+    m = evaluate_run(cfg, model, ds, device, draw=False)
+    return {"model": label, "config": f"{row['config']} (trained as {row['model']}) {overrides[-1]}",
+            "rank1": m["rank1"], "rank5": m["rank5"], "mAP": m["mAP"], "mINP": m["mINP"],
+            "feature_dim": m["feature_dim"], "train_img_per_s": float("nan"),
+            "total_seconds": time.time() - t0, "epochs": row["epochs"]}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("configs", nargs="+", help="config files (name=path to label a row)")
     ap.add_argument("--epochs", type=int, default=None, help="override schedule.epochs for all")
     ap.add_argument("--out", default="runs/bench", help="folder for the runs and results.json")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for all")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch threads (0 = torch's default); 1 is faster when another job shares the cores")
+    ap.add_argument("--eval-variant", action="append", default=[], metavar="ROW:LABEL:KEY=VALUE",
+                    help="also evaluate the trained model of ROW with KEY=VALUE changed (e.g. "
+                         "rp_rsa:+ABP:model.abp=true), as a row of its own")
     args = ap.parse_args()
     if not (SHARED / "data").is_dir():
         print(f"shared data not found at {SHARED}/data; set PARTREID_SHARED", file=sys.stderr)
@@ -45,6 +67,10 @@ def main() -> int:
     from partreid.config import load_config
     from partreid.engine import train
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     os.chdir(ROOT)  # configs name ../shared relative to the repository root
     rows = []
     for spec in args.configs:
@@ -60,6 +86,12 @@ def main() -> int:
                      "mAP": m["mAP"], "mINP": m["mINP"], "feature_dim": m["feature_dim"],
                      "train_img_per_s": mean_rate(Path(cfg.output_dir)),
                      "total_seconds": time.time() - t0, "epochs": cfg.schedule.epochs})
+        with open(Path(args.out) / "results.json", "w") as f:
+            json.dump(rows, f, indent=2)
+    for spec in args.eval_variant:
+        base, label, kv = spec.split(":", 2)
+        row = next(r for r in rows if r["model"] == base)
+        rows.append(evaluate_variant(row, label, list(args.set) + [kv], args.out))
         with open(Path(args.out) / "results.json", "w") as f:
             json.dump(rows, f, indent=2)
     print()

@@ -31,12 +31,18 @@ def _eval_overrides(args) -> List[str]:
     if args.qe:
         over.append(f"eval.query_expansion={args.qe}")
     if args.test:
+        from .data.datasets import CLASSIC_PROTOCOLS
+
         tests = []
         for spec in args.test:
             name, _, root = spec.partition("=")
             if not root:
-                raise SystemExit(f"--test expects NAME=ROOT (e.g. manifest=../shared/data/classic/viper), got {spec!r}")
-            tests.append({"name": name, "root": root})
+                raise SystemExit(f"--test expects NAME=ROOT (e.g. viper=../shared/data/classic/viper), got {spec!r}")
+            if name in CLASSIC_PROTOCOLS:  # a classic set's manifest with its standard protocol
+                tests.append({"name": "manifest", "root": root, "label": name,
+                              "options": dict(CLASSIC_PROTOCOLS[name])})
+            else:
+                tests.append({"name": name, "root": root})
         over.append("data.test=" + json.dumps(tests))
     return over
 
@@ -59,11 +65,12 @@ def cmd_eval(args) -> int:
     if args.only_test:
         from .data import build_dataset
         # evaluate only the extra --test sets: make the first of them the main one
+        if not cfg.data.test:
+            raise ValueError("--only-test needs at least one --test NAME=ROOT")
         first = cfg.data.test[0]
-        cfg.data.name, cfg.data.root = first["name"], first["root"]
-        cfg.data.options = first.get("options", {})
+        cfg.data.name, cfg.data.root = first.get("label", first["name"]), first["root"]
         cfg.data.test = cfg.data.test[1:]
-        ds = build_dataset(cfg.data.name, cfg.data.root, **cfg.data.options)
+        ds = build_dataset(first["name"], first["root"], **first.get("options", {}))
     else:
         ds = load_data(cfg)
     write_run_report(cfg, model, ds, device, cfg.train.amp and device.type == "cuda", out_dir=out)
@@ -114,7 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--distance", choices=["euclidean", "cosine"])
     e.add_argument("--qe", choices=["none", "average", "alpha"], help="query expansion")
     e.add_argument("--test", action="append", metavar="NAME=ROOT",
-                   help="also test on another data set (repeatable), e.g. manifest=../shared/data/classic/viper")
+                   help="also test on another data set (repeatable): a data set name (market1501, "
+                        "manifest, ...) or a classic set with its standard protocol (viper, prid, grid, "
+                        "ilid, caviar4reid), e.g. viper=../shared/data/classic/viper")
     e.add_argument("--only-test", action="store_true",
                    help="evaluate only the --test sets, not the config's own data set")
     e.add_argument("overrides", nargs="*")

@@ -29,12 +29,12 @@ def evaluate_run(cfg, model, ds, device, use_amp: bool = False, out_dir: Optiona
     tf = test_transform(cfg)
     sets = [(cfg.data.name, ds)]
     for spec in cfg.data.test:
-        unknown = sorted(set(spec) - {"name", "root", "options"})
+        unknown = sorted(set(spec) - {"name", "root", "options", "label"})
         if unknown or "name" not in spec or "root" not in spec:
-            raise ValueError(f"data.test entries need 'name' and 'root' (and optional 'options'); "
-                             f"got {spec}")
+            raise ValueError(f"data.test entries need 'name' and 'root' (optional: 'options', "
+                             f"'label'); got {spec}")
         extra = build_dataset(spec["name"], spec["root"], **spec.get("options", {}))
-        sets.append((spec["name"], extra))
+        sets.append((spec.get("label", spec["name"]), extra))
     result: Dict[str, Any] = {}
     for i, (name, d) in enumerate(sets):
         m, distmat = evaluate(model, d.query, d.gallery, tf, cfg.eval, device,
