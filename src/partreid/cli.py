@@ -80,7 +80,7 @@ def cmd_eval(args) -> int:
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
-    run_demo(args.out, model=args.model, epochs=args.epochs, seconds=args.seconds)
+    run_demo(args.out, model=args.model, epochs=args.epochs)
     return 0
 
 
@@ -133,8 +133,6 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="partreid_demo", help="output folder (default: partreid_demo)")
     d.add_argument("--model", default=None, help="model to train (default: cgpn, CPU-sized)")
     d.add_argument("--epochs", type=int, default=None)
-    d.add_argument("--seconds", type=float, default=None,
-                   help="stop training after this many seconds (default: the demo's budget)")
     d.set_defaults(func=cmd_demo)
 
     v = sub.add_parser("visualize", help="draw figures of a trained model")
