@@ -13,11 +13,49 @@ from partreid.models import build_model
 from partreid.models.mgn import MGN
 from partreid.models.parts import ReductionHead
 
-from .test_cgpn import RowMap, head, resnet50_parts
-
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((REPO / "configs" / "mgn").rglob("*.yaml"))
 NUM_CLASSES = 7
+
+
+class RowMap(nn.Module):
+    """Stands in for a branch: an N x c x H x W map with channel 0 = row index, 1 = -row index."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.channels = channels
+
+    def forward(self, x):
+        n, _, h, w = x.shape
+        rows = torch.arange(h, dtype=torch.float32).view(1, 1, h, 1).expand(n, 1, h, w)
+        out = torch.zeros(n, self.channels, h, w)
+        out[:, :1] = rows
+        out[:, 1:2] = -rows
+        return out
+
+
+def bottleneck(cin: int, mid: int, cout: int, downsample: bool) -> int:
+    """Parameters of a ResNet bottleneck: 1x1, 3x3, 1x1 convs (no bias) + BN (2 per channel)."""
+    n = cin * mid + 9 * mid * mid + mid * cout + 2 * (mid + mid + cout)
+    return n + (cin * cout + 2 * cout if downsample else 0)
+
+
+def resnet50_parts():
+    """(trunk = conv1 .. layer3[0], rest = layer3[1:] + layer4) parameter counts."""
+    stem = 3 * 64 * 7 * 7 + 2 * 64
+    layer1 = bottleneck(64, 64, 256, True) + 2 * bottleneck(256, 64, 256, False)
+    layer2 = bottleneck(256, 128, 512, True) + 3 * bottleneck(512, 128, 512, False)
+    layer3_0 = bottleneck(512, 256, 1024, True)
+    layer3_rest = 5 * bottleneck(1024, 256, 1024, False)
+    layer4 = bottleneck(1024, 512, 2048, True) + 2 * bottleneck(2048, 512, 2048, False)
+    # 25,557,032 = torchvision's ResNet-50 with its 2048 -> 1000 fc
+    assert stem + layer1 + layer2 + layer3_0 + layer3_rest + layer4 + 2048 * 1000 + 1000 == 25_557_032
+    return stem + layer1 + layer2 + layer3_0, layer3_rest + layer4
+
+
+def head(cin: int, num_classes: int) -> int:
+    """1x1 conv cin -> 256 (no bias) + BN(256) + bias-free classifier 256 -> classes."""
+    return cin * 256 + 2 * 256 + 256 * num_classes
 
 
 def small_mgn(**kw) -> MGN:
@@ -40,8 +78,8 @@ def test_train_outputs():
     assert len(out["logits"]) == 8 and all(z.shape == (4, NUM_CLASSES) for z in out["logits"])
     assert [f.shape for f in out["triplet"]] == [(4, 1280)] * 3      # pooled global features
     assert out["mse"] == []
-    reduced = small_mgn(triplet_on="reduced").train()(torch.randn(4, 3, 128, 64))
-    assert [f.shape for f in reduced["triplet"]] == [(4, 256)] * 3
+    model.triplet_on = "reduced"
+    assert [f.shape for f in model(torch.randn(4, 3, 128, 64))["triplet"]] == [(4, 256)] * 3
 
 
 def test_global_branch_downsamples_and_starts_from_the_same_weights():

@@ -47,5 +47,11 @@ class BoT(nn.Module):
 
     @torch.no_grad()
     def activation_maps(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """Named N x h x w activation maps (mean of squared activations over channels)."""
-        return {"global": self.backbone(x).pow(2).mean(1)}
+        """Named N x h x w activation maps (mean of squared activations over channels).
+
+        Runs in eval mode so that BN running statistics stay untouched."""
+        was_training = self.training
+        self.eval()
+        maps = {"global": self.backbone(x).pow(2).mean(1)}
+        self.train(was_training)
+        return maps
