@@ -4,17 +4,21 @@ Usage:
     python benchmarks/rerank.py                 # Market-1501-sized (3,368 + 15,913 items, 2048-d)
     python benchmarks/rerank.py --msmt          # also MSMT17-sized (11,659 + 82,161): partreid only
     python benchmarks/rerank.py --threads 1     # torch intra-op threads in the workers
+    python benchmarks/rerank.py --methods re_rank_features,re_rank   # a subset (no reference)
 
-Methods, each in a fresh subprocess that loads the same saved features (peak memory is the
-process's ``ru_maxrss``):
+Methods, each in a fresh subprocess that loads the same saved features:
   * ``reference``: torchreid 0.2.5's ``re_ranking`` (``torchreid/reid/utils/rerank.py`` loaded by
     file path; ``pip install --no-deps torchreid==0.2.5``) on the three distance matrices;
   * ``re_rank``: partreid's matrix interface on the same three matrices;
   * ``re_rank_features``: partreid straight from the features (no N x N matrix at all).
 The distance matrices are computed with ``partreid.metrics.compute_distance`` in the worker
-and timed separately.  On the MSMT17-sized problem the dense reference would need several
-N x N float32 arrays (N = 93,820: 35 GB each) and is not run.  Timings on a shared machine
-are noisy.  Nothing is asserted.
+and timed separately.  Memory is reported two ways: the whole process's peak RSS (Python,
+torch, the features and, for the matrix methods, the three distance matrices included), and
+the peak RSS above the RSS right after the inputs are ready, i.e. the method's own memory (on
+Linux the peak is reset there through ``/proc/self/clear_refs``; elsewhere the second figure
+is measured against ``ru_maxrss`` and is an upper bound).  On the MSMT17-sized problem the
+dense reference would need several N x N float32 arrays (N = 93,820: 35 GB each) and is not
+run.  Timings on a shared machine are noisy.  Nothing is asserted.
 """
 from __future__ import annotations
 
@@ -45,6 +49,28 @@ def run_worker(args: list, timeout: float = 7200) -> dict:
     return {"error": (proc.stderr or proc.stdout)[-3000:]}
 
 
+def _status_mb(key: str) -> float | None:
+    """A ``/proc/self/status`` memory field (VmRSS, VmHWM) in MB, or None off Linux."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak() -> bool:
+    """Reset the process's peak RSS (Linux >= 4.0); False where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def worker(method: str, folder: Path, threads: int) -> dict:
     import torch
 
@@ -54,13 +80,16 @@ def worker(method: str, folder: Path, threads: int) -> dict:
 
     qf, gf = np.load(folder / "qf.npy"), np.load(folder / "gf.npy")
     reference = eval_speed.load_torchreid_module("utils/rerank.py") if method == "reference" else None
-    base = eval_speed.rss_mb()
     dist_seconds = 0.0
     if method in ("reference", "re_rank"):
         t0 = time.perf_counter()
         tq, tg = torch.from_numpy(qf), torch.from_numpy(gf)
         qg, qq, gg = (compute_distance(a, b).numpy() for a, b in ((tq, tg), (tq, tq), (tg, tg)))
         dist_seconds = time.perf_counter() - t0
+    # inputs ready: whole-process peak so far, then the method's own peak above this point
+    inputs_peak = eval_speed.rss_mb()
+    inputs_rss = _status_mb("VmRSS") or inputs_peak
+    exact_own = _reset_peak() and _status_mb("VmHWM") is not None
     t0 = time.perf_counter()
     if method == "reference":
         out = reference.re_ranking(qg, qq, gg, k1=20, k2=6, lambda_value=0.3)
@@ -71,12 +100,14 @@ def worker(method: str, folder: Path, threads: int) -> dict:
     else:
         raise SystemExit(f"unknown method {method}")
     seconds = time.perf_counter() - t0
+    run_peak = _status_mb("VmHWM") if exact_own else eval_speed.rss_mb()
     np.save(folder / f"out_{method}.npy", np.asarray(out, dtype=np.float32))
     return {"method": method, "seconds": seconds, "dist_seconds": dist_seconds,
-            "peak_rss_mb": eval_speed.rss_mb(), "inputs_rss_mb": base, "threads": torch.get_num_threads()}
+            "peak_rss_mb": max(inputs_peak, run_peak), "own_peak_mb": run_peak - inputs_rss,
+            "inputs_rss_mb": inputs_rss, "own_exact": exact_own, "threads": torch.get_num_threads()}
 
 
-def bench(size: str, seed: int, threads: int, with_reference: bool) -> None:
+def bench(size: str, seed: int, threads: int, with_reference: bool, only: list | None = None) -> None:
     cfg = eval_speed.SIZES[size]
     n = cfg["num_q"] + cfg["num_g"]
     print(f"\n== {size}-sized problem: {cfg['num_q']} queries + {cfg['num_g']} gallery (N = {n}), 2048-d, "
@@ -94,6 +125,8 @@ def bench(size: str, seed: int, threads: int, with_reference: bool) -> None:
                 methods = ["re_rank_features", "re_rank", "reference"]
         else:
             print(f"reference: not run (dense N x N float32 = {n * n * 4 / 2**30:.0f} GiB per array)")
+        if only:
+            methods = [m for m in methods if m in only]
         results = {}
         for method in methods:
             res = run_worker([method, str(folder), str(threads)])
@@ -102,9 +135,10 @@ def bench(size: str, seed: int, threads: int, with_reference: bool) -> None:
                 continue
             results[method] = res
             dist = f" (+{res['dist_seconds']:.1f}s distance matrices)" if res["dist_seconds"] else ""
+            own = "" if res["own_exact"] else " (upper bound)"
             print(f"{method:>17}: {res['seconds']:8.1f} s{dist}  peak RSS {res['peak_rss_mb'] / 1024:6.2f} GiB "
-                  f"(+{(res['peak_rss_mb'] - res['inputs_rss_mb']) / 1024:.2f} GiB over loaded features)  "
-                  f"threads {res['threads']}")
+                  f"whole process (inputs ready at {res['inputs_rss_mb'] / 1024:.2f} GiB), "
+                  f"{res['own_peak_mb'] / 1024:5.2f} GiB above the inputs{own}  threads {res['threads']}")
         if "reference" in results:
             ref = results["reference"]
             ref_out = np.load(folder / "out_reference.npy")
@@ -118,9 +152,10 @@ def bench(size: str, seed: int, threads: int, with_reference: bool) -> None:
                 ref_total = ref["seconds"] + ref["dist_seconds"]
                 own_total = r["seconds"] + r["dist_seconds"]
                 print(f"{method} vs reference: {ref['seconds'] / r['seconds']:.1f}x faster (re-ranking step), "
-                      f"{ref_total / own_total:.1f}x (features -> re-ranked incl. distances), peak RSS "
-                      f"{r['peak_rss_mb'] / ref['peak_rss_mb']:.3f} of the reference's; max |difference| {diff:.2e}, "
-                      f"{n_off} of {diffs.size} entries differ by > 1e-4")
+                      f"{ref_total / own_total:.1f}x (features -> re-ranked, distances included); peak RSS "
+                      f"{r['peak_rss_mb'] / ref['peak_rss_mb']:.3f} of the reference's (whole process), "
+                      f"{r['own_peak_mb'] / ref['own_peak_mb']:.3f} (above the inputs); "
+                      f"max |difference| {diff:.2e}, {n_off} of {diffs.size} entries differ by > 1e-4")
 
 
 def main() -> None:
@@ -130,17 +165,26 @@ def main() -> None:
     parser.add_argument("--size", default="market", choices=sorted(eval_speed.SIZES))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="torch threads in the workers (0 = torch default)")
+    parser.add_argument("--methods", default="", help="comma-separated subset of "
+                        "re_rank_features,re_rank,reference (default: all that apply)")
     parser.add_argument("--worker", nargs=3, metavar=("METHOD", "FOLDER", "THREADS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         method, folder, threads = args.worker
         print(json.dumps(worker(method, Path(folder), int(threads))))
         return
-    print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs (shared machine: timings are noisy)")
+    import torch
+    from partreid.metrics import rerank as rerank_module
+
+    only = [m.strip() for m in args.methods.split(",") if m.strip()] or None
+    bf16 = rerank_module._bf16_products_are_fast(torch.device("cpu"))
+    print(f"python {sys.version.split()[0]}, torch {torch.__version__}, {os.cpu_count()} CPUs "
+          f"(shared machine: timings are noisy); re_rank_features gallery blocks in "
+          f"{'bfloat16 + float32 recheck' if bf16 else 'float32'}")
     if not args.msmt_only:
-        bench(args.size, args.seed, args.threads, with_reference=True)
+        bench(args.size, args.seed, args.threads, with_reference=True, only=only)
     if args.msmt or args.msmt_only:
-        bench("msmt", args.seed, args.threads, with_reference=False)
+        bench("msmt", args.seed, args.threads, with_reference=False, only=only)
 
 
 if __name__ == "__main__":

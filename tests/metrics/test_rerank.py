@@ -71,9 +71,19 @@ CASES = [
 ]
 
 
+@pytest.fixture(params=[False, True], ids=["float32", "bf16"])
+def gallery_blocks(request, monkeypatch):
+    """Run re_rank_features with float32 products only, or with bfloat16 estimates for the
+    same-side blocks (the default on CPUs with native bfloat16), whatever this machine has."""
+    import partreid.metrics.rerank as rerank_module
+
+    monkeypatch.setattr(rerank_module, "_BF16", request.param)
+    return request.param
+
+
 @pytest.mark.parametrize("case", CASES, ids=[f"q{c[0]}g{c[1]}k{c[3]}-{c[4]}{'-ties' if c[6] else ''}" for c in CASES])
 @pytest.mark.parametrize("metric", ["euclidean", "cosine"])
-def test_both_entry_points_match_reference(case, metric):
+def test_both_entry_points_match_reference(case, metric, gallery_blocks):
     num_q, num_g, dim, k1, k2, lam, integer = case
     if integer and metric == "cosine":
         pytest.skip("exact ties are only guaranteed for integer features under the Euclidean metric")
@@ -145,7 +155,7 @@ def test_bad_arguments_are_reported():
 
 
 @pytest.mark.parametrize("integer", [False, True])
-def test_narrow_column_blocks_filter_neighbours_exactly(integer, monkeypatch):
+def test_narrow_column_blocks_filter_neighbours_exactly(integer, monkeypatch, gallery_blocks):
     # narrow column blocks make most updates take the "below the current k-th" filter path
     import partreid.metrics.rerank as rerank_module
 
@@ -158,7 +168,7 @@ def test_narrow_column_blocks_filter_neighbours_exactly(integer, monkeypatch):
     np.testing.assert_allclose(re_rank_features(qf, gf, chunk_size=30), expected, atol=1e-4)
 
 
-def test_many_small_chunks_give_the_same_result(monkeypatch):
+def test_many_small_chunks_give_the_same_result(monkeypatch, gallery_blocks):
     # shrink every memory budget so that all chunked loops run over many chunks
     import partreid.metrics.rerank as rerank_module
 
@@ -171,3 +181,62 @@ def test_many_small_chunks_give_the_same_result(monkeypatch):
     expected = reference_re_rank(qg, qq, gg)
     np.testing.assert_allclose(re_rank(qg, qq, gg), expected, atol=1e-4)
     np.testing.assert_allclose(re_rank_features(qf, gf, chunk_size=11), expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+@pytest.mark.parametrize("slack, far_slots, widen", [(0, 1, 4), (0, 1, 1), (2, 2, 2)],
+                         ids=["second-look", "float32-rows", "mixed"])
+def test_short_candidate_lists_are_completed_exactly(metric, slack, far_slots, widen, monkeypatch):
+    # tiny bfloat16 candidate lists cannot be proven complete: those rows get a wider
+    # bfloat16 list, and float32 rows when that is still not enough
+    import partreid.metrics.rerank as rerank_module
+
+    monkeypatch.setattr(rerank_module, "_BF16", True)
+    monkeypatch.setattr(rerank_module, "_KNN_SLACK", slack)
+    monkeypatch.setattr(rerank_module, "_FAR_SLOTS", far_slots)
+    monkeypatch.setattr(rerank_module, "_REDO_WIDEN", widen)
+    redone, exact_rows = [], []
+    redo, exact = rerank_module._redo_rows, rerank_module._FeatureSource.exact_rows
+    monkeypatch.setattr(rerank_module, "_redo_rows",
+                        lambda src, rows, *a: (redone.append(rows.numel()), redo(src, rows, *a)))
+    monkeypatch.setattr(rerank_module._FeatureSource, "exact_rows",
+                        lambda self, rows: (exact_rows.append(rows.numel()), exact(self, rows))[1])
+    rng = np.random.default_rng(12)
+    qf, gf = features(rng, 20, 90, 8)
+    expected = reference_re_rank(*distances(qf, gf, metric), k1=6, k2=3)
+    out = re_rank_features(qf, gf, k1=6, k2=3, metric=metric, chunk_size=32)
+    assert sum(redone) > 0
+    if widen == 1:
+        assert sum(exact_rows) > 0
+    np.testing.assert_allclose(out, expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_bf16_estimates_stay_within_their_bounds(metric):
+    # the candidate selection is only exact if every estimate z is within its stated bound of
+    # the float32 value: check all pairs on features with a large mean and uneven norms
+    import partreid.metrics.rerank as rerank_module
+
+    rng = np.random.default_rng(3)
+    f = (rng.normal(size=(70, 48)) * rng.uniform(0.2, 5.0, size=(70, 1)) + 4.0).astype(np.float32)
+    f[5] = f[6]  # a duplicate: distance 0
+    src = rerank_module._FeatureSource(torch.from_numpy(f[:20]), torch.from_numpy(f[20:]), metric, bf16=True)
+    n = f.shape[0]
+    rows = torch.arange(n)
+    z = src.approx_rows(rows)
+    i, j = torch.meshgrid(rows, rows, indexing="ij")
+    e = src.exact_pairs(i.reshape(-1), j.reshape(-1)).view(n, n)
+    slack = src.bound.unsqueeze(1) + src.rho * (src.sqc.unsqueeze(1) + src.sqc.unsqueeze(0) - z).abs()
+    assert ((z - e).abs() <= slack).all()
+    assert ((z - e).abs() <= src.hmax.unsqueeze(1)).all()
+    assert (slack < 0.2 * e.max()).all()  # the bounds are not vacuous on this data
+
+
+@pytest.mark.parametrize("shape, density", [((37, 53), 0.0), ((37, 53), 0.002), ((64, 64), 0.05),
+                                            ((3, 5), 0.5), ((128, 40), 0.9)])
+def test_sparse_positions_equal_nonzero(shape, density):
+    import partreid.metrics.rerank as rerank_module
+
+    mask = torch.from_numpy(np.random.default_rng(1).random(shape) < density)
+    for got, want in zip(rerank_module._positions(mask), torch.nonzero(mask, as_tuple=True)):
+        assert torch.equal(got, want)

@@ -116,13 +116,16 @@ def check_metric(metric: str) -> str:
 
 
 def squared_euclidean(a: torch.Tensor, b: torch.Tensor, a_sq: torch.Tensor | None = None,
-                      b_sq: torch.Tensor | None = None) -> torch.Tensor:
-    """``|a_i - b_j|^2`` by one matrix product, clamped at 0 against rounding."""
+                      b_sq: torch.Tensor | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``|a_i - b_j|^2`` by one matrix product, clamped at 0 against rounding (into ``out`` if given)."""
     if a_sq is None:
         a_sq = a.pow(2).sum(1)
     if b_sq is None:
         b_sq = b.pow(2).sum(1)
-    d = torch.addmm(b_sq.unsqueeze(0), a, b.t(), beta=1.0, alpha=-2.0)
+    if out is None:
+        d = torch.addmm(b_sq.unsqueeze(0), a, b.t(), beta=1.0, alpha=-2.0)
+    else:
+        d = torch.addmm(b_sq.unsqueeze(0), a, b.t(), beta=1.0, alpha=-2.0, out=out)
     d.add_(a_sq.unsqueeze(1))
     return d.clamp_(min=0)
 
