@@ -25,22 +25,6 @@ def small_cgpn(**kw) -> CGPN:
     return CGPN(NUM_CLASSES, backbone=kw.pop("backbone", "mobilenet_v2"), **kw)
 
 
-class RowMap(nn.Module):
-    """Stands in for a branch: an N x c x H x W map with channel 0 = row index, 1 = -row index."""
-
-    def __init__(self, channels: int):
-        super().__init__()
-        self.channels = channels
-
-    def forward(self, x):
-        n, _, h, w = x.shape
-        rows = torch.arange(h, dtype=torch.float32).view(1, 1, h, 1).expand(n, 1, h, w)
-        out = torch.zeros(n, self.channels, h, w)
-        out[:, :1] = rows
-        out[:, 1:2] = -rows
-        return out
-
-
 class RowBroadcast(nn.Module):
     """Makes a map constant along its height (each column holds its max over rows)."""
 
@@ -142,14 +126,14 @@ def test_window_counts_follow_the_rule():
 
 @pytest.mark.parametrize("mode", ["coarse", "fine"])
 @pytest.mark.parametrize("height", [24, 13])
-def test_windows_pool_exactly_their_rows(mode, height):
+def test_windows_pool_exactly_their_rows(mode, height, row_map):
     """Through the full forward: every local feature is the GMP over the rows its window covers."""
     ks = [2, 3, 4, 5, 6]
     model = small_cgpn(stripes=ks, global_part=False, local_part=mode,
                        triplet_features="local", triplet_on="pooled").train()
     model.trunk = nn.Identity()
     for branch in model.branches:
-        branch.layers = RowMap(model.channels)
+        branch.layers = row_map(model.channels)
     out = model(torch.zeros(2, 3, height, 5))
     feats = iter(out["triplet"])
     rows = np.arange(height)
@@ -164,11 +148,11 @@ def test_windows_pool_exactly_their_rows(mode, height):
     assert next(feats, None) is None
 
 
-def test_global_targets_are_gmp_of_m_stripes():
+def test_global_targets_are_gmp_of_m_stripes(row_map):
     for m in (2, 3, 4, 8):
         model = small_cgpn(stripes=[2], local_part="none", global_parts=m).train()
         model.trunk = nn.Identity()
-        model.branches[0].layers = RowMap(model.channels)
+        model.branches[0].layers = row_map(model.channels)
         out = model(torch.zeros(2, 3, 24, 4))
         assert len(out["mse"]) == m
         for (_, target), rows in zip(out["mse"], np.array_split(np.arange(24), m)):

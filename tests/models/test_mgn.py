@@ -18,22 +18,6 @@ CONFIGS = sorted((REPO / "configs" / "mgn").rglob("*.yaml"))
 NUM_CLASSES = 7
 
 
-class RowMap(nn.Module):
-    """Stands in for a branch: an N x c x H x W map with channel 0 = row index, 1 = -row index."""
-
-    def __init__(self, channels: int):
-        super().__init__()
-        self.channels = channels
-
-    def forward(self, x):
-        n, _, h, w = x.shape
-        rows = torch.arange(h, dtype=torch.float32).view(1, 1, h, 1).expand(n, 1, h, w)
-        out = torch.zeros(n, self.channels, h, w)
-        out[:, :1] = rows
-        out[:, 1:2] = -rows
-        return out
-
-
 def bottleneck(cin: int, mid: int, cout: int, downsample: bool) -> int:
     """Parameters of a ResNet bottleneck: 1x1, 3x3, 1x1 convs (no bias) + BN (2 per channel)."""
     n = cin * mid + 9 * mid * mid + mid * cout + 2 * (mid + mid + cout)
@@ -96,11 +80,11 @@ def test_global_branch_downsamples_and_starts_from_the_same_weights():
     assert same["branch_G"].shape == (1, 8, 4)
 
 
-def test_stripes_pool_their_rows():
+def test_stripes_pool_their_rows(row_map):
     model = small_mgn().train()
     model.trunk = nn.Identity()
     for branch in model.branches:
-        branch.layers = RowMap(1280)
+        branch.layers = row_map(1280)
     shared = torch.zeros(2, 3, 13, 4)
     for branch, k in zip(model.branches[1:], (2, 3)):
         zg, zp = branch(shared)
