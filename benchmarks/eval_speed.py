@@ -11,6 +11,7 @@ Each method runs in a fresh subprocess that loads the same saved inputs; peak me
 process's ``ru_maxrss`` (and the increase over the RSS right after loading the inputs).
 Timings on a shared machine are noisy.  Nothing is asserted.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,20 +47,25 @@ def make_problem(size: str, seed: int = 0, dim: int = 2048):
     cam_bias = 0.3 * rng.standard_normal((num_cams, dim), dtype=np.float32)
     q_pids = rng.integers(1, num_ids + 1, num_q)
     n_other = cfg["distractors"] + cfg["junk"]
-    g_pids = np.concatenate([rng.integers(1, num_ids + 1, num_g - n_other),
-                             np.zeros(cfg["distractors"], np.int64), np.full(cfg["junk"], -1)])
+    g_pids = np.concatenate(
+        [
+            rng.integers(1, num_ids + 1, num_g - n_other),
+            np.zeros(cfg["distractors"], np.int64),
+            np.full(cfg["junk"], -1),
+        ]
+    )
     q_cams, g_cams = rng.integers(0, num_cams, num_q), rng.integers(0, num_cams, num_g)
 
     def feats(pids, cams):
         out = np.empty((len(pids), dim), np.float32)
         for a in range(0, len(pids), 4096):
-            p, c = pids[a:a + 4096], cams[a:a + 4096]
+            p, c = pids[a : a + 4096], cams[a : a + 4096]
             f = rng.standard_normal((len(p), dim), dtype=np.float32) + cam_bias[c]
             known = p > 0
             f[known] += centres[p[known] - 1]
             # distractors (0) and junk (-1) are other people: each gets a centre of its own
             f[~known] += 0.45 * rng.standard_normal((int((~known).sum()), dim), dtype=np.float32)
-            out[a:a + 4096] = f
+            out[a : a + 4096] = f
         return out
 
     return feats(q_pids, q_cams), feats(g_pids, g_cams), q_pids, g_pids, q_cams, g_cams
@@ -99,8 +105,12 @@ def rss_mb() -> float:
 
 def run_worker(args: list, timeout: float = 3600) -> dict:
     """Run one measurement in a fresh interpreter and return its JSON result."""
-    proc = subprocess.run([sys.executable, __file__, "--worker", *args], capture_output=True, text=True,
-                          timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, __file__, "--worker", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith("{"):
             return json.loads(line)
@@ -130,7 +140,10 @@ def worker(method: str, folder: Path, queries: int, threads: int = 0) -> dict:
     if threads > 0:
         torch.set_num_threads(threads)
 
-    load = {n: np.load(folder / f"{n}.npy") for n in ("distmat", "q_pids", "g_pids", "q_camids", "g_camids")}
+    load = {
+        n: np.load(folder / f"{n}.npy")
+        for n in ("distmat", "q_pids", "g_pids", "q_camids", "g_camids")
+    }
     if queries:
         for n in ("distmat", "q_pids", "q_camids"):
             load[n] = np.ascontiguousarray(load[n][:queries])
@@ -150,14 +163,25 @@ def worker(method: str, folder: Path, queries: int, threads: int = 0) -> dict:
     else:
         raise SystemExit(f"unknown method {method}")
     seconds = time.perf_counter() - t0
-    return {"method": method, "seconds": seconds, "threads": torch.get_num_threads(), "peak_rss_mb": rss_mb(), "inputs_rss_mb": base,
-            "mAP": float(mAP), "rank1": float(cmc[0]), "rank5": float(cmc[4]), "cmc": [float(c) for c in cmc[:20]]}
+    return {
+        "method": method,
+        "seconds": seconds,
+        "threads": torch.get_num_threads(),
+        "peak_rss_mb": rss_mb(),
+        "inputs_rss_mb": base,
+        "mAP": float(mAP),
+        "rank1": float(cmc[0]),
+        "rank5": float(cmc[4]),
+        "cmc": [float(c) for c in cmc[:20]],
+    }
 
 
 # ----------------------------------------------------------------------------- driver
 def bench(size: str, seed: int, ref_queries: int | None, threads: int = 0) -> None:
     cfg = SIZES[size]
-    print(f"\n== {size}-sized problem: {cfg['num_q']} queries x {cfg['num_g']} gallery, 2048-d, seed {seed}")
+    print(
+        f"\n== {size}-sized problem: {cfg['num_q']} queries x {cfg['num_g']} gallery, 2048-d, seed {seed}"
+    )
     with tempfile.TemporaryDirectory(prefix=f"partreid_eval_{size}_") as tmp:
         folder = Path(tmp)
         t0 = time.perf_counter()
@@ -175,38 +199,69 @@ def bench(size: str, seed: int, ref_queries: int | None, threads: int = 0) -> No
                 res["measured_seconds"], res["measured_queries"] = res["seconds"], nq
                 res["seconds"] = res["seconds"] * cfg["num_q"] / nq
             results[method] = res
-            extra = f" (measured {res['measured_seconds']:.2f}s on {nq} queries, scaled)" if nq else ""
-            print(f"{method:>13}: {res['seconds']:9.3f} s{extra}  threads {res['threads']}  peak RSS {res['peak_rss_mb']:8.0f} MB "
-                  f"(+{res['peak_rss_mb'] - res['inputs_rss_mb']:.0f} MB over inputs)  "
-                  f"mAP {res['mAP']:.6f}  R1 {res['rank1']:.6f}")
+            extra = (
+                f" (measured {res['measured_seconds']:.2f}s on {nq} queries, scaled)" if nq else ""
+            )
+            print(
+                f"{method:>13}: {res['seconds']:9.3f} s{extra}  threads {res['threads']}  peak RSS {res['peak_rss_mb']:8.0f} MB "
+                f"(+{res['peak_rss_mb'] - res['inputs_rss_mb']:.0f} MB over inputs)  "
+                f"mAP {res['mAP']:.6f}  R1 {res['rank1']:.6f}"
+            )
         if "partreid" in results and ref in results:
             p, r = results["partreid"], results[ref]
-            print(f"speed-up vs {ref}: {r['seconds'] / p['seconds']:.1f}x;  "
-                  f"extra memory over inputs: partreid {p['peak_rss_mb'] - p['inputs_rss_mb']:.0f} MB, "
-                  f"{ref} {r['peak_rss_mb'] - r['inputs_rss_mb']:.0f} MB")
+            print(
+                f"speed-up vs {ref}: {r['seconds'] / p['seconds']:.1f}x;  "
+                f"extra memory over inputs: partreid {p['peak_rss_mb'] - p['inputs_rss_mb']:.0f} MB, "
+                f"{ref} {r['peak_rss_mb'] - r['inputs_rss_mb']:.0f} MB"
+            )
             if not ref_queries:
-                print(f"max |CMC difference| (first 20 ranks) {np.abs(np.subtract(p['cmc'], r['cmc'])).max():.2e}, "
-                      f"|mAP difference| {abs(p['mAP'] - r['mAP']):.2e}")
+                print(
+                    f"max |CMC difference| (first 20 ranks) {np.abs(np.subtract(p['cmc'], r['cmc'])).max():.2e}, "
+                    f"|mAP difference| {abs(p['mAP'] - r['mAP']):.2e}"
+                )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--msmt", action="store_true", help="also run the MSMT17-sized problem")
-    parser.add_argument("--msmt-only", action="store_true", help="run only the MSMT17-sized problem")
+    parser.add_argument(
+        "--msmt-only", action="store_true", help="run only the MSMT17-sized problem"
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--size", default="market", choices=sorted(SIZES), help="first problem size (default market)")
-    parser.add_argument("--msmt-reference-queries", type=int, default=1000,
-                        help="run the reference on this many MSMT queries and scale its time (0 = all)")
-    parser.add_argument("--threads", type=int, default=0,
-                        help="torch threads for partreid (0 = torch default); the machine may be shared")
-    parser.add_argument("--worker", nargs=4, metavar=("METHOD", "FOLDER", "QUERIES", "THREADS"),
-                        help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--size",
+        default="market",
+        choices=sorted(SIZES),
+        help="first problem size (default market)",
+    )
+    parser.add_argument(
+        "--msmt-reference-queries",
+        type=int,
+        default=1000,
+        help="run the reference on this many MSMT queries and scale its time (0 = all)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch threads for partreid (0 = torch default); the machine may be shared",
+    )
+    parser.add_argument(
+        "--worker",
+        nargs=4,
+        metavar=("METHOD", "FOLDER", "QUERIES", "THREADS"),
+        help=argparse.SUPPRESS,
+    )
     args = parser.parse_args()
     if args.worker:
         method, folder, queries, threads = args.worker
         print(json.dumps(worker(method, Path(folder), int(queries), int(threads))))
         return
-    print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs (shared machine: timings are noisy)")
+    print(
+        f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs (shared machine: timings are noisy)"
+    )
     if not args.msmt_only:
         bench(args.size, args.seed, None, args.threads)
     if args.msmt or args.msmt_only:

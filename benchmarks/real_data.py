@@ -11,6 +11,7 @@ Every config gets the same overrides (epochs, output folder, any ``key=value`` g
 ``--``), so the table compares models under one schedule. Figures printed: rank-1/5, mAP, mINP,
 training images/s (mean over logged steps), training and evaluation time.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,8 +34,7 @@ def mean_rate(run: Path) -> float:
 
 def evaluate_variant(row: dict, label: str, overrides: list, out: str) -> dict:
     """Evaluate the trained model of ``row`` again with ``overrides`` (e.g. test-time ABP)."""
-    from partreid.config import load_config
-    from partreid.report import evaluate_run
+    from partreid.engine.reporting import evaluate_run
     from partreid.visualize import load_trained
 
     run = f"{out}/{row['model']}"
@@ -42,23 +42,42 @@ def evaluate_variant(row: dict, label: str, overrides: list, out: str) -> dict:
     t0 = time.time()
     cfg, model, ds, device = load_trained(row["config"], f"{run}/last.pth", over)
     m = evaluate_run(cfg, model, ds, device, draw=False)
-    return {"model": label, "config": f"{row['config']} (trained as {row['model']}) {overrides[-1]}",
-            "rank1": m["rank1"], "rank5": m["rank5"], "mAP": m["mAP"], "mINP": m["mINP"],
-            "feature_dim": m["feature_dim"], "train_img_per_s": float("nan"),
-            "total_seconds": time.time() - t0, "epochs": row["epochs"]}
+    return {
+        "model": label,
+        "config": f"{row['config']} (trained as {row['model']}) {overrides[-1]}",
+        "rank1": m["rank1"],
+        "rank5": m["rank5"],
+        "mAP": m["mAP"],
+        "mINP": m["mINP"],
+        "feature_dim": m["feature_dim"],
+        "train_img_per_s": float("nan"),
+        "total_seconds": time.time() - t0,
+        "epochs": row["epochs"],
+    }
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("configs", nargs="+", help="config files (name=path to label a row)")
     ap.add_argument("--epochs", type=int, default=None, help="override schedule.epochs for all")
     ap.add_argument("--out", default="runs/bench", help="folder for the runs and results.json")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for all")
-    ap.add_argument("--threads", type=int, default=0,
-                    help="torch threads (0 = torch's default); 1 is faster when another job shares the cores")
-    ap.add_argument("--eval-variant", action="append", default=[], metavar="ROW:LABEL:KEY=VALUE",
-                    help="also evaluate the trained model of ROW with KEY=VALUE changed (e.g. "
-                         "rp_rsa:+ABP:model.abp=true), as a row of its own")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch threads (0 = torch's default); 1 is faster when another job shares the cores",
+    )
+    ap.add_argument(
+        "--eval-variant",
+        action="append",
+        default=[],
+        metavar="ROW:LABEL:KEY=VALUE",
+        help="also evaluate the trained model of ROW with KEY=VALUE changed (e.g. "
+        "rp_rsa:+ABP:model.abp=true), as a row of its own",
+    )
     args = ap.parse_args()
     if not (SHARED / "data").is_dir():
         print(f"shared data not found at {SHARED}/data; set PARTREID_SHARED", file=sys.stderr)
@@ -82,10 +101,20 @@ def main() -> int:
         cfg = load_config(path, over)
         t0 = time.time()
         m = train(cfg)
-        rows.append({"model": label, "config": path, "rank1": m["rank1"], "rank5": m["rank5"],
-                     "mAP": m["mAP"], "mINP": m["mINP"], "feature_dim": m["feature_dim"],
-                     "train_img_per_s": mean_rate(Path(cfg.output_dir)),
-                     "total_seconds": time.time() - t0, "epochs": cfg.schedule.epochs})
+        rows.append(
+            {
+                "model": label,
+                "config": path,
+                "rank1": m["rank1"],
+                "rank5": m["rank5"],
+                "mAP": m["mAP"],
+                "mINP": m["mINP"],
+                "feature_dim": m["feature_dim"],
+                "train_img_per_s": mean_rate(Path(cfg.output_dir)),
+                "total_seconds": time.time() - t0,
+                "epochs": cfg.schedule.epochs,
+            }
+        )
         with open(Path(args.out) / "results.json", "w") as f:
             json.dump(rows, f, indent=2)
     for spec in args.eval_variant:
@@ -98,9 +127,11 @@ def main() -> int:
     print("| model | rank-1 % | rank-5 % | mAP % | mINP % | dim | train img/s | time s |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['model']} | {100 * r['rank1']:.1f} | {100 * r['rank5']:.1f} | "
-              f"{100 * r['mAP']:.1f} | {100 * r['mINP']:.1f} | {r['feature_dim']} | "
-              f"{r['train_img_per_s']:.1f} | {r['total_seconds']:.0f} |")
+        print(
+            f"| {r['model']} | {100 * r['rank1']:.1f} | {100 * r['rank5']:.1f} | "
+            f"{100 * r['mAP']:.1f} | {100 * r['mINP']:.1f} | {r['feature_dim']} | "
+            f"{r['train_img_per_s']:.1f} | {r['total_seconds']:.0f} |"
+        )
     return 0
 
 

@@ -20,6 +20,7 @@ is measured against ``ru_maxrss`` and is an upper bound).  On the MSMT17-sized p
 dense reference would need several N x N float32 arrays (N = 93,820: 35 GB each) and is not
 run.  Timings on a shared machine are noisy.  Nothing is asserted.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,8 +42,12 @@ _spec.loader.exec_module(eval_speed)
 
 
 def run_worker(args: list, timeout: float = 7200) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--worker", *args], capture_output=True, text=True,
-                          timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, __file__, "--worker", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith("{"):
             return json.loads(line)
@@ -79,7 +84,9 @@ def worker(method: str, folder: Path, threads: int) -> dict:
     from partreid.metrics import compute_distance, re_rank, re_rank_features
 
     qf, gf = np.load(folder / "qf.npy"), np.load(folder / "gf.npy")
-    reference = eval_speed.load_torchreid_module("utils/rerank.py") if method == "reference" else None
+    reference = (
+        eval_speed.load_torchreid_module("utils/rerank.py") if method == "reference" else None
+    )
     dist_seconds = 0.0
     if method in ("reference", "re_rank"):
         t0 = time.perf_counter()
@@ -102,16 +109,27 @@ def worker(method: str, folder: Path, threads: int) -> dict:
     seconds = time.perf_counter() - t0
     run_peak = _status_mb("VmHWM") if exact_own else eval_speed.rss_mb()
     np.save(folder / f"out_{method}.npy", np.asarray(out, dtype=np.float32))
-    return {"method": method, "seconds": seconds, "dist_seconds": dist_seconds,
-            "peak_rss_mb": max(inputs_peak, run_peak), "own_peak_mb": run_peak - inputs_rss,
-            "inputs_rss_mb": inputs_rss, "own_exact": exact_own, "threads": torch.get_num_threads()}
+    return {
+        "method": method,
+        "seconds": seconds,
+        "dist_seconds": dist_seconds,
+        "peak_rss_mb": max(inputs_peak, run_peak),
+        "own_peak_mb": run_peak - inputs_rss,
+        "inputs_rss_mb": inputs_rss,
+        "own_exact": exact_own,
+        "threads": torch.get_num_threads(),
+    }
 
 
-def bench(size: str, seed: int, threads: int, with_reference: bool, only: list | None = None) -> None:
+def bench(
+    size: str, seed: int, threads: int, with_reference: bool, only: list | None = None
+) -> None:
     cfg = eval_speed.SIZES[size]
     n = cfg["num_q"] + cfg["num_g"]
-    print(f"\n== {size}-sized problem: {cfg['num_q']} queries + {cfg['num_g']} gallery (N = {n}), 2048-d, "
-          f"seed {seed}, k1=20 k2=6 lambda=0.3")
+    print(
+        f"\n== {size}-sized problem: {cfg['num_q']} queries + {cfg['num_g']} gallery (N = {n}), 2048-d, "
+        f"seed {seed}, k1=20 k2=6 lambda=0.3"
+    )
     with tempfile.TemporaryDirectory(prefix=f"partreid_rerank_{size}_") as tmp:
         folder = Path(tmp)
         t0 = time.perf_counter()
@@ -120,11 +138,15 @@ def bench(size: str, seed: int, threads: int, with_reference: bool, only: list |
         methods = ["re_rank_features"]
         if with_reference:
             if eval_speed.load_torchreid_module("utils/rerank.py") is None:
-                print("reference: torchreid not installed (pip install --no-deps torchreid==0.2.5); skipped")
+                print(
+                    "reference: torchreid not installed (pip install --no-deps torchreid==0.2.5); skipped"
+                )
             else:
                 methods = ["re_rank_features", "re_rank", "reference"]
         else:
-            print(f"reference: not run (dense N x N float32 = {n * n * 4 / 2**30:.0f} GiB per array)")
+            print(
+                f"reference: not run (dense N x N float32 = {n * n * 4 / 2**30:.0f} GiB per array)"
+            )
         if only:
             methods = [m for m in methods if m in only]
         results = {}
@@ -134,11 +156,15 @@ def bench(size: str, seed: int, threads: int, with_reference: bool, only: list |
                 print(f"{method}: FAILED\n{res['error']}")
                 continue
             results[method] = res
-            dist = f" (+{res['dist_seconds']:.1f}s distance matrices)" if res["dist_seconds"] else ""
+            dist = (
+                f" (+{res['dist_seconds']:.1f}s distance matrices)" if res["dist_seconds"] else ""
+            )
             own = "" if res["own_exact"] else " (upper bound)"
-            print(f"{method:>17}: {res['seconds']:8.1f} s{dist}  peak RSS {res['peak_rss_mb'] / 1024:6.2f} GiB "
-                  f"whole process (inputs ready at {res['inputs_rss_mb'] / 1024:.2f} GiB), "
-                  f"{res['own_peak_mb'] / 1024:5.2f} GiB above the inputs{own}  threads {res['threads']}")
+            print(
+                f"{method:>17}: {res['seconds']:8.1f} s{dist}  peak RSS {res['peak_rss_mb'] / 1024:6.2f} GiB "
+                f"whole process (inputs ready at {res['inputs_rss_mb'] / 1024:.2f} GiB), "
+                f"{res['own_peak_mb'] / 1024:5.2f} GiB above the inputs{own}  threads {res['threads']}"
+            )
         if "reference" in results:
             ref = results["reference"]
             ref_out = np.load(folder / "out_reference.npy")
@@ -151,36 +177,55 @@ def bench(size: str, seed: int, threads: int, with_reference: bool, only: list |
                 n_off = int((diffs > 1e-4).sum())
                 ref_total = ref["seconds"] + ref["dist_seconds"]
                 own_total = r["seconds"] + r["dist_seconds"]
-                print(f"{method} vs reference: {ref['seconds'] / r['seconds']:.1f}x faster (re-ranking step), "
-                      f"{ref_total / own_total:.1f}x (features -> re-ranked, distances included); peak RSS "
-                      f"{r['peak_rss_mb'] / ref['peak_rss_mb']:.3f} of the reference's (whole process), "
-                      f"{r['own_peak_mb'] / ref['own_peak_mb']:.3f} (above the inputs); "
-                      f"max |difference| {diff:.2e}, {n_off} of {diffs.size} entries differ by > 1e-4")
+                print(
+                    f"{method} vs reference: {ref['seconds'] / r['seconds']:.1f}x faster (re-ranking step), "
+                    f"{ref_total / own_total:.1f}x (features -> re-ranked, distances included); peak RSS "
+                    f"{r['peak_rss_mb'] / ref['peak_rss_mb']:.3f} of the reference's (whole process), "
+                    f"{r['own_peak_mb'] / ref['own_peak_mb']:.3f} (above the inputs); "
+                    f"max |difference| {diff:.2e}, {n_off} of {diffs.size} entries differ by > 1e-4"
+                )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--msmt", action="store_true", help="also run the MSMT17-sized problem (partreid only)")
-    parser.add_argument("--msmt-only", action="store_true", help="run only the MSMT17-sized problem")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--msmt", action="store_true", help="also run the MSMT17-sized problem (partreid only)"
+    )
+    parser.add_argument(
+        "--msmt-only", action="store_true", help="run only the MSMT17-sized problem"
+    )
     parser.add_argument("--size", default="market", choices=sorted(eval_speed.SIZES))
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads in the workers (0 = torch default)")
-    parser.add_argument("--methods", default="", help="comma-separated subset of "
-                        "re_rank_features,re_rank,reference (default: all that apply)")
-    parser.add_argument("--worker", nargs=3, metavar=("METHOD", "FOLDER", "THREADS"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch threads in the workers (0 = torch default)"
+    )
+    parser.add_argument(
+        "--methods",
+        default="",
+        help="comma-separated subset of "
+        "re_rank_features,re_rank,reference (default: all that apply)",
+    )
+    parser.add_argument(
+        "--worker", nargs=3, metavar=("METHOD", "FOLDER", "THREADS"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
     if args.worker:
         method, folder, threads = args.worker
         print(json.dumps(worker(method, Path(folder), int(threads))))
         return
     import torch
+
     from partreid.metrics import rerank as rerank_module
 
     only = [m.strip() for m in args.methods.split(",") if m.strip()] or None
     bf16 = rerank_module._bf16_products_are_fast(torch.device("cpu"))
-    print(f"python {sys.version.split()[0]}, torch {torch.__version__}, {os.cpu_count()} CPUs "
-          f"(shared machine: timings are noisy); re_rank_features gallery blocks in "
-          f"{'bfloat16 + float32 recheck' if bf16 else 'float32'}")
+    print(
+        f"python {sys.version.split()[0]}, torch {torch.__version__}, {os.cpu_count()} CPUs "
+        f"(shared machine: timings are noisy); re_rank_features gallery blocks in "
+        f"{'bfloat16 + float32 recheck' if bf16 else 'float32'}"
+    )
     if not args.msmt_only:
         bench(args.size, args.seed, args.threads, with_reference=True, only=only)
     if args.msmt or args.msmt_only:

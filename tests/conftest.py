@@ -1,4 +1,5 @@
 """Project-wide fixtures: a tiny generated data set and a tiny training config."""
+
 from __future__ import annotations
 
 import pytest
@@ -10,17 +11,42 @@ def tiny_synthetic(tmp_path_factory):
     from partreid.data import generate_synthetic
 
     root = tmp_path_factory.mktemp("tiny_synthetic")
-    generate_synthetic(root, num_ids=16, test_fraction=0.5, num_cams=2, images_per_id_per_cam=3,
-                       height=64, width=32, num_distractors=4, num_junk=2, seed=1)
+    generate_synthetic(
+        root,
+        num_ids=16,
+        test_fraction=0.5,
+        num_cams=2,
+        images_per_id_per_cam=3,
+        height=64,
+        width=32,
+        num_distractors=4,
+        num_junk=2,
+        seed=1,
+    )
     return root
 
 
 @pytest.fixture
 def tiny_overrides(tiny_synthetic, tmp_path):
     """``key=value`` overrides for a seconds-long CPU training run on ``tiny_synthetic``."""
-    return [f"data.root={tiny_synthetic}", "data.name=market1501", f"output_dir={tmp_path / 'run'}",
-            "input.height=64", "input.width=32", "sampler.p=4", "sampler.k=2",
-            "sampler.num_workers=0", "model.name=bot", "model.backbone=resnet18", "model.pretrained=false",
-            "optim.lr=0.01", "schedule.epochs=2", "schedule.milestones=[1]",
-            "train.max_iters_per_epoch=2", "train.progress=false", "train.tensorboard=false",
-            "eval.num_visualize=2", "eval.batch_size=32"]
+    return [
+        f"data.root={tiny_synthetic}",
+        "data.name=market1501",
+        f"output_dir={tmp_path / 'run'}",
+        "input.height=64",
+        "input.width=32",
+        "sampler.p=4",
+        "sampler.k=2",
+        "sampler.num_workers=0",
+        "model.name=bot",
+        "model.backbone=resnet18",
+        "model.pretrained=false",
+        "optim.lr=0.01",
+        "schedule.epochs=2",
+        "schedule.milestones=[1]",
+        "train.max_iters_per_epoch=2",
+        "train.progress=false",
+        "train.tensorboard=false",
+        "eval.num_visualize=2",
+        "eval.batch_size=32",
+    ]

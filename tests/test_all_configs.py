@@ -1,4 +1,5 @@
 """Every shipped config file passes the schema (unknown keys, model options, loss terms)."""
+
 from pathlib import Path
 
 import pytest

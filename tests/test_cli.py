@@ -1,9 +1,7 @@
 """The command line as a user meets it: clear messages for bad inputs."""
+
 import shutil
 from pathlib import Path
-
-import pytest
-import torch
 
 from partreid.cli import main
 
@@ -22,8 +20,9 @@ def test_unknown_config_key(capsys, tiny_overrides):
 
 def test_missing_data_folder(capsys, tiny_overrides, tmp_path):
     missing = tmp_path / "nowhere"
-    code, err = _run(capsys, "train", "-c", BOT,
-                     f"data.root={missing}", f"output_dir={tmp_path / 'run'}")
+    code, err = _run(
+        capsys, "train", "-c", BOT, f"data.root={missing}", f"output_dir={tmp_path / 'run'}"
+    )
     assert code == 2 and str(missing) in err
 
 
@@ -33,29 +32,36 @@ def test_corrupt_jpeg_is_named(capsys, tiny_synthetic, tiny_overrides, tmp_path)
     bad = sorted((root / "bounding_box_train").glob("*.jpg"))[3]
     bad.write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
     over = [o for o in tiny_overrides if not o.startswith("data.root")]
-    code, err = _run(capsys, "train", "-c", BOT, *over,
-                     f"data.root={root}", "data.verify_images=true")
+    code, err = _run(
+        capsys, "train", "-c", BOT, *over, f"data.root={root}", "data.verify_images=true"
+    )
     assert code == 2 and "1 of" in err and bad.name in err
 
 
 def test_checkpoint_of_another_model(capsys, tiny_overrides, tmp_path):
+    from partreid.checkpoint import model_meta, save_checkpoint
+    from partreid.config import load_config
     from partreid.models import build_model
 
-    ckpt = tmp_path / "pcb_like.pth"
+    ckpt = tmp_path / "other.pth"
     m = build_model("bot", 8, backbone="resnet34")
-    torch.save({"model": m.state_dict(), "num_classes": 8,
-                "model_cfg": {"name": "bot", "backbone": "resnet34"}}, ckpt)
-    code, err = _run(capsys, "eval", "-c", BOT, "--checkpoint", str(ckpt),
-                     *tiny_overrides)
+    save_checkpoint(
+        str(ckpt),
+        m.state_dict(),
+        model_meta(load_config(None, ["model.name=bot", "model.backbone=resnet34"]), m, 8),
+    )
+    code, err = _run(capsys, "eval", "-c", BOT, "--checkpoint", str(ckpt), *tiny_overrides)
     assert code == 2 and "holds model 'bot' (backbone 'resnet34')" in err and "resnet18" in err
 
 
 def test_missing_checkpoint_and_weights_file(capsys, tiny_overrides, tmp_path):
-    code, err = _run(capsys, "eval", "-c", BOT, "--checkpoint",
-                     str(tmp_path / "none.pth"), *tiny_overrides)
+    code, err = _run(
+        capsys, "eval", "-c", BOT, "--checkpoint", str(tmp_path / "none.pth"), *tiny_overrides
+    )
     assert code == 2 and "checkpoint not found" in err
-    code, err = _run(capsys, "train", "-c", BOT, *tiny_overrides,
-                     f"model.pretrained={tmp_path / 'w.pth'}")
+    code, err = _run(
+        capsys, "train", "-c", BOT, *tiny_overrides, f"model.pretrained={tmp_path / 'w.pth'}"
+    )
     assert code == 2 and "pretrained weights file not found" in err
 
 

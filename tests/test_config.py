@@ -10,20 +10,36 @@ def _write(path, data):
 
 
 def test_defaults_and_overrides_are_typed(tmp_path):
-    cfg = load_config(None, ["optim.lr=0.1", "schedule.milestones=[5,8]", "model.name=bot",
-                             "model.backbone=resnet18", "train.amp=false", "data.root=/x"])
+    cfg = load_config(
+        None,
+        [
+            "optim.lr=0.1",
+            "schedule.milestones=[5,8]",
+            "model.name=bot",
+            "model.backbone=resnet18",
+            "train.amp=false",
+            "data.root=/x",
+        ],
+    )
     assert cfg.optim.lr == 0.1 and cfg.schedule.milestones == [5, 8]
     assert cfg.model == {"name": "bot", "backbone": "resnet18"} and cfg.train.amp is False
     assert cfg.data.root == "/x"
 
 
 def test_base_chain_merges_dicts_and_replaces_lists(tmp_path):
-    base = _write(tmp_path / "base.yaml", {"optim": {"lr": 0.01, "momentum": 0.8},
-                                           "schedule": {"milestones": [1, 2, 3]},
-                                           "model": {"name": "bot", "backbone": "resnet18"}})
+    _write(
+        tmp_path / "base.yaml",
+        {
+            "optim": {"lr": 0.01, "momentum": 0.8},
+            "schedule": {"milestones": [1, 2, 3]},
+            "model": {"name": "bot", "backbone": "resnet18"},
+        },
+    )
     (tmp_path / "abl").mkdir()
-    child = _write(tmp_path / "abl" / "c.yaml", {"base": "../base.yaml", "optim": {"lr": 0.5},
-                                                  "schedule": {"milestones": [7]}})
+    child = _write(
+        tmp_path / "abl" / "c.yaml",
+        {"base": "../base.yaml", "optim": {"lr": 0.5}, "schedule": {"milestones": [7]}},
+    )
     cfg = load_config(child)
     assert cfg.optim.lr == 0.5 and cfg.optim.momentum == 0.8
     assert cfg.schedule.milestones == [7] and cfg.model["backbone"] == "resnet18"

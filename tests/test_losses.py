@@ -59,11 +59,13 @@ def test_loss_computer_sums_items_applies_weights_and_reports_terms():
     logits = [torch.randn(4, 3), torch.randn(4, 3)]
     feats = [torch.randn(4, 5)]
     pairs = [(torch.randn(4, 5), torch.randn(4, 5))]
-    lc = LossComputer([
-        {"type": "cross_entropy", "output": "logits", "weight": 0.5},
-        {"type": "triplet", "output": "triplet", "margin": 0.3},
-        {"type": "mse", "output": "mse", "weight": 2.0, "reduce": "mean", "reduction": "mean"},
-    ])
+    lc = LossComputer(
+        [
+            {"type": "cross_entropy", "output": "logits", "weight": 0.5},
+            {"type": "triplet", "output": "triplet", "margin": 0.3},
+            {"type": "mse", "output": "mse", "weight": 2.0, "reduce": "mean", "reduction": "mean"},
+        ]
+    )
     total, parts = lc({"logits": logits, "triplet": feats, "mse": pairs}, y)
     ce = sum(cross_entropy(l, y) for l in logits)
     tri = triplet_batch_hard(feats[0], y, 0.3)
@@ -73,7 +75,9 @@ def test_loss_computer_sums_items_applies_weights_and_reports_terms():
 
 
 def test_loss_computer_empty_output_is_zero_and_missing_output_is_named():
-    lc = LossComputer([{"type": "cross_entropy", "output": "logits"}, {"type": "mse", "output": "mse"}])
+    lc = LossComputer(
+        [{"type": "cross_entropy", "output": "logits"}, {"type": "mse", "output": "mse"}]
+    )
     y = torch.tensor([0, 1])
     total, parts = lc({"logits": [torch.randn(2, 2)], "mse": []}, y)
     assert parts["mse"] == 0.0

@@ -5,5 +5,14 @@ The public API is small::
     from partreid.data import build_dataset
     from partreid.models import build_model, list_models
     from partreid.metrics import evaluate_rank, re_rank, re_rank_features
+    from partreid import load_model           # a trained model from its checkpoint, eval mode
 """
+
 __version__ = "0.1.0"
+
+
+def load_model(path, device="cpu", overrides=None):
+    """Load a trained partreid checkpoint (no config needed); see :func:`partreid.inference.load_model`."""
+    from .inference import load_model as _load
+
+    return _load(path, device, overrides)

@@ -1,4 +1,5 @@
 """``partreid`` command line: train, eval, demo, visualize, list. No logic of its own lives here."""
+
 from __future__ import annotations
 
 import argparse
@@ -37,10 +38,18 @@ def _eval_overrides(args) -> List[str]:
         for spec in args.test:
             name, _, root = spec.partition("=")
             if not root:
-                raise SystemExit(f"--test expects NAME=ROOT (e.g. viper=../shared/data/classic/viper), got {spec!r}")
+                raise SystemExit(
+                    f"--test expects NAME=ROOT (e.g. viper=../shared/data/classic/viper), got {spec!r}"
+                )
             if name in CLASSIC_PROTOCOLS:  # a classic set's manifest with its standard protocol
-                tests.append({"name": "manifest", "root": root, "label": name,
-                              "options": dict(CLASSIC_PROTOCOLS[name])})
+                tests.append(
+                    {
+                        "name": "manifest",
+                        "root": root,
+                        "label": name,
+                        "options": dict(CLASSIC_PROTOCOLS[name]),
+                    }
+                )
             else:
                 tests.append({"name": name, "root": root})
         over.append("data.test=" + json.dumps(tests))
@@ -48,32 +57,11 @@ def _eval_overrides(args) -> List[str]:
 
 
 def cmd_eval(args) -> int:
-    from .config import load_config
-    from .engine.checkpoint import load_checkpoint, load_model_state
-    from .engine.trainer import load_data, model_kwargs, resolve_device, setup_logging
-    from .models import build_model
-    from .report import write_run_report
+    from .engine.reporting import evaluate_checkpoint
 
-    cfg = load_config(args.config, _eval_overrides(args))
-    out = args.out or cfg.output_dir
-    setup_logging(out)
-    ckpt = load_checkpoint(args.checkpoint)
-    device = resolve_device(cfg.train.device)
-    model = build_model(cfg.model["name"], int(ckpt.get("num_classes", 1)), **{
-        **model_kwargs(cfg), "pretrained": False}).to(device)
-    load_model_state(model, ckpt, args.checkpoint, cfg.model)
-    if args.only_test:
-        from .data import build_dataset
-        # evaluate only the extra --test sets: make the first of them the main one
-        if not cfg.data.test:
-            raise ValueError("--only-test needs at least one --test NAME=ROOT")
-        first = cfg.data.test[0]
-        cfg.data.name, cfg.data.root = first.get("label", first["name"]), first["root"]
-        cfg.data.test = cfg.data.test[1:]
-        ds = build_dataset(first["name"], first["root"], **first.get("options", {}))
-    else:
-        ds = load_data(cfg)
-    write_run_report(cfg, model, ds, device, cfg.train.amp and device.type == "cuda", out_dir=out)
+    evaluate_checkpoint(
+        args.checkpoint, args.config, _eval_overrides(args), out=args.out, only_test=args.only_test
+    )
     return 0
 
 
@@ -107,25 +95,40 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a model from a config")
-    t.add_argument("-c", "--config", required=True, help="YAML config (configs/<model>/<data>.yaml)")
-    t.add_argument("--resume", nargs="?", const="", default=None, metavar="CKPT",
-                   help="continue from CKPT (default: OUTPUT_DIR/last.pth)")
+    t.add_argument(
+        "-c", "--config", required=True, help="YAML config (configs/<model>/<data>.yaml)"
+    )
+    t.add_argument(
+        "--resume",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="CKPT",
+        help="continue from CKPT (default: OUTPUT_DIR/last.pth)",
+    )
     t.add_argument("overrides", nargs="*", help="section.key=value overrides")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="evaluate a checkpoint")
-    e.add_argument("-c", "--config", required=True)
+    e.add_argument("-c", "--config", help="YAML config (default: the one saved in the checkpoint)")
     e.add_argument("--checkpoint", required=True)
     e.add_argument("--out", help="report folder (default: the config's output_dir)")
     e.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking")
     e.add_argument("--distance", choices=["euclidean", "cosine"])
     e.add_argument("--qe", choices=["none", "average", "alpha"], help="query expansion")
-    e.add_argument("--test", action="append", metavar="NAME=ROOT",
-                   help="also test on another data set (repeatable): a data set name (market1501, "
-                        "manifest, ...) or a classic set with its standard protocol (viper, prid, grid, "
-                        "ilid, caviar4reid), e.g. viper=../shared/data/classic/viper")
-    e.add_argument("--only-test", action="store_true",
-                   help="evaluate only the --test sets, not the config's own data set")
+    e.add_argument(
+        "--test",
+        action="append",
+        metavar="NAME=ROOT",
+        help="also test on another data set (repeatable): a data set name (market1501, "
+        "manifest, ...) or a classic set with its standard protocol (viper, prid, grid, "
+        "ilid, caviar4reid), e.g. viper=../shared/data/classic/viper",
+    )
+    e.add_argument(
+        "--only-test",
+        action="store_true",
+        help="evaluate only the --test sets, not the config's own data set",
+    )
     e.add_argument("overrides", nargs="*")
     e.set_defaults(func=cmd_eval)
 
@@ -136,11 +139,14 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_demo)
 
     v = sub.add_parser("visualize", help="draw figures of a trained model")
-    v.add_argument("what", choices=["activations", "ranked", "abp", "rp"],
-                   help="activations: per-part activation maps (CGPN Fig. 5); ranked: ranked lists; "
-                        "abp: activation balanced pooling borders; rp: original vs receptive-partition "
-                        "responses (RMGL Fig. 4)")
-    v.add_argument("-c", "--config", required=True)
+    v.add_argument(
+        "what",
+        choices=["activations", "ranked", "abp", "rp"],
+        help="activations: per-part activation maps (CGPN Fig. 5); ranked: ranked lists; "
+        "abp: activation balanced pooling borders; rp: original vs receptive-partition "
+        "responses (RMGL Fig. 4)",
+    )
+    v.add_argument("-c", "--config", help="YAML config (default: the one saved in the checkpoint)")
     v.add_argument("--checkpoint", required=True)
     v.add_argument("--out", default=None, help="output PNG (default: in the run folder)")
     v.add_argument("--num", type=int, default=6, help="number of images")
@@ -153,16 +159,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    from .checkpoint import CheckpointError
     from .config import ConfigError
-    from .engine.checkpoint import CheckpointError
     from .data.io import UnreadableImageError
     from .models.backbones import PretrainedWeightsError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, CheckpointError, UnreadableImageError, PretrainedWeightsError,
-            FileNotFoundError, KeyError, ValueError) as exc:
+    except (
+        ConfigError,
+        CheckpointError,
+        UnreadableImageError,
+        PretrainedWeightsError,
+        FileNotFoundError,
+        KeyError,
+        ValueError,
+    ) as exc:
         if os.environ.get("PARTREID_DEBUG"):
             raise
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc

@@ -4,6 +4,7 @@ Every section is a dataclass; a key that no section defines is an error that lis
 keys. The ``model:`` section is checked against the chosen model's keyword options and each
 ``losses:`` entry against its loss function, so a typo never passes silently.
 """
+
 from __future__ import annotations
 
 import copy
@@ -23,11 +24,13 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
-    name: str = "synthetic"          # data set name (see partreid.data.list_datasets())
-    root: str = "data/synthetic"     # its folder
+    name: str = "synthetic"  # data set name (see partreid.data.list_datasets())
+    root: str = "data/synthetic"  # its folder
     options: Dict[str, Any] = field(default_factory=dict)  # data-set specific options
-    test: List[Dict[str, Any]] = field(default_factory=list)  # extra test sets: [{name, root, options}]
-    verify_images: bool = False      # decode every image once at start (reports all unreadable files)
+    test: List[Dict[str, Any]] = field(
+        default_factory=list
+    )  # extra test sets: [{name, root, options}]
+    verify_images: bool = False  # decode every image once at start (reports all unreadable files)
 
 
 @dataclass
@@ -40,14 +43,14 @@ class InputConfig:
 
 @dataclass
 class SamplerConfig:
-    p: int = 16            # identities per batch
-    k: int = 4             # images per identity
-    num_workers: int = 2   # data loading processes (0 = in the main process)
+    p: int = 16  # identities per batch
+    k: int = 4  # images per identity
+    num_workers: int = 2  # data loading processes (0 = in the main process)
 
 
 @dataclass
 class OptimConfig:
-    name: str = "sgd"                 # sgd | adam | adamw
+    name: str = "sgd"  # sgd | adam | adamw
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 5e-4
@@ -59,42 +62,42 @@ class OptimConfig:
 @dataclass
 class ScheduleConfig:
     epochs: int = 120
-    warmup: str = "none"              # none | linear | exp
+    warmup: str = "none"  # none | linear | exp
     warmup_epochs: int = 0
-    warmup_start_lr: float = 1e-5     # absolute lr at the first warm-up step
+    warmup_start_lr: float = 1e-5  # absolute lr at the first warm-up step
     milestones: List[int] = field(default_factory=lambda: [40, 90])
     gamma: float = 0.1
 
 
 @dataclass
 class TrainConfig:
-    device: str = "auto"              # auto | cpu | cuda | cuda:N
-    amp: bool = True                  # mixed precision (CUDA only; ignored on the CPU)
-    eval_period: int = 0              # evaluate every N epochs (0 = only at the end)
-    checkpoint_period: int = 1        # write last.pth every N epochs
-    log_period: int = 20              # iterations between log lines
-    max_iters_per_epoch: int = 0      # 0 = a full pass of the sampler
-    tensorboard: bool = True          # write TensorBoard logs when tensorboard is installed
-    progress: bool = True             # tqdm progress bars
-    grad_clip: float = 0.0            # max grad norm (0 = off)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: bool = True  # mixed precision (CUDA only; ignored on the CPU)
+    eval_period: int = 0  # evaluate every N epochs (0 = only at the end)
+    checkpoint_period: int = 1  # write last.pth every N epochs
+    log_period: int = 20  # iterations between log lines
+    max_iters_per_epoch: int = 0  # 0 = a full pass of the sampler
+    tensorboard: bool = True  # write TensorBoard logs when tensorboard is installed
+    progress: bool = True  # tqdm progress bars
+    grad_clip: float = 0.0  # max grad norm (0 = off)
 
 
 @dataclass
 class EvalConfig:
     batch_size: int = 128
-    flip: bool = True                 # average with the horizontally flipped image's feature
-    distance: str = "euclidean"       # euclidean | cosine
-    normalize: bool = False           # L2-normalise features before the distance
-    rerank: bool = False              # k-reciprocal re-ranking (Zhong et al. 2017)
+    flip: bool = True  # average with the horizontally flipped image's feature
+    distance: str = "euclidean"  # euclidean | cosine
+    normalize: bool = False  # L2-normalise features before the distance
+    rerank: bool = False  # k-reciprocal re-ranking (Zhong et al. 2017)
     k1: int = 20
     k2: int = 6
     lambda_value: float = 0.3
-    query_expansion: str = "none"     # none | average | alpha
+    query_expansion: str = "none"  # none | average | alpha
     qe_k: int = 5
     qe_alpha: float = 3.0
     max_rank: int = 50
-    num_visualize: int = 8            # queries drawn in the ranked-list picture (0 = none)
-    cuhk03_metric: bool = False       # also the classic single-gallery-shot CUHK03 CMC
+    num_visualize: int = 8  # queries drawn in the ranked-list picture (0 = none)
+    cuhk03_metric: bool = False  # also the classic single-gallery-shot CUHK03 CMC
 
 
 @dataclass
@@ -106,10 +109,12 @@ class Config:
     transforms: TransformsConfig = field(default_factory=TransformsConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     model: Dict[str, Any] = field(default_factory=lambda: {"name": "bot"})
-    losses: List[Dict[str, Any]] = field(default_factory=lambda: [
-        {"type": "cross_entropy", "output": "logits", "weight": 1.0},
-        {"type": "triplet", "output": "triplet", "weight": 1.0, "margin": 0.3},
-    ])
+    losses: List[Dict[str, Any]] = field(
+        default_factory=lambda: [
+            {"type": "cross_entropy", "output": "logits", "weight": 1.0},
+            {"type": "triplet", "output": "triplet", "weight": 1.0, "margin": 0.3},
+        ]
+    )
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -120,6 +125,7 @@ class Config:
 
 
 # --------------------------------------------------------------------------- loading
+
 
 def _merge(base: Dict[str, Any], over: Dict[str, Any]) -> Dict[str, Any]:
     """Deep merge: dicts merge key by key, everything else (lists included) replaces."""
@@ -216,16 +222,22 @@ def _build_section(cls, data: Dict[str, Any], where: str):
     known = {f.name: f for f in fields(cls)}
     unknown = sorted(set(data) - set(known))
     if unknown:
-        raise ConfigError(f"unknown config key(s) {[f'{where}.{k}' if where else k for k in unknown]}; "
-                          f"valid keys{' of ' + where if where else ''}: {sorted(known)}")
+        raise ConfigError(
+            f"unknown config key(s) {[f'{where}.{k}' if where else k for k in unknown]}; "
+            f"valid keys{' of ' + where if where else ''}: {sorted(known)}"
+        )
     kwargs = {}
     for name, value in data.items():
         f = known[name]
         sub = f"{where}.{name}" if where else name
-        if dataclasses.is_dataclass(f.default_factory() if f.default_factory is not dataclasses.MISSING
-                                    else f.default):
-            sub_cls = type(f.default_factory()) if f.default_factory is not dataclasses.MISSING \
+        if dataclasses.is_dataclass(
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        ):
+            sub_cls = (
+                type(f.default_factory())
+                if f.default_factory is not dataclasses.MISSING
                 else type(f.default)
+            )
             kwargs[name] = _build_section(sub_cls, value, sub)
         else:
             kwargs[name] = _coerce(value, f.type, sub)
@@ -242,8 +254,10 @@ def _check_model_and_losses(cfg: Config) -> None:
     valid = model_options(name)
     unknown = sorted(set(cfg.model) - set(valid) - {"name"})
     if unknown:
-        raise ConfigError(f"unknown config key(s) {['model.' + k for k in unknown]} for model "
-                          f"{name!r}; valid keys of model: {sorted(['name'] + list(valid))}")
+        raise ConfigError(
+            f"unknown config key(s) {['model.' + k for k in unknown]} for model "
+            f"{name!r}; valid keys of model: {sorted(['name'] + list(valid))}"
+        )
     if not isinstance(cfg.losses, list) or not cfg.losses:
         raise ConfigError("losses: expected a non-empty list of loss terms")
     try:
@@ -259,9 +273,12 @@ def build_config(data: Dict[str, Any]) -> Config:
     return cfg
 
 
-def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> Config:
-    """Load ``path`` (with its ``base:`` chain), apply ``key=value`` overrides, validate."""
-    data = read_yaml(path) if path else {}
+def load_config(
+    path: Optional[str] = None, overrides: Sequence[str] = (), base: Optional[Dict[str, Any]] = None
+) -> Config:
+    """Load ``path`` (with its ``base:`` chain) or start from the mapping ``base`` (e.g. a
+    checkpoint's saved config), apply ``key=value`` overrides, validate."""
+    data = read_yaml(path) if path else copy.deepcopy(base or {})
     data = _merge(data, parse_overrides(overrides))
     return build_config(data)
 

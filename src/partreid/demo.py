@@ -2,6 +2,7 @@
 
 It evaluates the same model untrained first, so the report shows what training bought.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,11 +20,15 @@ DEMO_MODELS = {
     "bot": {"name": "bot", "backbone": "resnet18", "pretrained": False},
 }
 DEMO_LOSSES = {
-    "cgpn": [{"type": "cross_entropy", "output": "logits", "weight": 1.0, "label_smoothing": 0.1},
-             {"type": "triplet", "output": "triplet", "weight": 1.0, "margin": 1.2},
-             {"type": "mse", "output": "mse", "weight": 1.0, "reduction": "mean"}],
-    "bot": [{"type": "cross_entropy", "output": "logits", "weight": 1.0, "label_smoothing": 0.1},
-            {"type": "triplet", "output": "triplet", "weight": 1.0, "margin": 0.3}],
+    "cgpn": [
+        {"type": "cross_entropy", "output": "logits", "weight": 1.0, "label_smoothing": 0.1},
+        {"type": "triplet", "output": "triplet", "weight": 1.0, "margin": 1.2},
+        {"type": "mse", "output": "mse", "weight": 1.0, "reduction": "mean"},
+    ],
+    "bot": [
+        {"type": "cross_entropy", "output": "logits", "weight": 1.0, "label_smoothing": 0.1},
+        {"type": "triplet", "output": "triplet", "weight": 1.0, "margin": 0.3},
+    ],
 }
 
 
@@ -40,8 +45,13 @@ def demo_config(out: str, model: str = "cgpn", epochs: int = 30) -> dict:
         "model": DEMO_MODELS[model],
         "losses": DEMO_LOSSES[model],
         "optim": {"name": "adam", "lr": 1e-3, "weight_decay": 5e-4},
-        "schedule": {"epochs": epochs, "warmup": "linear", "warmup_epochs": 2,
-                     "warmup_start_lr": 1e-4, "milestones": [max(1, int(epochs * 0.75))]},
+        "schedule": {
+            "epochs": epochs,
+            "warmup": "linear",
+            "warmup_epochs": 2,
+            "warmup_start_lr": 1e-4,
+            "milestones": [max(1, int(epochs * 0.75))],
+        },
         "train": {"amp": False, "eval_period": 0, "log_period": 10, "tensorboard": False},
         "eval": {"batch_size": 128, "num_visualize": 8},
     }
@@ -53,8 +63,9 @@ def _default_model() -> str:
     return "cgpn" if "cgpn" in list_models() else "bot"
 
 
-def run_demo(out: str = "partreid_demo", model: Optional[str] = None,
-             epochs: Optional[int] = None) -> dict:
+def run_demo(
+    out: str = "partreid_demo", model: Optional[str] = None, epochs: Optional[int] = None
+) -> dict:
     """Run the whole demo into ``out``; return the trained model's metrics."""
     import torch
 
@@ -62,9 +73,9 @@ def run_demo(out: str = "partreid_demo", model: Optional[str] = None,
     from .data import build_dataset
     from .engine import train
     from .engine.evaluator import evaluate, format_metrics
-    from .engine.trainer import model_kwargs, setup_logging, test_transform
+    from .engine.runtime import model_kwargs, setup_logging, test_transform
     from .models import build_model
-    from .report.run import write_html
+    from .report.html import write_html
 
     start = time.time()
     torch.set_num_threads(max(1, os.cpu_count() or 1))
@@ -79,8 +90,16 @@ def run_demo(out: str = "partreid_demo", model: Optional[str] = None,
     # The same initial weights the training run starts from (the trainer seeds with cfg.seed).
     torch.manual_seed(cfg.seed)
     untrained = build_model(model, ds.num_train_pids, **model_kwargs(cfg))
-    m0, _ = evaluate(untrained, ds.query, ds.gallery, test_transform(cfg), cfg.eval,
-                     torch.device("cpu"), cfg.sampler.num_workers, name="untrained")
+    m0, _ = evaluate(
+        untrained,
+        ds.query,
+        ds.gallery,
+        test_transform(cfg),
+        cfg.eval,
+        torch.device("cpu"),
+        cfg.sampler.num_workers,
+        name="untrained",
+    )
     log.info("untrained %s", format_metrics(m0))
     del untrained
 
@@ -90,14 +109,20 @@ def run_demo(out: str = "partreid_demo", model: Optional[str] = None,
     run = cfg.output_dir
     with open(os.path.join(run, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=2)
-    images = [p for p in ("ranked_list.png", "activations.png") if os.path.exists(os.path.join(run, p))]
-    notes = [f"Synthetic data set (generated, {len(ds.train)} training images of "
-             f"{ds.num_train_pids} identities); model {model} trained on the CPU for "
-             f"{cfg.schedule.epochs} epochs in {metrics['demo_seconds']} s.",
-             f"Untrained model on the same data: rank-1 {100 * m0['rank1']:.1f}%, "
-             f"mAP {100 * m0['mAP']:.1f}%. Trained: rank-1 {100 * metrics['rank1']:.1f}%, "
-             f"mAP {100 * metrics['mAP']:.1f}%."]
-    page = write_html(run, f"partreid demo: {model} on a synthetic data set", metrics, images, notes)
+    images = [
+        p for p in ("ranked_list.png", "activations.png") if os.path.exists(os.path.join(run, p))
+    ]
+    notes = [
+        f"Synthetic data set (generated, {len(ds.train)} training images of "
+        f"{ds.num_train_pids} identities); model {model} trained on the CPU for "
+        f"{cfg.schedule.epochs} epochs in {metrics['demo_seconds']} s.",
+        f"Untrained model on the same data: rank-1 {100 * m0['rank1']:.1f}%, "
+        f"mAP {100 * m0['mAP']:.1f}%. Trained: rank-1 {100 * metrics['rank1']:.1f}%, "
+        f"mAP {100 * metrics['mAP']:.1f}%.",
+    ]
+    page = write_html(
+        run, f"partreid demo: {model} on a synthetic data set", metrics, images, notes
+    )
     print()
     print(f"untrained: mAP {100 * m0['mAP']:.1f}%  rank-1 {100 * m0['rank1']:.1f}%")
     print(f"trained:   mAP {100 * metrics['mAP']:.1f}%  rank-1 {100 * metrics['rank1']:.1f}%")

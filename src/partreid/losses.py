@@ -11,6 +11,7 @@ and :class:`LossComputer` applies each term to every item of the model output of
 name (a list), sums the items (``reduce: sum``, the papers' formulas) or averages them
 (``reduce: mean``), multiplies by the weight and returns the total plus each term's value.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -21,8 +22,9 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def cross_entropy(logits: torch.Tensor, targets: torch.Tensor,
-                  label_smoothing: float = 0.0) -> torch.Tensor:
+def cross_entropy(
+    logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0
+) -> torch.Tensor:
     """Softmax cross-entropy, optionally with label smoothing (Szegedy et al.)."""
     return F.cross_entropy(logits.float(), targets, label_smoothing=label_smoothing)
 
@@ -35,8 +37,9 @@ def pairwise_euclidean(x: torch.Tensor) -> torch.Tensor:
     return d2.sqrt()
 
 
-def triplet_batch_hard(features: torch.Tensor, targets: torch.Tensor,
-                       margin: Optional[float] = 0.3) -> torch.Tensor:
+def triplet_batch_hard(
+    features: torch.Tensor, targets: torch.Tensor, margin: Optional[float] = 0.3
+) -> torch.Tensor:
     """Batch-hard triplet loss (Hermans et al. 2017).
 
     For each anchor: hardest positive (largest distance, same id) and hardest negative
@@ -58,8 +61,9 @@ def triplet_batch_hard(features: torch.Tensor, targets: torch.Tensor,
     return F.relu(d_ap - d_an + margin).mean()
 
 
-def mse_supervision(pred: torch.Tensor, target: torch.Tensor,
-                    reduction: str = "sum") -> torch.Tensor:
+def mse_supervision(
+    pred: torch.Tensor, target: torch.Tensor, reduction: str = "sum"
+) -> torch.Tensor:
     """Feature supervision ``||pred - target||_2^2``, averaged over the batch.
 
     ``reduction="sum"`` sums the squared error over feature dimensions (the CGPN paper's
@@ -112,27 +116,42 @@ class LossComputer(nn.Module):
             valid = [p for p in inspect.signature(fn).parameters if p not in ("item", "targets")]
             bad = sorted(set(params) - set(valid))
             if bad:
-                raise KeyError(f"{where}: unknown key(s) {bad} for loss {kind!r}; valid: "
-                               f"{sorted(valid) + list(_TERM_KEYS)}")
+                raise KeyError(
+                    f"{where}: unknown key(s) {bad} for loss {kind!r}; valid: "
+                    f"{sorted(valid) + list(_TERM_KEYS)}"
+                )
             reduce = spec.get("reduce", "sum")
             if reduce not in ("sum", "mean"):
                 raise ValueError(f"{where}.reduce must be 'sum' or 'mean', got {reduce!r}")
             name = spec.get("name", kind)
-            self.terms.append((name, kind, spec.get("output", kind), float(spec.get("weight", 1.0)),
-                               reduce, params))
+            self.terms.append(
+                (
+                    name,
+                    kind,
+                    spec.get("output", kind),
+                    float(spec.get("weight", 1.0)),
+                    reduce,
+                    params,
+                )
+            )
         names = [t[0] for t in self.terms]
         if len(set(names)) != len(names):
-            raise ValueError(f"loss names must be unique, got {names}; set 'name:' on repeated types")
+            raise ValueError(
+                f"loss names must be unique, got {names}; set 'name:' on repeated types"
+            )
 
-    def forward(self, outputs: Dict[str, list], targets: torch.Tensor
-                ) -> Tuple[torch.Tensor, Dict[str, float]]:
+    def forward(
+        self, outputs: Dict[str, list], targets: torch.Tensor
+    ) -> Tuple[torch.Tensor, Dict[str, float]]:
         """Return the weighted total and a dict ``{term name: value}`` for logging."""
         total = None
         parts: Dict[str, float] = {}
         for name, kind, key, weight, reduce, params in self.terms:
             if key not in outputs:
-                raise KeyError(f"loss {name!r} reads model output {key!r}, but the model gives "
-                               f"{sorted(outputs)}")
+                raise KeyError(
+                    f"loss {name!r} reads model output {key!r}, but the model gives "
+                    f"{sorted(outputs)}"
+                )
             items = outputs[key]
             if len(items) == 0:
                 parts[name] = 0.0

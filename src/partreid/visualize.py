@@ -1,30 +1,35 @@
 """``partreid visualize``: figures of a trained model (activation maps, ranked lists, ABP, RP)."""
+
 from __future__ import annotations
 
 import os
 from typing import Optional, Sequence
 
 
-def load_trained(config: str, checkpoint: str, overrides: Sequence[str] = ()):
-    """``(cfg, model in eval mode, data set, device)`` from a config and its checkpoint."""
+def load_trained(config: Optional[str], checkpoint: str, overrides: Sequence[str] = ()):
+    """``(cfg, model in eval mode, data set, device)`` from a checkpoint (and optionally a
+    config; by default the one saved in the checkpoint)."""
+    from .checkpoint import load_checkpoint
     from .config import load_config
-    from .engine.checkpoint import load_checkpoint, load_model_state
-    from .engine.trainer import load_data, model_kwargs, resolve_device
-    from .models import build_model
+    from .engine.runtime import load_data, resolve_device
+    from .inference import model_from_checkpoint
 
-    cfg = load_config(config, overrides)
     ckpt = load_checkpoint(checkpoint)
+    cfg = load_config(config, overrides, base=None if config else ckpt["meta"].get("config"))
     device = resolve_device(cfg.train.device)
-    model = build_model(cfg.model["name"], int(ckpt.get("num_classes", 1)),
-                        **{**model_kwargs(cfg), "pretrained": False}).to(device)
-    load_model_state(model, ckpt, checkpoint, cfg.model)
-    model.eval()
+    model = model_from_checkpoint(ckpt, checkpoint, device, overrides=dict(cfg.model))
     return cfg, model, load_data(cfg), device
 
 
-def visualize(what: str, config: str, checkpoint: str, out: Optional[str] = None, num: int = 6,
-              overrides: Sequence[str] = ()) -> str:
-    from .engine.trainer import test_transform
+def visualize(
+    what: str,
+    config: Optional[str],
+    checkpoint: str,
+    out: Optional[str] = None,
+    num: int = 6,
+    overrides: Sequence[str] = (),
+) -> str:
+    from .engine.runtime import test_transform
 
     cfg, model, ds, device = load_trained(config, checkpoint, overrides)
     out = out or os.path.join(cfg.output_dir, f"{what}.png")
@@ -46,8 +51,9 @@ def visualize(what: str, config: str, checkpoint: str, out: Optional[str] = None
         from .engine.evaluator import evaluate
         from .report.ranked_list import draw_ranked_lists
 
-        _, distmat = evaluate(model, ds.query, ds.gallery, tf, cfg.eval, device,
-                              cfg.sampler.num_workers)
+        _, distmat = evaluate(
+            model, ds.query, ds.gallery, tf, cfg.eval, device, cfg.sampler.num_workers
+        )
         draw_ranked_lists(distmat, ds.query, ds.gallery, out, num_queries=num)
     else:
         raise ValueError(f"unknown figure {what!r}; valid: activations, ranked, abp, rp")

@@ -1,4 +1,5 @@
 """Fixtures for the data-set tests: tiny image files in the real layouts, and the shared data."""
+
 from __future__ import annotations
 
 import io

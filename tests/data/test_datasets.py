@@ -1,4 +1,5 @@
 """Loaders of the standard layouts, on tiny generated folders (and the shared CUHK03-NP copy)."""
+
 from __future__ import annotations
 
 import logging
@@ -39,8 +40,14 @@ MARKET_GALLERY = [
 ]
 
 
-def make_market(root: Path, write_images, folder="Market-1501-v15.09.15",
-                train=MARKET_TRAIN, query=MARKET_QUERY, gallery=MARKET_GALLERY) -> Path:
+def make_market(
+    root: Path,
+    write_images,
+    folder="Market-1501-v15.09.15",
+    train=MARKET_TRAIN,
+    query=MARKET_QUERY,
+    gallery=MARKET_GALLERY,
+) -> Path:
     base = root / folder if folder else root
     write_images(base / "bounding_box_train", train)
     if query is not None:
@@ -89,8 +96,11 @@ def test_market1501_counts_relabel_junk_distractors(tmp_path, write_images, capl
     assert all(os.path.isfile(p) for items in ds.subsets().values() for p, _, _ in items)
     summary = ds.summary()
     assert "dropped 2 junk" in summary and "kept 2 distractor" in summary
-    table = {line.split("|")[0].strip(): [c.strip() for c in line.split("|")[1:]]
-             for line in summary.splitlines() if "|" in line}
+    table = {
+        line.split("|")[0].strip(): [c.strip() for c in line.split("|")[1:]]
+        for line in summary.splitlines()
+        if "|" in line
+    }
     assert table["train"] == ["3", "6", "4"] and table["query"] == ["2", "2", "2"]
     assert table["gallery"] == ["3", "5", "4"]
     assert summary in caplog.text  # build_dataset logs the table
@@ -137,8 +147,14 @@ def test_dukemtmc_and_occluded_duke(tmp_path, write_images):
     duke_gallery = ["0009_c7_f0000200.jpg", "0009_c1_f0000300.jpg"]
     for folder, name in (("DukeMTMC-reID", "dukemtmc"), ("Occluded_Duke", "occluded_duke")):
         root = tmp_path / name
-        make_market(root, write_images, folder=folder, train=duke_train, query=duke_query,
-                    gallery=duke_gallery)
+        make_market(
+            root,
+            write_images,
+            folder=folder,
+            train=duke_train,
+            query=duke_query,
+            gallery=duke_gallery,
+        )
         ds = build_dataset(name, root)
         assert ds.name == name
         assert sorted((pid, cam) for _, pid, cam in ds.train) == [(0, 1), (0, 7), (1, 0)]
@@ -149,17 +165,30 @@ def test_dukemtmc_and_occluded_duke(tmp_path, write_images):
 def make_cuhk03_np(root: Path, write_images) -> None:
     for variant, n in (("labeled", 3), ("detected", 2)):
         base = root / "cuhk03-np" / variant
-        write_images(base / "bounding_box_train",
-                     [f"{p:04d}_c{c}_1_{p:03d}_0{k}.png" for p in range(1, n + 1) for c in (1, 2) for k in (1, 2)])
-        write_images(base / "query", [f"{p:04d}_c{c}_2_{p:03d}_01.png" for p in (50, 51) for c in (1, 2)])
-        write_images(base / "bounding_box_test",
-                     [f"{p:04d}_c{c}_2_{p:03d}_0{k}.png" for p in (50, 51) for c in (1, 2) for k in (2, 3)])
+        write_images(
+            base / "bounding_box_train",
+            [
+                f"{p:04d}_c{c}_1_{p:03d}_0{k}.png"
+                for p in range(1, n + 1)
+                for c in (1, 2)
+                for k in (1, 2)
+            ],
+        )
+        write_images(
+            base / "query", [f"{p:04d}_c{c}_2_{p:03d}_01.png" for p in (50, 51) for c in (1, 2)]
+        )
+        write_images(
+            base / "bounding_box_test",
+            [f"{p:04d}_c{c}_2_{p:03d}_0{k}.png" for p in (50, 51) for c in (1, 2) for k in (2, 3)],
+        )
 
 
 def test_cuhk03_variants_and_aliases(tmp_path, write_images):
     make_cuhk03_np(tmp_path, write_images)
     labeled = build_dataset("cuhk03", tmp_path)  # default variant: labeled
-    assert labeled.name == "cuhk03_labeled" and labeled.root.endswith(os.path.join("cuhk03-np", "labeled"))
+    assert labeled.name == "cuhk03_labeled" and labeled.root.endswith(
+        os.path.join("cuhk03-np", "labeled")
+    )
     assert labeled.num_train_pids == 3 and len(labeled.train) == 12 and labeled.num_train_cams == 2
     assert len(labeled.query) == 4 and len(labeled.gallery) == 8 and pids(labeled.query) == [50, 51]
     detected = build_dataset("cuhk03", tmp_path, variant="detected")
@@ -175,7 +204,12 @@ def test_cuhk03_variants_and_aliases(tmp_path, write_images):
 def test_train_only_folder_requires_carve_val(tmp_path, write_images):
     # like ../shared/data/cuhk03np-detected: the root directly holds bounding_box_train only
     root = tmp_path / "cuhk03np-detected"
-    train = [f"{p:04d}_c{c}_1_{p:03d}_{k:02d}.jpg" for p in range(1, 21) for c in (1, 2) for k in range(3)]
+    train = [
+        f"{p:04d}_c{c}_1_{p:03d}_{k:02d}.jpg"
+        for p in range(1, 21)
+        for c in (1, 2)
+        for k in range(3)
+    ]
     write_images(root / "bounding_box_train", train)
     with pytest.raises(DatasetError) as err:
         build_dataset("cuhk03", root, variant="detected")
@@ -184,7 +218,9 @@ def test_train_only_folder_requires_carve_val(tmp_path, write_images):
     ds = build_dataset("cuhk03", root, variant="detected", carve_val=5, seed=0)
     assert ds.num_train_pids == 15 and len(ds.train) == 15 * 6
     q, g = Counter((pid, cam) for _, pid, cam in ds.query), Counter(pid for _, pid, _ in ds.gallery)
-    assert len({pid for pid, _ in q}) == 5 and set(q.values()) == {1} and len(q) == 10  # 1 per id per cam
+    assert (
+        len({pid for pid, _ in q}) == 5 and set(q.values()) == {1} and len(q) == 10
+    )  # 1 per id per cam
     assert set(g.values()) == {4} and set(g) == {pid for pid, _ in q}
     assert set(ds.train_pid_map).isdisjoint(g)  # carved identities are out of train
     assert "carved" in ds.summary()
@@ -228,14 +264,28 @@ def test_carve_validation_reference():
 # ------------------------------------------------------------------------------------------
 def make_msmt(root: Path, write_images, version: str) -> Path:
     base = root / ("MSMT17_V1" if version == "v1" else "MSMT17_V2")
-    train_dir, test_dir = ("train", "test") if version == "v1" else ("mask_train_v2", "mask_test_v2")
+    train_dir, test_dir = (
+        ("train", "test") if version == "v1" else ("mask_train_v2", "mask_test_v2")
+    )
     lines = {
-        "train": [("0000/0000_000_01_0303morning_0015_0.jpg", 0), ("0000/0000_001_15_0303noon_0020_1.jpg", 0),
-                  ("0003/0003_000_07_0303afternoon_0100_0.jpg", 3)],
-        "val": [("0003/0003_001_02_0303morning_0111_0.jpg", 3), ("0005/0005_000_04_0303noon_0001_0.jpg", 5)],
-        "query": [("0000/0000_000_09_0113morning_0001_0.jpg", 0), ("0011/0011_004_12_0113noon_0002_0.jpg", 11)],
-        "gallery": [("0000/0000_001_10_0113morning_0003_0.jpg", 0), ("0011/0011_001_03_0113noon_0004_1.jpg", 11),
-                    ("0011/0011_002_12_0113noon_0005_0.jpg", 11)],
+        "train": [
+            ("0000/0000_000_01_0303morning_0015_0.jpg", 0),
+            ("0000/0000_001_15_0303noon_0020_1.jpg", 0),
+            ("0003/0003_000_07_0303afternoon_0100_0.jpg", 3),
+        ],
+        "val": [
+            ("0003/0003_001_02_0303morning_0111_0.jpg", 3),
+            ("0005/0005_000_04_0303noon_0001_0.jpg", 5),
+        ],
+        "query": [
+            ("0000/0000_000_09_0113morning_0001_0.jpg", 0),
+            ("0011/0011_004_12_0113noon_0002_0.jpg", 11),
+        ],
+        "gallery": [
+            ("0000/0000_001_10_0113morning_0003_0.jpg", 0),
+            ("0011/0011_001_03_0113noon_0004_1.jpg", 11),
+            ("0011/0011_002_12_0113noon_0005_0.jpg", 11),
+        ],
     }
     for split, rows in lines.items():
         folder = base / (train_dir if split in ("train", "val") else test_dir)
@@ -250,7 +300,13 @@ def test_msmt17_lists(tmp_path, write_images, version):
     ds = build_dataset("msmt17", tmp_path)
     assert ds.root == str(base) and f"MSMT17 {version}" in ds.summary()
     # val merged into train: original pids 0, 3, 5 -> 0, 1, 2; camera = third field, 0-based
-    assert sorted((pid, cam) for _, pid, cam in ds.train) == [(0, 0), (0, 14), (1, 1), (1, 6), (2, 3)]
+    assert sorted((pid, cam) for _, pid, cam in ds.train) == [
+        (0, 0),
+        (0, 14),
+        (1, 1),
+        (1, 6),
+        (2, 3),
+    ]
     assert all(os.path.isfile(p) for items in ds.subsets().values() for p, _, _ in items)
     assert sorted((pid, cam) for _, pid, cam in ds.query) == [(0, 8), (11, 11)]
     assert sorted((pid, cam) for _, pid, cam in ds.gallery) == [(0, 9), (11, 2), (11, 11)]
@@ -260,7 +316,9 @@ def test_msmt17_lists(tmp_path, write_images, version):
 
 def test_msmt17_bad_line_and_missing_folders(tmp_path, write_images):
     base = make_msmt(tmp_path, write_images, "v1")
-    (base / "list_query.txt").write_text("0000/0000_000_01_0303morning_0015_0.jpg 0\nbadname.jpg 4\n")
+    (base / "list_query.txt").write_text(
+        "0000/0000_000_01_0303morning_0015_0.jpg 0\nbadname.jpg 4\n"
+    )
     with pytest.raises(DatasetError) as err:
         build_dataset("msmt17", tmp_path)
     assert "list_query.txt" in str(err.value) and "line 2" in str(err.value)
@@ -274,15 +332,28 @@ def test_msmt17_bad_line_and_missing_folders(tmp_path, write_images):
 # Registry, options, verification
 # ------------------------------------------------------------------------------------------
 def test_registry_names_and_option_errors(tmp_path, write_images):
-    assert {"market1501", "dukemtmc", "cuhk03", "cuhk03_labeled", "cuhk03_detected", "msmt17",
-            "occluded_duke", "manifest", "synthetic"} <= set(list_datasets())
+    assert {
+        "market1501",
+        "dukemtmc",
+        "cuhk03",
+        "cuhk03_labeled",
+        "cuhk03_detected",
+        "msmt17",
+        "occluded_duke",
+        "manifest",
+        "synthetic",
+    } <= set(list_datasets())
     with pytest.raises(DatasetError) as err:
         build_dataset("viper2", tmp_path)
     assert "market1501" in str(err.value) and "msmt17" in str(err.value)
     make_market(tmp_path, write_images)
     with pytest.raises(DatasetError) as err:
         build_dataset("market1501", tmp_path, carve_vals=3)
-    assert "carve_vals" in str(err.value) and "carve_val=None" in str(err.value) and "verify=False" in str(err.value)
+    assert (
+        "carve_vals" in str(err.value)
+        and "carve_val=None" in str(err.value)
+        and "verify=False" in str(err.value)
+    )
     assert set(dataset_options("msmt17")) == {"combine_val", "carve_val", "seed", "verify"}
     assert build_dataset("Market-1501", tmp_path).name == "market1501"  # case / dash tolerant
 

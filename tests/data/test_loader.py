@@ -78,7 +78,9 @@ def test_epoch_reproducible_with_persistent_workers(items):
     a = build_train_loader(items, augmenting(), 3, 2, num_workers=2, seed=1)
     ep0, ep1 = run_epoch(a, 1, 0), run_epoch(a, 1, 1)
     # a fresh loader resumed at epoch 1 (and one with no workers) sees exactly the same data
-    assert_same(ep1, run_epoch(build_train_loader(items, augmenting(), 3, 2, num_workers=2, seed=1), 1, 1))
+    assert_same(
+        ep1, run_epoch(build_train_loader(items, augmenting(), 3, 2, num_workers=2, seed=1), 1, 1)
+    )
     single = build_train_loader(items, augmenting(), 3, 2, num_workers=0, seed=1)
     assert_same(ep0, run_epoch(single, 1, 0))
     assert_same(ep1, run_epoch(single, 1, 1))
@@ -87,7 +89,9 @@ def test_epoch_reproducible_with_persistent_workers(items):
 def test_test_loader_is_sequential_and_complete(items):
     loader = build_test_loader(items, T.ToTensor(), batch_size=4, num_workers=0)
     batches = list(loader)
-    assert [len(b[0]) for b in batches] == [4] * (len(items) // 4) + ([len(items) % 4] if len(items) % 4 else [])
+    assert [len(b[0]) for b in batches] == [4] * (len(items) // 4) + (
+        [len(items) % 4] if len(items) % 4 else []
+    )
     idx = torch.cat([b[3] for b in batches])
     assert idx.tolist() == list(range(len(items)))
     assert torch.cat([b[1] for b in batches]).tolist() == [it[1] for it in items]

@@ -1,4 +1,5 @@
 """CSV-manifest data sets: split column, random identity split, classic-set protocols."""
+
 from __future__ import annotations
 
 import csv
@@ -17,7 +18,9 @@ from partreid.data.datasets import (
 from partreid.data.io import UnreadableImageError
 
 
-def write_manifest(folder: Path, rows, write_images, header=("image", "pid", "camid"), name="manifest.csv"):
+def write_manifest(
+    folder: Path, rows, write_images, header=("image", "pid", "camid"), name="manifest.csv"
+):
     """rows: tuples matching ``header``; images are created under ``folder``."""
     write_images(folder, [r[0] for r in rows])
     with open(folder / name, "w", newline="") as f:
@@ -32,8 +35,12 @@ def pid_set(items):
 
 
 def grid_rows(num_ids=10, cams=(0, 1, 2), per_cam=2, unknown=False):
-    return [(f"img/{p}_{c}_{k}.jpg", p, -1 if unknown else c)
-            for p in range(1, num_ids + 1) for c in cams for k in range(per_cam)]
+    return [
+        (f"img/{p}_{c}_{k}.jpg", p, -1 if unknown else c)
+        for p in range(1, num_ids + 1)
+        for c in cams
+        for k in range(per_cam)
+    ]
 
 
 # ------------------------------------------------------------------------------------------
@@ -41,14 +48,21 @@ def grid_rows(num_ids=10, cams=(0, 1, 2), per_cam=2, unknown=False):
 # ------------------------------------------------------------------------------------------
 def test_split_column_with_string_labels(tmp_path, write_images):
     rows = [
-        ("a/1.jpg", "alice", 0, "train"), ("a/2.jpg", "alice", 1, "train"), ("b/1.jpg", "bob", 0, "TRAIN"),
-        ("c/1.jpg", "carol", 0, "query"), ("c/2.jpg", "carol", 1, "gallery"), ("c/3.jpg", "carol", -1, "gallery"),
+        ("a/1.jpg", "alice", 0, "train"),
+        ("a/2.jpg", "alice", 1, "train"),
+        ("b/1.jpg", "bob", 0, "TRAIN"),
+        ("c/1.jpg", "carol", 0, "query"),
+        ("c/2.jpg", "carol", 1, "gallery"),
+        ("c/3.jpg", "carol", -1, "gallery"),
     ]
     write_manifest(tmp_path, rows, write_images, header=("image", "pid", "camid", "split"))
     ds = build_dataset("manifest", tmp_path)
     # labels sorted: alice 0, bob 1, carol 2; train relabelled (already 0, 1)
     assert sorted((os.path.relpath(p, tmp_path), pid, cam) for p, pid, cam in ds.train) == [
-        ("a/1.jpg", 0, 0), ("a/2.jpg", 0, 1), ("b/1.jpg", 1, 0)]
+        ("a/1.jpg", 0, 0),
+        ("a/2.jpg", 0, 1),
+        ("b/1.jpg", 1, 0),
+    ]
     assert [(pid, cam) for _, pid, cam in ds.query] == [(2, 0)]
     assert sorted((pid, cam) for _, pid, cam in ds.gallery) == [(2, -1), (2, 1)]
     assert "not all integers" in ds.summary() and "'split' column" in ds.summary()
@@ -70,13 +84,19 @@ def test_split_column_errors(tmp_path, write_images):
 def test_manifest_file_and_header_errors(tmp_path, write_images):
     with pytest.raises(DatasetNotFoundError, match="manifest.csv"):
         build_dataset("manifest", tmp_path)
-    write_manifest(tmp_path, [("x.jpg", 1, 0)], write_images, header=("path", "pid", "camid"), name="bad.csv")
-    with pytest.raises(DatasetError, match=r"bad.csv: header must contain image,pid,camid.*missing image"):
+    write_manifest(
+        tmp_path, [("x.jpg", 1, 0)], write_images, header=("path", "pid", "camid"), name="bad.csv"
+    )
+    with pytest.raises(
+        DatasetError, match=r"bad.csv: header must contain image,pid,camid.*missing image"
+    ):
         build_dataset("manifest", tmp_path, csv="bad.csv")
     write_manifest(tmp_path, [("x.jpg", 1, "a"), ("y.jpg", 1, 0)], write_images, name="cam.csv")
     with pytest.raises(DatasetError, match=r"line 2: camid 'a'"):
         build_dataset("manifest", tmp_path / "cam.csv")  # root may be the CSV itself
-    path = write_manifest(tmp_path, [("x.jpg", 1, 0), ("gone/z.jpg", 2, 1)], write_images, name="miss.csv")
+    path = write_manifest(
+        tmp_path, [("x.jpg", 1, 0), ("gone/z.jpg", 2, 1)], write_images, name="miss.csv"
+    )
     os.remove(tmp_path / "gone" / "z.jpg")
     with pytest.raises(DatasetNotFoundError) as err:
         build_dataset("manifest", path)
@@ -106,7 +126,9 @@ def test_random_ids_split_rules(tmp_path, write_images):
     assert train_original.isdisjoint(test_ids) and train_original | test_ids == set(range(1, 11))
     assert len(ds.train) == 5 * 6
     # one query per identity and camera, every other test image in the gallery
-    assert Counter((pid, cam) for _, pid, cam in ds.query) == {(p, c): 1 for p in test_ids for c in range(3)}
+    assert Counter((pid, cam) for _, pid, cam in ds.query) == {
+        (p, c): 1 for p in test_ids for c in range(3)
+    }
     assert Counter(pid for _, pid, _ in ds.gallery) == {p: 3 for p in test_ids}
     assert not set(ds.query) & set(ds.gallery)
     # same seed -> same split; another seed -> another one
@@ -134,10 +156,19 @@ def test_random_ids_unknown_cameras_and_no_match_kept(tmp_path, write_images):
 def test_random_ids_camera_protocols(tmp_path, write_images):
     # 8 ids in cams 1 and 2; 3 ids only in cam 2 and 2 ids only in cam 1 (PRID-like)
     rows = [(f"p/{p}_{c}.jpg", p, c) for p in range(1, 9) for c in (1, 2)]
-    rows += [(f"p/{p}_2.jpg", p, 2) for p in (20, 21, 22)] + [(f"p/{p}_1.jpg", p, 1) for p in (30, 31)]
+    rows += [(f"p/{p}_2.jpg", p, 2) for p in (20, 21, 22)] + [
+        (f"p/{p}_1.jpg", p, 1) for p in (30, 31)
+    ]
     write_manifest(tmp_path, rows, write_images)
-    ds = build_dataset("manifest", tmp_path, num_test_ids=4, query_cams=[1], gallery_cams=[2],
-                       gallery_only_ids=True, seed=1)
+    ds = build_dataset(
+        "manifest",
+        tmp_path,
+        num_test_ids=4,
+        query_cams=[1],
+        gallery_cams=[2],
+        gallery_only_ids=True,
+        seed=1,
+    )
     test_ids = pid_set(ds.query)
     assert len(test_ids) == 4 and test_ids <= set(range(1, 9))
     assert {cam for _, _, cam in ds.query} == {1} and {cam for _, _, cam in ds.gallery} == {2}
@@ -182,13 +213,19 @@ def test_classic_sets(shared_data, name):
     test_ids = pid_set(ds.query)
     assert ds.num_train_pids == train_ids
     assert set(ds.train_pid_map).isdisjoint(test_ids | pid_set(ds.gallery))  # no identity overlap
-    for expected, got in ((train_images, len(ds.train)), (n_query, len(ds.query)), (n_gallery, len(ds.gallery))):
+    for expected, got in (
+        (train_images, len(ds.train)),
+        (n_query, len(ds.query)),
+        (n_gallery, len(ds.gallery)),
+    ):
         if expected is not None:
             assert got == expected
     images = {}
     for _, pid, cam in ds.query:
         images.setdefault(pid, []).append(cam)
-    if name == "ilid":  # one image per identity as query; identities with a single image have no match
+    if (
+        name == "ilid"
+    ):  # one image per identity as query; identities with a single image have no match
         n_per_id = Counter(int(r["pid"]) for r in rows)
         assert len(ds.query) == len(test_ids) == 60
         assert {p for p in test_ids if n_per_id[p] > 1} <= pid_set(ds.gallery)
@@ -200,7 +237,8 @@ def test_classic_sets(shared_data, name):
         for r in rows:
             per_pid[int(r["pid"])].add(int(r["camid"]))
         assert Counter((pid, cam) for _, pid, cam in ds.query) == {
-            (p, c): 1 for p in test_ids for c in per_pid[p]}
+            (p, c): 1 for p in test_ids for c in per_pid[p]
+        }
         assert len(ds.train) + len(ds.query) + len(ds.gallery) == n_images
     if name in ("viper", "prid"):  # cam a queries against cam b gallery
         assert {c for _, _, c in ds.query} == {1} and {c for _, _, c in ds.gallery} == {2}

@@ -1,5 +1,6 @@
 """The synthetic pedestrian generator: layout, protocol, determinism, reuse, and that identities
 carry a learnable signal (nearest-neighbour retrieval on simple features beats chance)."""
+
 from __future__ import annotations
 
 import os
@@ -15,8 +16,16 @@ from partreid.data.datasets import DatasetError, build_dataset, generate_synthet
 from partreid.data.datasets.synthetic import MARKER, main, read_marker
 from partreid.data.io import UnreadableImageError
 
-TINY = dict(num_ids=8, test_fraction=0.5, num_cams=3, images_per_id_per_cam=2, height=64, width=32,
-            num_distractors=3, num_junk=2)
+TINY = dict(
+    num_ids=8,
+    test_fraction=0.5,
+    num_cams=3,
+    images_per_id_per_cam=2,
+    height=64,
+    width=32,
+    num_distractors=3,
+    num_junk=2,
+)
 
 
 def file_bytes(root: Path) -> dict:
@@ -34,7 +43,9 @@ def test_layout_counts_and_protocol(tmp_path):
     n = sum(info["counts"].values())
     print(f"\nsynthetic: {n} images at 64x32 in {seconds:.2f} s ({n / seconds:.0f} images/s)")
     root = tmp_path / "s"
-    assert sorted(os.listdir(root)) == sorted(["bounding_box_train", "query", "bounding_box_test", MARKER])
+    assert sorted(os.listdir(root)) == sorted(
+        ["bounding_box_train", "query", "bounding_box_test", MARKER]
+    )
     with Image.open(next((root / "query").iterdir())) as img:
         assert img.size == (32, 64) and img.mode == "RGB"
 
@@ -43,7 +54,9 @@ def test_layout_counts_and_protocol(tmp_path):
     # 4 train ids x 3 cams x 2 images; test: one query per id and camera, the rest gallery
     assert ds.num_train_pids == 4 and len(ds.train) == 24 and ds.num_train_cams == 3
     assert set(ds.train_pid_map) == {1, 2, 3, 4} and pid_set(ds.query) == {5, 6, 7, 8}
-    assert Counter((pid, cam) for _, pid, cam in ds.query) == {(p, c): 1 for p in range(5, 9) for c in range(3)}
+    assert Counter((pid, cam) for _, pid, cam in ds.query) == {
+        (p, c): 1 for p in range(5, 9) for c in range(3)
+    }
     gallery = Counter(pid for _, pid, _ in ds.gallery)
     assert gallery == {**{p: 3 for p in range(5, 9)}, 0: 3}  # + 3 distractors (pid 0)
     junk = [n for n in os.listdir(root / "bounding_box_test") if n.startswith("-1_")]
@@ -68,22 +81,50 @@ def test_identity_is_constant_across_images():
 
     cam = sample_camera(_rng(0, 1, 0), 0)
     idents = [sample_identity(_rng(0, 3, p)) for p in range(12)]
-    imgs = np.stack([
-        [np.asarray(render_image(idents[p], cam, _rng(0, 9, p, k), 64, 32, 0.0, 0.0), np.float32)
-         for k in range(4)] for p in range(12)
-    ])  # (id, k, h, w, 3)
+    imgs = np.stack(
+        [
+            [
+                np.asarray(
+                    render_image(idents[p], cam, _rng(0, 9, p, k), 64, 32, 0.0, 0.0), np.float32
+                )
+                for k in range(4)
+            ]
+            for p in range(12)
+        ]
+    )  # (id, k, h, w, 3)
     means = imgs.reshape(12, 4, 8, 8, 4, 8, 3).mean(axis=(3, 5))  # 8x4 block means
     feats = means.reshape(12, 4, -1)
-    within = np.mean([np.abs(feats[p, i] - feats[p, j]).mean() for p in range(12) for i in range(4) for j in range(i)])
-    between = np.mean([np.abs(feats[p, 0] - feats[q, 0]).mean() for p in range(12) for q in range(p)])
+    within = np.mean(
+        [
+            np.abs(feats[p, i] - feats[p, j]).mean()
+            for p in range(12)
+            for i in range(4)
+            for j in range(i)
+        ]
+    )
+    between = np.mean(
+        [np.abs(feats[p, 0] - feats[q, 0]).mean() for p in range(12) for q in range(p)]
+    )
     assert within < 0.8 * between
 
 
 def test_retrieval_on_simple_features_beats_chance(tmp_path):
     """Cross-camera nearest neighbours on camera-normalised centre pixels beat random ranking."""
     root = tmp_path / "r"
-    ds = build_dataset("synthetic", root, num_ids=40, test_fraction=0.5, num_cams=2, images_per_id_per_cam=3,
-                       height=64, width=32, occlusion=0.0, cutoff=0.0, num_distractors=0, num_junk=0)
+    ds = build_dataset(
+        "synthetic",
+        root,
+        num_ids=40,
+        test_fraction=0.5,
+        num_cams=2,
+        images_per_id_per_cam=3,
+        height=64,
+        width=32,
+        occlusion=0.0,
+        cutoff=0.0,
+        num_distractors=0,
+        num_junk=0,
+    )
 
     def feats(items):
         out = []
@@ -96,8 +137,10 @@ def test_retrieval_on_simple_features_beats_chance(tmp_path):
         return np.stack(out)
 
     def mean_ap(dist):
-        qp = np.array([p for _, p, _ in ds.query]); qc = np.array([c for _, _, c in ds.query])
-        gp = np.array([p for _, p, _ in ds.gallery]); gc = np.array([c for _, _, c in ds.gallery])
+        qp = np.array([p for _, p, _ in ds.query])
+        qc = np.array([c for _, _, c in ds.query])
+        gp = np.array([p for _, p, _ in ds.gallery])
+        gc = np.array([c for _, _, c in ds.gallery])
         aps = []
         for i in range(len(qp)):
             keep = ~((gp == qp[i]) & (gc == qc[i]))
@@ -154,8 +197,27 @@ def test_corrupt_jpeg_is_named(tmp_path, corrupt_jpeg):
 
 
 def test_command_line(tmp_path, capsys):
-    main([str(tmp_path / "cli"), "--num-ids", "4", "--num-cams", "2", "--images-per-id-per-cam", "2",
-          "--height", "32", "--width", "16", "--num-distractors", "1", "--num-junk", "1", "--seed", "7"])
+    main(
+        [
+            str(tmp_path / "cli"),
+            "--num-ids",
+            "4",
+            "--num-cams",
+            "2",
+            "--images-per-id-per-cam",
+            "2",
+            "--height",
+            "32",
+            "--width",
+            "16",
+            "--num-distractors",
+            "1",
+            "--num-junk",
+            "1",
+            "--seed",
+            "7",
+        ]
+    )
     assert "wrote 18 images" in capsys.readouterr().out
     meta = read_marker(str(tmp_path / "cli"))
     assert meta["params"]["seed"] == 7 and meta["params"]["height"] == 32

@@ -63,15 +63,25 @@ def test_rsa_constant_image_fill_exactly_outside_patch(kind):
             assert out.size == img.size and out.mode == img.mode
         arr = to_array(out)
         inside = np.zeros((H, W), dtype=bool)
-        inside[params.top : params.top + params.new_h, params.left : params.left + params.new_w] = True
+        inside[params.top : params.top + params.new_h, params.left : params.left + params.new_w] = (
+            True
+        )
         assert np.all(arr[~inside] == fill_of(img))
-        np.testing.assert_allclose(arr[inside], np.broadcast_to(colour_of(img), arr[inside].shape), atol=1e-6)
+        np.testing.assert_allclose(
+            arr[inside], np.broadcast_to(colour_of(img), arr[inside].shape), atol=1e-6
+        )
 
 
 def test_rsa_params_within_paper_ranges_and_canvas():
     rc_min, rh_min, rw_min = 0.7, 0.5, 0.5
-    rsa = RandomShifting(p=1.0, pc=1.0, rc_min=rc_min, rh_min=rh_min, rw_min=rw_min,
-                         generator=torch.Generator().manual_seed(0))
+    rsa = RandomShifting(
+        p=1.0,
+        pc=1.0,
+        rc_min=rc_min,
+        rh_min=rh_min,
+        rw_min=rw_min,
+        generator=torch.Generator().manual_seed(0),
+    )
     for _ in range(500):
         q = rsa.sample_params(H, W)
         assert q.cropped
@@ -105,12 +115,16 @@ def test_rsa_apply_matches_reference_slicing_without_resize():
     np.testing.assert_array_equal(out, expected)
     # the same draw on the PIL version of the image gives the same pixels
     pil = Image.fromarray(arr.transpose(1, 2, 0))
-    np.testing.assert_array_equal(np.asarray(RandomShifting.apply(pil, params)), expected.transpose(1, 2, 0))
+    np.testing.assert_array_equal(
+        np.asarray(RandomShifting.apply(pil, params)), expected.transpose(1, 2, 0)
+    )
 
 
 def test_rsa_is_identity_when_nothing_can_change():
     img = torch.rand(3, H, W)
-    rsa = RandomShifting(p=1.0, pc=0.0, rh_min=1.0, rw_min=1.0, generator=torch.Generator().manual_seed(1))
+    rsa = RandomShifting(
+        p=1.0, pc=0.0, rh_min=1.0, rw_min=1.0, generator=torch.Generator().manual_seed(1)
+    )
     assert torch.equal(rsa(img), img)
 
 
@@ -130,7 +144,10 @@ def test_rsa_generators_reproducible():
 def test_random_crop_and_rcrs_keep_size_and_type(kind):
     img = constant_images()[kind]
     torch.manual_seed(0)
-    for t in (RandomCropResize(p=1.0, min_frac=0.5), RandomCropResizeShift(p=1.0, min_frac=0.5, max_shift=0.3)):
+    for t in (
+        RandomCropResize(p=1.0, min_frac=0.5),
+        RandomCropResizeShift(p=1.0, min_frac=0.5, max_shift=0.3),
+    ):
         out = t(img)
         assert type(out) is type(img)
         assert to_array(out).shape == to_array(img).shape
@@ -186,7 +203,9 @@ def test_test_transform_matches_reference():
 
 
 def test_train_transform_shape_and_all_steps_run():
-    cfg = TransformsConfig(flip=0.5, pad=4, random_erasing=0.5, color_jitter=0.5, random_crop=0.5, rcrs=0.5, rsa=0.5)
+    cfg = TransformsConfig(
+        flip=0.5, pad=4, random_erasing=0.5, color_jitter=0.5, random_crop=0.5, rcrs=0.5, rsa=0.5
+    )
     t = build_transforms(cfg, H, W, is_train=True)
     rng = np.random.default_rng(2)
     pil = Image.fromarray(rng.integers(0, 256, size=(60, 25, 3), dtype=np.uint8))
@@ -221,4 +240,6 @@ def test_train_without_augmentation_equals_test():
     rng = np.random.default_rng(3)
     pil = Image.fromarray(rng.integers(0, 256, size=(60, 25, 3), dtype=np.uint8))
     cfg = TransformsConfig(flip=0.0)
-    assert torch.equal(build_transforms(cfg, H, W, True)(pil), build_transforms(cfg, H, W, False)(pil))
+    assert torch.equal(
+        build_transforms(cfg, H, W, True)(pil), build_transforms(cfg, H, W, False)(pil)
+    )

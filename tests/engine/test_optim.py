@@ -1,7 +1,6 @@
 import math
 
 import pytest
-import torch
 from torch import nn
 
 from partreid.config import OptimConfig, ScheduleConfig
@@ -25,8 +24,14 @@ def test_lr_mult_groups():
 
 
 def test_exponential_warmup_then_steps():
-    cfg = ScheduleConfig(epochs=60, warmup="exp", warmup_epochs=3, warmup_start_lr=1e-5,
-                         milestones=[30, 50], gamma=0.1)
+    cfg = ScheduleConfig(
+        epochs=60,
+        warmup="exp",
+        warmup_epochs=3,
+        warmup_start_lr=1e-5,
+        milestones=[30, 50],
+        gamma=0.1,
+    )
     base = 1e-2
     assert lr_factor(0, cfg, base) * base == pytest.approx(1e-5)
     assert lr_factor(1.5, cfg, base) * base == pytest.approx(math.sqrt(1e-5 * 1e-2))
@@ -36,8 +41,9 @@ def test_exponential_warmup_then_steps():
 
 
 def test_linear_warmup_and_per_iteration_scheduler():
-    cfg = ScheduleConfig(epochs=10, warmup="linear", warmup_epochs=2, warmup_start_lr=0.0,
-                         milestones=[5])
+    cfg = ScheduleConfig(
+        epochs=10, warmup="linear", warmup_epochs=2, warmup_start_lr=0.0, milestones=[5]
+    )
     opt = build_optimizer(Tiny(), OptimConfig(lr=0.1, lr_mult={"classifier": 10.0}))
     sched = build_scheduler(opt, cfg, 0.1, iters_per_epoch=4)
     seen = []

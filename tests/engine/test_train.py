@@ -3,23 +3,25 @@ import json
 import pytest
 import torch
 
+from partreid.checkpoint import CheckpointError, load_checkpoint
 from partreid.config import load_config
 from partreid.engine import train
-from partreid.engine.checkpoint import CheckpointError, load_checkpoint, load_model_state
 from partreid.models import build_model
 
 
 def test_resume_after_epoch_one_reaches_same_weights(tiny_overrides, tmp_path):
     straight = load_config(None, tiny_overrides + [f"output_dir={tmp_path / 'a'}"])
     train(straight)
-    first = load_config(None, tiny_overrides + [f"output_dir={tmp_path / 'b'}", "schedule.epochs=1"])
+    first = load_config(
+        None, tiny_overrides + [f"output_dir={tmp_path / 'b'}", "schedule.epochs=1"]
+    )
     train(first)
-    assert load_checkpoint(str(tmp_path / "b" / "last.pth"))["epoch"] == 1
+    assert load_checkpoint(str(tmp_path / "b" / "last.pth"))["train_state"]["epoch"] == 1
     second = load_config(None, tiny_overrides + [f"output_dir={tmp_path / 'b'}"])
     train(second, resume="auto")
     a = load_checkpoint(str(tmp_path / "a" / "last.pth"))
     b = load_checkpoint(str(tmp_path / "b" / "last.pth"))
-    assert a["epoch"] == b["epoch"] == 2
+    assert a["train_state"]["epoch"] == b["train_state"]["epoch"] == 2
     for k, v in a["model"].items():
         assert torch.equal(v, b["model"][k]), k
     # the run folder holds what the issue asks for
@@ -38,14 +40,16 @@ def test_log_names_each_loss(tiny_overrides, tmp_path):
 
 
 def test_checkpoint_of_another_model_is_refused(tmp_path):
-    bot = build_model("bot", 5, backbone="resnet18")
-    path = tmp_path / "bot.pth"
-    torch.save({"model": bot.state_dict(), "model_cfg": {"name": "bot", "backbone": "resnet18"}}, path)
-    ckpt = load_checkpoint(str(path))
-    other = build_model("bot", 5, backbone="resnet34")
-    with pytest.raises(CheckpointError, match="holds model 'bot' \\(backbone 'resnet18'\\)"):
-        load_model_state(other, ckpt, str(path), {"name": "bot", "backbone": "resnet34"})
-    with pytest.raises(CheckpointError, match="does not fit"):  # no config to compare with
-        load_model_state(other, ckpt, str(path), None)
+    from partreid.checkpoint import model_meta, save_checkpoint
+    from partreid.inference import load_model
+
+    pcb = build_model("pcb", 5, backbone="resnet18")
+    path = tmp_path / "pcb.pth"
+    cfg = load_config(None, ["model={name: pcb, backbone: resnet18}"])
+    save_checkpoint(str(path), pcb.state_dict(), model_meta(cfg, pcb, 5))
+    with pytest.raises(CheckpointError, match="holds model 'pcb' \\(backbone 'resnet18'\\)"):
+        load_model(str(path), overrides={"name": "pcb", "backbone": "resnet34"})
+    with pytest.raises(CheckpointError, match="does not fit"):  # an option that changes shapes
+        load_model(str(path), overrides={"stripes": 4})
     with pytest.raises(CheckpointError, match="not found"):
         load_checkpoint(str(tmp_path / "missing.pth"))

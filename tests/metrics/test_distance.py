@@ -1,4 +1,5 @@
 """compute_distance and the stable top-k helper."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -16,7 +17,9 @@ def test_euclidean_and_cosine_against_numpy():
     out = compute_distance(q, g)
     assert isinstance(out, np.ndarray) and out.dtype == np.float64
     np.testing.assert_allclose(out, expected, atol=1e-10)
-    cos = (q / np.linalg.norm(q, axis=1, keepdims=True)) @ (g / np.linalg.norm(g, axis=1, keepdims=True)).T
+    cos = (q / np.linalg.norm(q, axis=1, keepdims=True)) @ (
+        g / np.linalg.norm(g, axis=1, keepdims=True)
+    ).T
     np.testing.assert_allclose(compute_distance(q, g, "cosine"), 1 - cos, atol=1e-10)
     t = compute_distance(torch.from_numpy(q).float(), torch.from_numpy(g).float(), "cosine")
     assert isinstance(t, torch.Tensor) and t.dtype == torch.float32

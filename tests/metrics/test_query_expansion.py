@@ -1,4 +1,5 @@
 """Query expansion checked against hand-computed vectors."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -63,7 +64,11 @@ def test_types_and_shapes():
     np.testing.assert_allclose(qn, q.numpy(), atol=1e-6)
     # k larger than the gallery is clipped
     q_all, _ = average_query_expansion(qf, gf, k=50)
-    expected = qf / np.linalg.norm(qf, axis=1, keepdims=True) + (gf / np.linalg.norm(gf, axis=1, keepdims=True)).sum(0)
-    np.testing.assert_allclose(q_all, expected / np.linalg.norm(expected, axis=1, keepdims=True), atol=1e-5)
+    expected = qf / np.linalg.norm(qf, axis=1, keepdims=True) + (
+        gf / np.linalg.norm(gf, axis=1, keepdims=True)
+    ).sum(0)
+    np.testing.assert_allclose(
+        q_all, expected / np.linalg.norm(expected, axis=1, keepdims=True), atol=1e-5
+    )
     with pytest.raises(ValueError, match="distmat"):
         average_query_expansion(qf, gf, distmat=np.zeros((3, 3)))

@@ -1,4 +1,5 @@
 """evaluate_rank / evaluate_cuhk03_single_gallery_shot against straightforward per-query references."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -33,7 +34,9 @@ def reference_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank):
     return np.mean(cmcs, axis=0), float(np.mean(aps)), float(np.mean(inps)), len(aps)
 
 
-def random_problem(rng, num_q, num_g, num_ids, num_cams, integer=False, unknown_cam=0.0, distractors=0):
+def random_problem(
+    rng, num_q, num_g, num_ids, num_cams, integer=False, unknown_cam=0.0, distractors=0
+):
     q_pids = rng.integers(1, num_ids + 1, num_q)
     g_pids = rng.integers(1, num_ids + 1, num_g)
     g_pids[:distractors] = 0  # distractors: gallery-only identity 0
@@ -63,7 +66,9 @@ def check(out, ref, max_rank):
 CASES = {
     "plain": dict(num_q=40, num_g=300, num_ids=25, num_cams=4),
     "ties": dict(num_q=40, num_g=300, num_ids=25, num_cams=4, integer=True),
-    "unknown_cameras": dict(num_q=40, num_g=200, num_ids=20, num_cams=3, unknown_cam=0.3, integer=True),
+    "unknown_cameras": dict(
+        num_q=40, num_g=200, num_ids=20, num_cams=3, unknown_cam=0.3, integer=True
+    ),
     "distractors_and_skipped": dict(num_q=50, num_g=200, num_ids=60, num_cams=2, distractors=40),
     "gallery_smaller_than_max_rank": dict(num_q=30, num_g=20, num_ids=6, num_cams=3, integer=True),
 }
@@ -73,7 +78,9 @@ CASES = {
 def strategy(request, monkeypatch):
     """Run with the automatic choice and with each of the two rank strategies forced."""
     if request.param != "auto":
-        monkeypatch.setattr(rank_module, "_DENSE_FRACTION", 2.0 if request.param == "sorting" else -1.0)
+        monkeypatch.setattr(
+            rank_module, "_DENSE_FRACTION", 2.0 if request.param == "sorting" else -1.0
+        )
     return request.param
 
 
@@ -89,9 +96,17 @@ def test_evaluate_rank_matches_reference(case, seed, strategy):
     assert out["num_valid_queries"] + out["num_skipped_queries"] == len(qp)
     # chunking (one query per chunk, odd chunk) and torch input give the same numbers
     for chunk in (1, 7):
-        check(evaluate_rank(dist, qp, gp, qc, gc, max_rank=max_rank, chunk_size=chunk), ref, max_rank)
-    tout = evaluate_rank(torch.from_numpy(dist).double(), torch.from_numpy(qp), torch.from_numpy(gp),
-                         torch.from_numpy(qc), torch.from_numpy(gc), max_rank=max_rank)
+        check(
+            evaluate_rank(dist, qp, gp, qc, gc, max_rank=max_rank, chunk_size=chunk), ref, max_rank
+        )
+    tout = evaluate_rank(
+        torch.from_numpy(dist).double(),
+        torch.from_numpy(qp),
+        torch.from_numpy(gp),
+        torch.from_numpy(qc),
+        torch.from_numpy(gc),
+        max_rank=max_rank,
+    )
     check(tout, ref, max_rank)
 
 
@@ -124,7 +139,9 @@ def test_hand_computed_example(strategy):
 
 def test_ties_broken_by_gallery_index(strategy):
     dist = np.zeros((1, 4))
-    out = evaluate_rank(dist, np.array([1]), np.array([2, 1, 3, 1]), np.array([0]), np.array([1, 1, 1, 1]))
+    out = evaluate_rank(
+        dist, np.array([1]), np.array([2, 1, 3, 1]), np.array([0]), np.array([1, 1, 1, 1])
+    )
     assert out["cmc"][0] == 0 and out["cmc"][1] == 1
     assert out["mAP"] == pytest.approx((1 / 2 + 2 / 4) / 2)
 
@@ -132,12 +149,21 @@ def test_ties_broken_by_gallery_index(strategy):
 def test_errors_are_clear():
     dist = np.zeros((2, 3))
     with pytest.raises(ValueError, match="g_pids"):
-        evaluate_rank(dist, np.array([1, 2]), np.array([1, 2]), np.array([0, 0]), np.array([1, 1, 1]))
+        evaluate_rank(
+            dist, np.array([1, 2]), np.array([1, 2]), np.array([0, 0]), np.array([1, 1, 1])
+        )
     with pytest.raises(ValueError, match="no query has a valid"):
-        evaluate_rank(dist, np.array([1, 2]), np.array([3, 4, 5]), np.array([0, 0]), np.array([1, 1, 1]))
+        evaluate_rank(
+            dist, np.array([1, 2]), np.array([3, 4, 5]), np.array([0, 0]), np.array([1, 1, 1])
+        )
     with pytest.raises(ValueError, match="NaN"):
-        evaluate_rank(np.full((2, 3), np.nan), np.array([1, 2]), np.array([1, 2, 1]), np.array([0, 0]),
-                      np.array([1, 1, 1]))
+        evaluate_rank(
+            np.full((2, 3), np.nan),
+            np.array([1, 2]),
+            np.array([1, 2, 1]),
+            np.array([0, 0]),
+            np.array([1, 1, 1]),
+        )
 
 
 # ------------------------------------------------------------------ CUHK03 single-gallery-shot
@@ -166,7 +192,9 @@ def expected_sgs_cmc(dist, q_pids, g_pids, q_cams, g_cams, max_rank):
             continue
         n_valid += 1
         for m in matches:  # each true match is drawn with probability 1/len(matches)
-            before = (dist[i] < dist[i, m]) | ((dist[i] == dist[i, m]) & (np.arange(len(g_pids)) < m))
+            before = (dist[i] < dist[i, m]) | (
+                (dist[i] == dist[i, m]) & (np.arange(len(g_pids)) < m)
+            )
             probs = [before[g_pids == pid].mean() for pid in ids if pid != q_pids[i]]
             dp = np.zeros(len(probs) + 1)  # distribution of the number of closer identities
             dp[0] = 1.0
@@ -186,9 +214,13 @@ def test_sgs_converges_to_its_expectation():
     g_pids = rng.integers(1, num_ids + 1, num_g)
     q_cams, g_cams = rng.integers(0, 2, num_q), rng.integers(0, 2, num_g)
     dist = rng.integers(0, 10, (num_q, num_g)).astype(np.float64)  # with ties
-    out = evaluate_cuhk03_single_gallery_shot(dist, q_pids, g_pids, q_cams, g_cams, max_rank=5, repeats=3000, seed=1)
+    out = evaluate_cuhk03_single_gallery_shot(
+        dist, q_pids, g_pids, q_cams, g_cams, max_rank=5, repeats=3000, seed=1
+    )
     expected = expected_sgs_cmc(dist, q_pids, g_pids, q_cams, g_cams, 5)
     np.testing.assert_allclose(out["cmc"], expected, atol=0.02)
     # reproducible from the seed
-    again = evaluate_cuhk03_single_gallery_shot(dist, q_pids, g_pids, q_cams, g_cams, max_rank=5, repeats=3000, seed=1)
+    again = evaluate_cuhk03_single_gallery_shot(
+        dist, q_pids, g_pids, q_cams, g_cams, max_rank=5, repeats=3000, seed=1
+    )
     np.testing.assert_array_equal(out["cmc"], again["cmc"])

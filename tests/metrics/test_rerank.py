@@ -1,4 +1,5 @@
 """re_rank / re_rank_features against a plain numpy implementation of the classic algorithm."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -49,8 +50,10 @@ def reference_re_rank(q_g_dist, q_q_dist, g_g_dist, k1=20, k2=6, lambda_value=0.
 
 def features(rng, num_q, num_g, dim, integer=False):
     if integer:  # exact small-integer features: many exactly tied distances
-        return (rng.integers(0, 3, (num_q, dim)).astype(np.float32),
-                rng.integers(0, 3, (num_g, dim)).astype(np.float32))
+        return (
+            rng.integers(0, 3, (num_q, dim)).astype(np.float32),
+            rng.integers(0, 3, (num_g, dim)).astype(np.float32),
+        )
     centres = rng.normal(size=(6, dim))
     q = centres[rng.integers(0, 6, num_q)] + 0.7 * rng.normal(size=(num_q, dim))
     g = centres[rng.integers(0, 6, num_g)] + 0.7 * rng.normal(size=(num_g, dim))
@@ -58,7 +61,11 @@ def features(rng, num_q, num_g, dim, integer=False):
 
 
 def distances(qf, gf, metric):
-    return (compute_distance(qf, gf, metric), compute_distance(qf, qf, metric), compute_distance(gf, gf, metric))
+    return (
+        compute_distance(qf, gf, metric),
+        compute_distance(qf, qf, metric),
+        compute_distance(gf, gf, metric),
+    )
 
 
 CASES = [
@@ -81,12 +88,16 @@ def gallery_blocks(request, monkeypatch):
     return request.param
 
 
-@pytest.mark.parametrize("case", CASES, ids=[f"q{c[0]}g{c[1]}k{c[3]}-{c[4]}{'-ties' if c[6] else ''}" for c in CASES])
+@pytest.mark.parametrize(
+    "case", CASES, ids=[f"q{c[0]}g{c[1]}k{c[3]}-{c[4]}{'-ties' if c[6] else ''}" for c in CASES]
+)
 @pytest.mark.parametrize("metric", ["euclidean", "cosine"])
 def test_both_entry_points_match_reference(case, metric, gallery_blocks):
     num_q, num_g, dim, k1, k2, lam, integer = case
     if integer and metric == "cosine":
-        pytest.skip("exact ties are only guaranteed for integer features under the Euclidean metric")
+        pytest.skip(
+            "exact ties are only guaranteed for integer features under the Euclidean metric"
+        )
     rng = np.random.default_rng(num_q + num_g)
     qf, gf = features(rng, num_q, num_g, dim, integer)
     qg, qq, gg = distances(qf, gf, metric)
@@ -97,7 +108,9 @@ def test_both_entry_points_match_reference(case, metric, gallery_blocks):
     np.testing.assert_allclose(from_dist, expected, atol=1e-4)
 
     # small blocks exercise the blocked, symmetric pass and the merging of neighbour lists
-    from_feat = re_rank_features(qf, gf, k1=k1, k2=k2, lambda_value=lam, metric=metric, chunk_size=16)
+    from_feat = re_rank_features(
+        qf, gf, k1=k1, k2=k2, lambda_value=lam, metric=metric, chunk_size=16
+    )
     assert isinstance(from_feat, np.ndarray)
     np.testing.assert_allclose(from_feat, expected, atol=1e-4)
     np.testing.assert_allclose(from_feat, from_dist, atol=1e-4)
@@ -125,7 +138,9 @@ def test_asymmetric_blocks_follow_the_reference_transpose():
     gg = rng.random((30, 30)).astype(np.float32)
     np.fill_diagonal(qq, 0)
     np.fill_diagonal(gg, 0)
-    np.testing.assert_allclose(re_rank(qg, qq, gg, k1=6, k2=3), reference_re_rank(qg, qq, gg, 6, 3), atol=1e-4)
+    np.testing.assert_allclose(
+        re_rank(qg, qq, gg, k1=6, k2=3), reference_re_rank(qg, qq, gg, 6, 3), atol=1e-4
+    )
 
 
 def test_reranking_helps_on_clustered_data():
@@ -184,8 +199,11 @@ def test_many_small_chunks_give_the_same_result(monkeypatch, gallery_blocks):
 
 
 @pytest.mark.parametrize("metric", ["euclidean", "cosine"])
-@pytest.mark.parametrize("slack, far_slots, widen", [(0, 1, 4), (0, 1, 1), (2, 2, 2)],
-                         ids=["second-look", "float32-rows", "mixed"])
+@pytest.mark.parametrize(
+    "slack, far_slots, widen",
+    [(0, 1, 4), (0, 1, 1), (2, 2, 2)],
+    ids=["second-look", "float32-rows", "mixed"],
+)
 def test_short_candidate_lists_are_completed_exactly(metric, slack, far_slots, widen, monkeypatch):
     # tiny bfloat16 candidate lists cannot be proven complete: those rows get a wider
     # bfloat16 list, and float32 rows when that is still not enough
@@ -197,10 +215,16 @@ def test_short_candidate_lists_are_completed_exactly(metric, slack, far_slots, w
     monkeypatch.setattr(rerank_module, "_REDO_WIDEN", widen)
     redone, exact_rows = [], []
     redo, exact = rerank_module._redo_rows, rerank_module._FeatureSource.exact_rows
-    monkeypatch.setattr(rerank_module, "_redo_rows",
-                        lambda src, rows, *a: (redone.append(rows.numel()), redo(src, rows, *a)))
-    monkeypatch.setattr(rerank_module._FeatureSource, "exact_rows",
-                        lambda self, rows: (exact_rows.append(rows.numel()), exact(self, rows))[1])
+    monkeypatch.setattr(
+        rerank_module,
+        "_redo_rows",
+        lambda src, rows, *a: (redone.append(rows.numel()), redo(src, rows, *a)),
+    )
+    monkeypatch.setattr(
+        rerank_module._FeatureSource,
+        "exact_rows",
+        lambda self, rows: (exact_rows.append(rows.numel()), exact(self, rows))[1],
+    )
     rng = np.random.default_rng(12)
     qf, gf = features(rng, 20, 90, 8)
     expected = reference_re_rank(*distances(qf, gf, metric), k1=6, k2=3)
@@ -220,20 +244,26 @@ def test_bf16_estimates_stay_within_their_bounds(metric):
     rng = np.random.default_rng(3)
     f = (rng.normal(size=(70, 48)) * rng.uniform(0.2, 5.0, size=(70, 1)) + 4.0).astype(np.float32)
     f[5] = f[6]  # a duplicate: distance 0
-    src = rerank_module._FeatureSource(torch.from_numpy(f[:20]), torch.from_numpy(f[20:]), metric, bf16=True)
+    src = rerank_module._FeatureSource(
+        torch.from_numpy(f[:20]), torch.from_numpy(f[20:]), metric, bf16=True
+    )
     n = f.shape[0]
     rows = torch.arange(n)
     z = src.approx_rows(rows)
     i, j = torch.meshgrid(rows, rows, indexing="ij")
     e = src.exact_pairs(i.reshape(-1), j.reshape(-1)).view(n, n)
-    slack = src.bound.unsqueeze(1) + src.rho * (src.sqc.unsqueeze(1) + src.sqc.unsqueeze(0) - z).abs()
+    slack = (
+        src.bound.unsqueeze(1) + src.rho * (src.sqc.unsqueeze(1) + src.sqc.unsqueeze(0) - z).abs()
+    )
     assert ((z - e).abs() <= slack).all()
     assert ((z - e).abs() <= src.hmax.unsqueeze(1)).all()
     assert (slack < 0.2 * e.max()).all()  # the bounds are not vacuous on this data
 
 
-@pytest.mark.parametrize("shape, density", [((37, 53), 0.0), ((37, 53), 0.002), ((64, 64), 0.05),
-                                            ((3, 5), 0.5), ((128, 40), 0.9)])
+@pytest.mark.parametrize(
+    "shape, density",
+    [((37, 53), 0.0), ((37, 53), 0.002), ((64, 64), 0.05), ((3, 5), 0.5), ((128, 40), 0.9)],
+)
 def test_sparse_positions_equal_nonzero(shape, density):
     import partreid.metrics.rerank as rerank_module
 

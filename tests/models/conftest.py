@@ -1,4 +1,5 @@
 """Shared pieces of the model tests."""
+
 from __future__ import annotations
 
 import pytest

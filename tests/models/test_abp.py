@@ -1,4 +1,5 @@
 """Activation balanced pooling (RMGL Eqs. 8-11) against hand-derived borders and a loop reference."""
+
 from __future__ import annotations
 
 import math
@@ -7,8 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from partreid.models.abp import (ActivationBalancedPooling, abp_borders, abp_pool,
-                                 max_activation_histogram, pool_between)
+from partreid.models.abp import (
+    ActivationBalancedPooling,
+    abp_borders,
+    abp_pool,
+    max_activation_histogram,
+    pool_between,
+)
 from partreid.models.parts import stripe_pool
 
 
@@ -59,22 +65,31 @@ def test_histogram_counts_rows_of_channel_maxima():
     assert max_activation_histogram(x).tolist() == [[1, 0, 3, 0, 0, 1]]
 
 
-@pytest.mark.parametrize("row, expected", [
-    (2, [0, 2, 3, 6]),  # T = 2, 4: H_x(2) = 0 <= T, H_x(3) = 6 > T -> h1 = h2 = 2 -> [0, 2, 3, 6]
-    (0, [0, 1, 2, 6]),  # h1 = h2 = 0 -> pushed down to one row each
-    (5, [0, 4, 5, 6]),  # h1 = h2 = 5 -> pushed up so the last stripes keep a row
-])
+@pytest.mark.parametrize(
+    "row, expected",
+    [
+        (
+            2,
+            [0, 2, 3, 6],
+        ),  # T = 2, 4: H_x(2) = 0 <= T, H_x(3) = 6 > T -> h1 = h2 = 2 -> [0, 2, 3, 6]
+        (0, [0, 1, 2, 6]),  # h1 = h2 = 0 -> pushed down to one row each
+        (5, [0, 4, 5, 6]),  # h1 = h2 = 5 -> pushed up so the last stripes keep a row
+    ],
+)
 def test_all_maxima_in_one_row(row, expected):
     x = _map_with_maxima([row] * 6, h=6)
     assert abp_borders(x, 3).tolist() == [expected]
 
 
-@pytest.mark.parametrize("k, expected", [
-    (2, [0, 3, 6]),        # T = 6: H_x = 2, 4, 6, 8, ... -> h1 = 3
-    (3, [0, 2, 4, 6]),     # T = 4, 8 -> uniform stripes
-    (4, [0, 1, 3, 4, 6]),  # T = 3, 6, 9 -> h = 1, 3, 4 (the "<=" of Eq. 10)
-    (6, [0, 1, 2, 3, 4, 5, 6]),
-])
+@pytest.mark.parametrize(
+    "k, expected",
+    [
+        (2, [0, 3, 6]),  # T = 6: H_x = 2, 4, 6, 8, ... -> h1 = 3
+        (3, [0, 2, 4, 6]),  # T = 4, 8 -> uniform stripes
+        (4, [0, 1, 3, 4, 6]),  # T = 3, 6, 9 -> h = 1, 3, 4 (the "<=" of Eq. 10)
+        (6, [0, 1, 2, 3, 4, 5, 6]),
+    ],
+)
 def test_uniform_maxima(k, expected):
     rows = [r for r in range(6) for _ in range(2)]  # 12 channels, 2 maxima per row
     x = _map_with_maxima(rows, h=6, cols=list(range(12)))
@@ -117,8 +132,12 @@ def test_borders_and_pooling_match_per_image_reference(k):
         ref = reference_borders(xn[i], k)
         assert borders[i].tolist() == ref, f"image {i}"
         for mode in ("avg", "max"):
-            np.testing.assert_allclose(abp_pool(x, k, mode)[i].numpy(), reference_pool(xn[i], ref, mode),
-                                       rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(
+                abp_pool(x, k, mode)[i].numpy(),
+                reference_pool(xn[i], ref, mode),
+                rtol=1e-5,
+                atol=1e-6,
+            )
 
 
 def test_stripe_counts_hold_at_most_the_threshold():

@@ -7,7 +7,9 @@ import torch
 from partreid.models import build_backbone, build_model
 from partreid.models.registry import model_options
 
-SHARED = Path(os.environ.get("PARTREID_SHARED", Path(__file__).resolve().parents[2].parent / "shared"))
+SHARED = Path(
+    os.environ.get("PARTREID_SHARED", Path(__file__).resolve().parents[2].parent / "shared")
+)
 
 
 @pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2"])
@@ -59,8 +61,10 @@ def test_torchvision_state_dict_file_loads(tmp_path):
     assert torch.equal(bb.stages[3][1].conv2.weight, net.layer4[1].conv2.weight)
 
 
-@pytest.mark.skipif(not (SHARED / "weights" / "mobilenetv2_imagenet.pth").exists(),
-                    reason="../shared/weights is absent")
+@pytest.mark.skipif(
+    not (SHARED / "weights" / "mobilenetv2_imagenet.pth").exists(),
+    reason="../shared/weights is absent",
+)
 def test_shared_imagenet_mobilenet_loads():
     path = SHARED / "weights" / "mobilenetv2_imagenet.pth"
     bb = build_backbone("mobilenet_v2", pretrained=str(path))

@@ -1,4 +1,5 @@
 """CGPN: shapes against the paper, stripe windows, MSE supervision, ablation configs, sizes."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -33,6 +34,7 @@ class RowBroadcast(nn.Module):
 
 
 # --------------------------------------------------------------------------- shapes
+
 
 @pytest.mark.parametrize("size", [(384, 128), (256, 128), (200, 96)])
 def test_test_feature_is_12_x_256_at_any_input_size(size):
@@ -106,6 +108,7 @@ def test_activation_maps_per_branch_and_part():
 
 # --------------------------------------------------------------------------- stripe windows
 
+
 def reference_windows(k: int, mode: str):
     """The paper's windows, written out: K=2: 1|2; K=3: 1-2, 2-3; K=4: 1-2, 2-3, 3-4, 1-3, 2-4;
     K>4 by the stated rule K/2 <= L < K. Stripe indices 0-based, end exclusive."""
@@ -114,7 +117,7 @@ def reference_windows(k: int, mode: str):
     paper = {2: [(0, 1), (1, 2)], 3: [(0, 2), (1, 3)], 4: [(0, 2), (1, 3), (2, 4), (0, 3), (1, 4)]}
     if k in paper:
         return paper[k]
-    return [(s, s + L) for L in range(1, k) if 2 * L >= k for s in range(k - L + 1)]
+    return [(s, s + L) for L in range(1, k) if k <= 2 * L for s in range(k - L + 1)]
 
 
 def test_window_counts_follow_the_rule():
@@ -129,8 +132,13 @@ def test_window_counts_follow_the_rule():
 def test_windows_pool_exactly_their_rows(mode, height, row_map):
     """Through the full forward: every local feature is the GMP over the rows its window covers."""
     ks = [2, 3, 4, 5, 6]
-    model = small_cgpn(stripes=ks, global_part=False, local_part=mode,
-                       triplet_features="local", triplet_on="pooled").train()
+    model = small_cgpn(
+        stripes=ks,
+        global_part=False,
+        local_part=mode,
+        triplet_features="local",
+        triplet_on="pooled",
+    ).train()
     model.trunk = nn.Identity()
     for branch in model.branches:
         branch.layers = row_map(model.channels)
@@ -138,12 +146,12 @@ def test_windows_pool_exactly_their_rows(mode, height, row_map):
     feats = iter(out["triplet"])
     rows = np.arange(height)
     for k in ks:
-        stripes = np.array_split(rows, k)   # remainder rows go to the first stripes
+        stripes = np.array_split(rows, k)  # remainder rows go to the first stripes
         for a, b in reference_windows(k, mode):
             covered = np.concatenate(stripes[a:b])
             f = next(feats)
-            assert f[0, 0].item() == covered.max(), (k, a, b)      # channel 0: last row
-            assert -f[0, 1].item() == covered.min(), (k, a, b)     # channel 1: first row
+            assert f[0, 0].item() == covered.max(), (k, a, b)  # channel 0: last row
+            assert -f[0, 1].item() == covered.min(), (k, a, b)  # channel 1: first row
             assert torch.equal(f[0], f[1])
     assert next(feats, None) is None
 
@@ -162,10 +170,11 @@ def test_global_targets_are_gmp_of_m_stripes(row_map):
 def test_too_small_input_gives_a_clear_error():
     model = small_cgpn(stripes=[6]).eval()
     with pytest.raises(ValueError, match="too short for 6 stripes"):
-        model(torch.randn(1, 3, 64, 32))   # 4-row map
+        model(torch.randn(1, 3, 64, 32))  # 4-row map
 
 
 # --------------------------------------------------------------------------- MSE supervision
+
 
 def config_mse_terms():
     """The MSE term of the paper recipe's config, with both reductions."""
@@ -218,7 +227,7 @@ def test_mse_gradient_reaches_trunk_through_target_only_when_not_detached():
     def target_side(pairs):
         return sum((p.detach() - t).pow(2).sum() for p, t in pairs)
 
-    assert model.detach_target is False                   # default: the literal formula
+    assert model.detach_target is False  # default: the literal formula
     g_target = grad(target_side)
     assert g_target is not None and g_target.abs().sum() > 0
     g_full_attached = grad(full)
@@ -226,7 +235,7 @@ def test_mse_gradient_reaches_trunk_through_target_only_when_not_detached():
     model.detach_target = True
     out = model(x)
     assert all(not t.requires_grad and p.requires_grad for p, t in out["mse"])
-    assert grad(target_side) is None                       # no path from the targets
+    assert grad(target_side) is None  # no path from the targets
     g_full_detached = grad(full)
     # full gradient = prediction side + target side; detaching removes exactly the target side
     diff = g_full_attached - g_full_detached
@@ -237,17 +246,28 @@ def test_mse_gradient_reaches_trunk_through_target_only_when_not_detached():
 
 # file stem -> (features, global features, MSE pairs, triplet features)
 EXPECTED = {
-    "market1501": (12, 3, 6, 3), "dukemtmc": (12, 3, 6, 3), "cuhk03_labeled": (12, 3, 6, 3),
-    "occluded_duke": (12, 3, 6, 3), "cpu_mobilenet": (12, 3, 6, 3), "demo": (12, 3, 6, 3),
+    "market1501": (12, 3, 6, 3),
+    "dukemtmc": (12, 3, 6, 3),
+    "cuhk03_labeled": (12, 3, 6, 3),
+    "occluded_duke": (12, 3, 6, 3),
+    "cpu_mobilenet": (12, 3, 6, 3),
+    "demo": (12, 3, 6, 3),
     "cgpn1_global_only": (3, 3, 6, 3),
     "cgpn2_fine_stripes": (12, 3, 6, 3),
     "cgpn3_local_only": (9, 0, 0, 9),
     "cgpn4_unsupervised_global": (12, 3, 0, 3),
-    "branch1": (3, 1, 2, 1), "branch2": (3, 1, 2, 1), "branch3": (6, 1, 2, 1),
-    "branch1_2": (6, 2, 4, 2), "branch1_3": (9, 2, 4, 2), "branch2_3": (9, 2, 4, 2),
-    "plus_branch4": (18, 4, 8, 4), "plus_branch4_5": (28, 5, 10, 5),
-    "branch1_global_m2": (1, 1, 2, 1), "branch1_global_m3": (1, 1, 3, 1),
-    "branch1_global_m4": (1, 1, 4, 1), "branch1_global_m8": (1, 1, 8, 1),
+    "branch1": (3, 1, 2, 1),
+    "branch2": (3, 1, 2, 1),
+    "branch3": (6, 1, 2, 1),
+    "branch1_2": (6, 2, 4, 2),
+    "branch1_3": (9, 2, 4, 2),
+    "branch2_3": (9, 2, 4, 2),
+    "plus_branch4": (18, 4, 8, 4),
+    "plus_branch4_5": (28, 5, 10, 5),
+    "branch1_global_m2": (1, 1, 2, 1),
+    "branch1_global_m3": (1, 1, 3, 1),
+    "branch1_global_m4": (1, 1, 4, 1),
+    "branch1_global_m8": (1, 1, 8, 1),
 }
 
 
@@ -268,7 +288,7 @@ def test_config_builds_the_model_it_names(path):
     torch.manual_seed(0)
     model = build_model("cgpn", NUM_CLASSES, **model_cfg).train()
     n_feat, n_global, n_mse, n_triplet = EXPECTED[path.stem]
-    out = model(torch.randn(2, 3, 128, 16))   # 8-row map: enough for K <= 6 and M <= 8
+    out = model(torch.randn(2, 3, 128, 16))  # 8-row map: enough for K <= 6 and M <= 8
     assert len(model.feature_names) == len(out["logits"]) == n_feat
     assert len(model.global_names) == n_global
     assert len(out["mse"]) == n_mse
@@ -287,7 +307,11 @@ def test_paper_recipe_values():
     assert (cfg.input.height, cfg.input.width) == (384, 128)
     assert (cfg.sampler.p, cfg.sampler.k) == (8, 8)
     assert (cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay) == (0.01, 0.9, 5e-4)
-    assert (cfg.schedule.milestones, cfg.schedule.epochs, cfg.schedule.gamma) == ([60, 80], 240, 0.1)
+    assert (cfg.schedule.milestones, cfg.schedule.epochs, cfg.schedule.gamma) == (
+        [60, 80],
+        240,
+        0.1,
+    )
     assert {t["type"]: t.get("margin") for t in cfg.losses}["triplet"] == 1.2
     assert {t["type"] for t in cfg.losses} == {"cross_entropy", "triplet", "mse"}
     assert cfg.transforms.flip == 0.5 and cfg.eval.flip
@@ -303,7 +327,7 @@ def test_invalid_switches_name_the_key():
     with pytest.raises(ValueError, match="model.triplet_on"):
         small_cgpn(triplet_on="logits")
     with pytest.raises(ValueError, match="model.triplet_features"):
-        small_cgpn(global_part=False)            # CGPN-3 needs triplet_features=local
+        small_cgpn(global_part=False)  # CGPN-3 needs triplet_features=local
     with pytest.raises(ValueError, match="no features"):
         small_cgpn(global_part=False, local_part="none", triplet_features="none")
     with pytest.raises(ValueError, match="model.stripes"):
@@ -313,6 +337,7 @@ def test_invalid_switches_name_the_key():
 
 
 # --------------------------------------------------------------------------- parameter count
+
 
 def bottleneck(cin: int, mid: int, cout: int, downsample: bool) -> int:
     """Parameters of a ResNet bottleneck: 1x1, 3x3, 1x1 convs (no bias) + BN (2 per channel)."""
@@ -342,7 +367,7 @@ def head(cin: int, num_classes: int) -> int:
 def test_parameter_count_resnet50(cgpn50):
     nc, c, m = 751, 2048, 2
     trunk, rest = resnet50_parts()
-    branch_extra = m * c * c + head(m * c, nc)            # M 1x1 convs c -> c + global head
+    branch_extra = m * c * c + head(m * c, nc)  # M 1x1 convs c -> c + global head
     locals_ = (2 + 2 + 5) * head(c, nc)
     expected = trunk + 3 * (rest + branch_extra) + locals_
     model = cgpn50

@@ -1,4 +1,5 @@
 """MGN baseline: 8 features / 2048-d, branch strides, stripe pooling, configs, parameter count."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -33,7 +34,9 @@ def resnet50_parts():
     layer3_rest = 5 * bottleneck(1024, 256, 1024, False)
     layer4 = bottleneck(1024, 512, 2048, True) + 2 * bottleneck(2048, 512, 2048, False)
     # 25,557,032 = torchvision's ResNet-50 with its 2048 -> 1000 fc
-    assert stem + layer1 + layer2 + layer3_0 + layer3_rest + layer4 + 2048 * 1000 + 1000 == 25_557_032
+    assert (
+        stem + layer1 + layer2 + layer3_0 + layer3_rest + layer4 + 2048 * 1000 + 1000 == 25_557_032
+    )
     return stem + layer1 + layer2 + layer3_0, layer3_rest + layer4
 
 
@@ -60,7 +63,7 @@ def test_train_outputs():
     model = small_mgn().train()
     out = model(torch.randn(4, 3, 128, 64))
     assert len(out["logits"]) == 8 and all(z.shape == (4, NUM_CLASSES) for z in out["logits"])
-    assert [f.shape for f in out["triplet"]] == [(4, 1280)] * 3      # pooled global features
+    assert [f.shape for f in out["triplet"]] == [(4, 1280)] * 3  # pooled global features
     assert out["mse"] == []
     model.triplet_on = "reduced"
     assert [f.shape for f in model(torch.randn(4, 3, 128, 64))["triplet"]] == [(4, 256)] * 3
@@ -73,8 +76,8 @@ def test_global_branch_downsamples_and_starts_from_the_same_weights():
     assert g[next(iter(g))].data_ptr() != p2[next(iter(p2))].data_ptr()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     maps = model.activation_maps(torch.randn(1, 3, 128, 64))
-    assert maps["branch_G"].shape == (1, 4, 2)                        # stride 32
-    assert maps["branch_P2"].shape == maps["branch_P3"].shape == (1, 8, 4)   # stride 16
+    assert maps["branch_G"].shape == (1, 4, 2)  # stride 32
+    assert maps["branch_P2"].shape == maps["branch_P3"].shape == (1, 8, 4)  # stride 16
     assert model.training and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     same = small_mgn(global_last_stride=1).activation_maps(torch.randn(1, 3, 128, 64))
     assert same["branch_G"].shape == (1, 8, 4)

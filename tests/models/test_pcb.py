@@ -1,4 +1,5 @@
 """PCB: 6 stripes, GAP, one 256-d head and classifier per stripe; its configs."""
+
 from __future__ import annotations
 
 import glob
@@ -58,7 +59,9 @@ def test_pooled_test_feature_and_abp(pcb18):
             assert g.shape == (2, 6 * 512)  # ResNet-18: C = 512
             torch.testing.assert_close(g[:, :512], fmap[:, :, :1].mean(dim=(2, 3)))  # map height 6
             model.abp = True
-            torch.testing.assert_close(model(x), abp_pool(fmap, 6, "avg").transpose(1, 2).flatten(1))
+            torch.testing.assert_close(
+                model(x), abp_pool(fmap, 6, "avg").transpose(1, 2).flatten(1)
+            )
         finally:
             model.test_feature, model.abp = "reduced", False
 

@@ -1,4 +1,5 @@
 """RMGL and the receptive partition: path equivalences, locality, shapes, configs."""
+
 from __future__ import annotations
 
 import glob
@@ -100,8 +101,9 @@ def test_ip_rp_stripe_sees_only_its_image_stripe():
 @pytest.mark.parametrize("depth, hooked", [("res3", "trunk"), ("res4", "branch")])
 def test_rp_stripe_sees_only_its_stripe_of_the_partitioned_map(depth, hooked):
     torch.manual_seed(0)
-    model = build_model("rmgl", 5, backbone="resnet18", stripes=[3], partition_depth=depth,
-                        abp=False).eval()
+    model = build_model(
+        "rmgl", 5, backbone="resnet18", stripes=[3], partition_depth=depth, abp=False
+    ).eval()
     maps = []
 
     def keep(_module, _inp, out):
@@ -143,14 +145,17 @@ def test_rmgl_outputs_14_logits_2_triplets_3584_dims(rmgl18):
     _check_outputs(rmgl18, 14, [6 * D, 8 * D])  # 2 x [(1+2) + (1+3)] features of 256
 
 
-@pytest.mark.parametrize("opts, n_feats, triplet_dims", [
-    ({"stripes": [1, 2, 3]}, 15, [D, 6 * D, 8 * D]),                   # RMGL(1+2+3)
-    ({"stripes": [2, 3, 4]}, 24, [6 * D, 8 * D, 10 * D]),              # RMGL(2+3+4)
-    ({"only_rp": True, "abp": False}, 7, [3 * D, 4 * D]),              # 2+3-stripe only RP
-    ({"stripes": [2], "rp": False}, 3, [3 * D]),                       # 2-stripe baseline
-    ({"rp_global": "none"}, 12, [5 * D, 7 * D]),
-    ({"stripes": [2], "triplet_on": "pooled"}, 6, [6 * 512]),          # resnet18: C = 512
-])
+@pytest.mark.parametrize(
+    "opts, n_feats, triplet_dims",
+    [
+        ({"stripes": [1, 2, 3]}, 15, [D, 6 * D, 8 * D]),  # RMGL(1+2+3)
+        ({"stripes": [2, 3, 4]}, 24, [6 * D, 8 * D, 10 * D]),  # RMGL(2+3+4)
+        ({"only_rp": True, "abp": False}, 7, [3 * D, 4 * D]),  # 2+3-stripe only RP
+        ({"stripes": [2], "rp": False}, 3, [3 * D]),  # 2-stripe baseline
+        ({"rp_global": "none"}, 12, [5 * D, 7 * D]),
+        ({"stripes": [2], "triplet_on": "pooled"}, 6, [6 * 512]),  # resnet18: C = 512
+    ],
+)
 def test_output_counts_and_dimensions(opts, n_feats, triplet_dims):
     torch.manual_seed(0)
     _check_outputs(build_model("rmgl", 7, backbone="resnet18", **opts), n_feats, triplet_dims)
@@ -160,7 +165,9 @@ def test_gradients_reach_trunk_and_every_branch(rmgl18):
     model = rmgl18.train()
     model.zero_grad(set_to_none=True)
     out = model(torch.randn(4, 3, 64, 32))
-    loss = sum(lg.logsumexp(1).mean() for lg in out["logits"]) + sum(t.pow(2).mean() for t in out["triplet"])
+    loss = sum(lg.logsumexp(1).mean() for lg in out["logits"]) + sum(
+        t.pow(2).mean() for t in out["triplet"]
+    )
     loss.backward()
     for part in [model.trunk, *model.branches, *model.heads]:
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in part.parameters())
@@ -173,12 +180,18 @@ def test_eval_feature_is_the_reduced_pooled_features_in_name_order(rmgl18):
     with torch.no_grad():
         f = model(x)
         pooled = model.pooled_features(x)
-        ref = torch.cat([head.reduction(pooled[n][:, :, None, None]).flatten(1)
-                         for n, head in zip(model.feature_names, model.heads)], dim=1)
+        ref = torch.cat(
+            [
+                head.reduction(pooled[n][:, :, None, None]).flatten(1)
+                for n, head in zip(model.feature_names, model.heads)
+            ],
+            dim=1,
+        )
     torch.testing.assert_close(f, ref)
     # RP global = GMP of the stitched stripe outputs = max of the stripe maxima.
-    torch.testing.assert_close(pooled["L3.rp.g"], torch.stack(
-        [pooled[f"L3.rp.s{i}"] for i in (1, 2, 3)]).amax(0))
+    torch.testing.assert_close(
+        pooled["L3.rp.g"], torch.stack([pooled[f"L3.rp.s{i}"] for i in (1, 2, 3)]).amax(0)
+    )
 
 
 def test_abp_replaces_only_the_original_stripes_at_test_time(rmgl18):
@@ -203,8 +216,9 @@ def test_abp_replaces_only_the_original_stripes_at_test_time(rmgl18):
 
 def test_output_partition_rp_equals_original_stripes():
     torch.manual_seed(0)
-    model = build_model("rmgl", 3, backbone="resnet18", stripes=[3], partition_depth="output",
-                        abp=False).eval()
+    model = build_model(
+        "rmgl", 3, backbone="resnet18", stripes=[3], partition_depth="output", abp=False
+    ).eval()
     with torch.no_grad():
         p = model.pooled_features(torch.randn(2, 3, 96, 32))
     for i in (1, 2, 3):
@@ -249,8 +263,17 @@ def test_option_errors_name_the_key():
 
 def test_partition_depth_names_resolve_to_backbone_positions():
     # resnet18 blocks: stem, layer1 x2, layer2 x2, layer3 x2, layer4 x2 (9 in all).
-    expected = {"input": 0, "ip": 0, "res2": 1, "res3": 3, "res_conv2c": 3, "res4": 5,
-                "res5": 7, "output": 9, "OP": 9}
+    expected = {
+        "input": 0,
+        "ip": 0,
+        "res2": 1,
+        "res3": 3,
+        "res_conv2c": 3,
+        "res4": 5,
+        "res5": 7,
+        "output": 9,
+        "OP": 9,
+    }
     with torch.device("meta"):
         for depth, idx in expected.items():
             assert build_model("rmgl", 3, backbone="resnet18", partition_depth=depth)._depth == idx
@@ -259,6 +282,7 @@ def test_partition_depth_names_resolve_to_backbone_positions():
 # ---------------------------------------------------------------- configs
 def _load(path):
     from partreid.config import load_config
+
     return load_config(path)
 
 
@@ -278,16 +302,29 @@ def _expected_features(model_cfg):
 
 CONFIGS = sorted(glob.glob(os.path.join(REPO, "configs", "rmgl", "**", "*.yaml"), recursive=True))
 STRIPES = {"s2": [2], "s3": [3], "s23": [2, 3], "s6": [6]}
-AUG_KEYS = {"rcj": ["color_jitter"], "rc": ["random_crop"], "re": ["random_erasing"],
-            "rcrs": ["rcrs"], "rsa": ["rsa"], "rsa_re": ["rsa", "random_erasing"]}
-DEPTHS = {"ip": "input", "op": "output", "res2": "res2", "res3": "res3", "res4": "res4", "res5": "res5"}
+AUG_KEYS = {
+    "rcj": ["color_jitter"],
+    "rc": ["random_crop"],
+    "re": ["random_erasing"],
+    "rcrs": ["rcrs"],
+    "rsa": ["rsa"],
+    "rsa_re": ["rsa", "random_erasing"],
+}
+DEPTHS = {
+    "ip": "input",
+    "op": "output",
+    "res2": "res2",
+    "res3": "res3",
+    "res4": "res4",
+    "res5": "res5",
+}
 
 
 def _check_named_settings(name, cfg):
     """Each ablation file's name says what it sets; check the merged config does that."""
     m, t = cfg.model, cfg.transforms
     if name.startswith("table5_"):
-        body = name[len("table5_"):]
+        body = name[len("table5_") :]
         if body.startswith("rmgl_"):
             assert m["stripes"] == [int(v) for v in body[5:].split("_")]
             assert m["rp"] and m["abp"] and t.rsa > 0
@@ -300,17 +337,22 @@ def _check_named_settings(name, cfg):
         assert m["abp"] == ("abp" in tokens)
         assert (t.rsa > 0) == ("rsa" in tokens)
     elif name.startswith("table6_"):
-        s, _, aug = name[len("table6_"):].partition("_")
+        s, _, aug = name[len("table6_") :].partition("_")
         assert m["stripes"] == STRIPES[s] and not m["rp"] and not m["abp"]
-        on = {k for k in ("color_jitter", "random_crop", "random_erasing", "rcrs", "rsa")
-              if getattr(t, k) > 0}
+        on = {
+            k
+            for k in ("color_jitter", "random_crop", "random_erasing", "rcrs", "rsa")
+            if getattr(t, k) > 0
+        }
         assert on == set(AUG_KEYS[aug])
     elif name.startswith("fig7_"):
         _, key, value = name.split("_")
         field = {"p": "rsa", "rc": "rsa_rc_min", "rw": "rsa_rw_min"}[key]
         assert getattr(t, field) == float(value)
     elif name.startswith("fig8_"):
-        assert m["stripes"] == [int(name[len("fig8_s"):])] and m["rp"] and t.rsa > 0 and not m["abp"]
+        assert (
+            m["stripes"] == [int(name[len("fig8_s") :])] and m["rp"] and t.rsa > 0 and not m["abp"]
+        )
     elif name.startswith("fig9_"):
         _, depth, s = name.split("_")
         assert m["stripes"] == [int(s[1:])] and m["rp"]

@@ -2,6 +2,7 @@
 
 Every failure names the file: an unreadable image is never silently dropped.
 """
+
 from __future__ import annotations
 
 import os
@@ -27,7 +28,8 @@ def read_image(path: str) -> Image.Image:
     except Exception as exc:  # PIL raises several types for corrupt files
         raise UnreadableImageError(
             f"cannot read image {path}: {exc}. To list every unreadable image of the data set at "
-            "once, run with data.verify_images=true.") from exc
+            "once, run with data.verify_images=true."
+        ) from exc
 
 
 def find_unreadable(paths: Sequence[str]) -> List[Tuple[str, str]]:

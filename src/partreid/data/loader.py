@@ -20,6 +20,7 @@ It sets the sampler's seed and epoch (the batches and augmentations of that epoc
 global torch (CPU and CUDA), ``random`` and ``numpy`` RNGs with a value derived from
 ``(seed, epoch)``, so dropout and anything else random in the training step is reproducible too.
 """
+
 from __future__ import annotations
 
 import random
@@ -119,7 +120,9 @@ def _pids(items: Sequence[Item]) -> List[int]:
     try:
         return [int(item[1]) for item in items]
     except (TypeError, IndexError, ValueError) as exc:
-        raise ValueError("build_train_loader: items must be (path, pid, camid) tuples with integer pid") from exc
+        raise ValueError(
+            "build_train_loader: items must be (path, pid, camid) tuples with integer pid"
+        ) from exc
 
 
 def build_train_loader(

@@ -1,4 +1,5 @@
 """P x K identity sampler for metric-learning batches (P identities, K images each)."""
+
 from __future__ import annotations
 
 from typing import Iterator, Optional, Sequence
@@ -48,8 +49,10 @@ class PKSampler(Sampler[int]):
         self.num_replicas = int(world if num_replicas is None else num_replicas)
         self.rank = int(this_rank if rank is None else rank)
         if self.num_replicas < 1 or not 0 <= self.rank < self.num_replicas:
-            raise ValueError(f"PKSampler: need 0 <= rank < num_replicas, got rank={self.rank}, "
-                             f"num_replicas={self.num_replicas}")
+            raise ValueError(
+                f"PKSampler: need 0 <= rank < num_replicas, got rank={self.rank}, "
+                f"num_replicas={self.num_replicas}"
+            )
         self.p, self.k = int(p), int(k)
         self.seed = int(seed)
         self.epoch = 0
@@ -98,5 +101,7 @@ class PKSampler(Sampler[int]):
         return self.batches_per_rank * self.p * self.k
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(P={self.p}, K={self.k}, ids={self.num_ids}, seed={self.seed}, "
-                f"epoch={self.epoch}, rank={self.rank}/{self.num_replicas})")
+        return (
+            f"{type(self).__name__}(P={self.p}, K={self.k}, ids={self.num_ids}, seed={self.seed}, "
+            f"epoch={self.epoch}, rank={self.rank}/{self.num_replicas})"
+        )

@@ -20,6 +20,7 @@ Every random transform here draws from torch's global RNG (or an explicit genera
 it), like torchvision's own transforms, so seeding torch before a sample fixes its augmentation
 (``partreid.data.loader`` does that per sample).
 """
+
 from __future__ import annotations
 
 import random
@@ -47,8 +48,12 @@ class TransformsConfig:
 
     flip: float = 0.5  # probability of a horizontal flip
     pad: int = 0  # pixels of zero padding on each side before a random HxW crop; 0 = off
-    random_erasing: float = 0.0  # probability of random erasing (Zhong et al.) on the normalised tensor
-    random_erasing_fill: str = "mean"  # erased value: "mean" (0 after Normalize) or "random" (per-pixel normal noise)
+    random_erasing: float = (
+        0.0  # probability of random erasing (Zhong et al.) on the normalised tensor
+    )
+    random_erasing_fill: str = (
+        "mean"  # erased value: "mean" (0 after Normalize) or "random" (per-pixel normal noise)
+    )
     color_jitter: float = 0.0  # probability of applying ColorJitter with the strengths below
     color_jitter_brightness: float = 0.15  # ColorJitter brightness strength
     color_jitter_contrast: float = 0.15  # ColorJitter contrast strength
@@ -58,7 +63,9 @@ class TransformsConfig:
     random_crop_min: float = 0.8  # smallest side fraction of the RC box
     rcrs: float = 0.0  # probability of RCRS: RC box (sides U(rcrs_crop_min,1)) resized to HxW, then translated
     rcrs_crop_min: float = 0.7  # smallest side fraction of the RCRS crop box
-    rcrs_shift: float = 0.2  # largest RCRS translation, as a fraction of H (vertical) and W (horizontal)
+    rcrs_shift: float = (
+        0.2  # largest RCRS translation, as a fraction of H (vertical) and W (horizontal)
+    )
     rsa: float = 0.0  # probability p of random shifting augmentation (RMGL)
     rsa_pc: float = 0.5  # RSA: probability p_c of cropping a horizontal band first
     rsa_rc_min: float = 0.7  # RSA: band height ratio r_c ~ U(rsa_rc_min, 1)
@@ -74,20 +81,28 @@ class TransformsConfig:
         for name in probs:
             v = getattr(self, name)
             if not 0.0 <= float(v) <= 1.0:
-                raise ValueError(f"transforms.{name} is a probability and must be in [0, 1], got {v!r}")
+                raise ValueError(
+                    f"transforms.{name} is a probability and must be in [0, 1], got {v!r}"
+                )
         for name in ("random_crop_min", "rcrs_crop_min", "rsa_rc_min", "rsa_rh_min", "rsa_rw_min"):
             v = getattr(self, name)
             if not 0.0 < float(v) <= 1.0:
-                raise ValueError(f"transforms.{name} is a size ratio and must be in (0, 1], got {v!r}")
+                raise ValueError(
+                    f"transforms.{name} is a size ratio and must be in (0, 1], got {v!r}"
+                )
         if int(self.pad) != self.pad or self.pad < 0:
-            raise ValueError(f"transforms.pad must be a non-negative integer (pixels), got {self.pad!r}")
+            raise ValueError(
+                f"transforms.pad must be a non-negative integer (pixels), got {self.pad!r}"
+            )
         if not 0.0 <= float(self.rcrs_shift) <= 1.0:
             raise ValueError(f"transforms.rcrs_shift must be in [0, 1], got {self.rcrs_shift!r}")
         for name in ("color_jitter_brightness", "color_jitter_contrast", "color_jitter_saturation"):
             if float(getattr(self, name)) < 0:
                 raise ValueError(f"transforms.{name} must be >= 0, got {getattr(self, name)!r}")
         if not 0.0 <= float(self.color_jitter_hue) <= 0.5:
-            raise ValueError(f"transforms.color_jitter_hue must be in [0, 0.5], got {self.color_jitter_hue!r}")
+            raise ValueError(
+                f"transforms.color_jitter_hue must be in [0, 0.5], got {self.color_jitter_hue!r}"
+            )
         if self.random_erasing_fill not in ("mean", "random"):
             raise ValueError(
                 f"transforms.random_erasing_fill must be 'mean' or 'random', got {self.random_erasing_fill!r}"
@@ -153,7 +168,9 @@ def _resize(img: ImageLike, h: int, w: int) -> ImageLike:
     return TF.resize(img, [h, w], interpolation=T.InterpolationMode.BILINEAR, antialias=True)
 
 
-def _paste_on_canvas(patch: ImageLike, height: int, width: int, top: int, left: int, like: ImageLike) -> ImageLike:
+def _paste_on_canvas(
+    patch: ImageLike, height: int, width: int, top: int, left: int, like: ImageLike
+) -> ImageLike:
     """Paste ``patch`` with its top-left corner at (top, left) on a HxW grey canvas.
 
     Parts of the patch that fall outside the canvas are cut off; uncovered canvas stays grey.
@@ -167,7 +184,9 @@ def _paste_on_canvas(patch: ImageLike, height: int, width: int, top: int, left: 
         if y1 > y0 and x1 > x0:
             canvas.paste(patch.crop((x0 - left, y0 - top, x1 - left, y1 - top)), (x0, y0))
         return canvas
-    canvas = torch.full((*like.shape[:-2], height, width), _fill_value(like), dtype=like.dtype, device=like.device)
+    canvas = torch.full(
+        (*like.shape[:-2], height, width), _fill_value(like), dtype=like.dtype, device=like.device
+    )
     if y1 > y0 and x1 > x0:
         canvas[..., y0:y1, x0:x1] = patch[..., y0 - top : y1 - top, x0 - left : x1 - left]
     return canvas
@@ -284,7 +303,9 @@ class RandomCropResize:
 
     def __init__(self, p: float = 0.5, min_frac: float = 0.8, generator: RNG = None):
         if not 0.0 <= p <= 1.0 or not 0.0 < min_frac <= 1.0:
-            raise ValueError(f"RandomCropResize: need 0<=p<=1 and 0<min_frac<=1, got p={p}, min_frac={min_frac}")
+            raise ValueError(
+                f"RandomCropResize: need 0<=p<=1 and 0<min_frac<=1, got p={p}, min_frac={min_frac}"
+            )
         self.p, self.min_frac, self.generator = float(p), float(min_frac), generator
 
     def __call__(self, img: ImageLike) -> ImageLike:
@@ -307,7 +328,9 @@ class RandomCropResizeShift:
     This is the "shift-after-resize on the exact box" the paper contrasts with RSA, where the
     patch is first shrunk and then placed wholly inside the canvas."""
 
-    def __init__(self, p: float = 0.5, min_frac: float = 0.7, max_shift: float = 0.2, generator: RNG = None):
+    def __init__(
+        self, p: float = 0.5, min_frac: float = 0.7, max_shift: float = 0.2, generator: RNG = None
+    ):
         if not 0.0 <= p <= 1.0 or not 0.0 < min_frac <= 1.0 or not 0.0 <= max_shift <= 1.0:
             raise ValueError(
                 "RandomCropResizeShift: need 0<=p<=1, 0<min_frac<=1, 0<=max_shift<=1, "
@@ -352,7 +375,9 @@ def build_transforms(
         if cfg.rcrs > 0:
             steps.append(RandomCropResizeShift(cfg.rcrs, cfg.rcrs_crop_min, cfg.rcrs_shift))
         if cfg.rsa > 0:
-            steps.append(RandomShifting(cfg.rsa, cfg.rsa_pc, cfg.rsa_rc_min, cfg.rsa_rh_min, cfg.rsa_rw_min))
+            steps.append(
+                RandomShifting(cfg.rsa, cfg.rsa_pc, cfg.rsa_rc_min, cfg.rsa_rh_min, cfg.rsa_rw_min)
+            )
         if cfg.flip > 0:
             steps.append(T.RandomHorizontalFlip(cfg.flip))
         if cfg.pad > 0:
@@ -368,5 +393,19 @@ def build_transforms(
     steps += [T.ToTensor(), T.Normalize(mean=list(mean), std=list(std))]
     if is_train and cfg.random_erasing > 0:
         value = 0 if cfg.random_erasing_fill == "mean" else "random"
-        steps.append(T.RandomErasing(p=cfg.random_erasing, scale=(0.02, 0.4), ratio=(0.3, 1 / 0.3), value=value))
+        steps.append(
+            T.RandomErasing(
+                p=cfg.random_erasing, scale=(0.02, 0.4), ratio=(0.3, 1 / 0.3), value=value
+            )
+        )
     return T.Compose(steps)
+
+
+def build_test_transform(
+    height: int,
+    width: int,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> Callable:
+    """Test-time preprocessing: resize to ``(height, width)``, to tensor, normalise."""
+    return build_transforms(TransformsConfig(), height, width, is_train=False, mean=mean, std=std)

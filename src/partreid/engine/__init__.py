@@ -1,8 +1,16 @@
 """Training and evaluation engine."""
-from .checkpoint import load_checkpoint, save_checkpoint
+
 from .evaluator import evaluate, extract_features
 from .optim import build_optimizer, build_scheduler
+from .reporting import evaluate_checkpoint, write_run_report
 from .trainer import train
 
-__all__ = ["train", "evaluate", "extract_features", "build_optimizer", "build_scheduler",
-           "save_checkpoint", "load_checkpoint"]
+__all__ = [
+    "train",
+    "evaluate",
+    "evaluate_checkpoint",
+    "extract_features",
+    "build_optimizer",
+    "build_scheduler",
+    "write_run_report",
+]

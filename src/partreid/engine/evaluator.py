@@ -1,9 +1,10 @@
 """Feature extraction (flip-averaged) and evaluation under the standard Re-ID protocol."""
+
 from __future__ import annotations
 
 import logging
 import time
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -17,8 +18,9 @@ log = logging.getLogger("partreid")
 
 
 @torch.no_grad()
-def extract_features(model: nn.Module, loader, device: torch.device, flip: bool = True,
-                     amp: bool = False) -> Tuple[torch.Tensor, np.ndarray, np.ndarray]:
+def extract_features(
+    model: nn.Module, loader, device: torch.device, flip: bool = True, amp: bool = False
+) -> Tuple[torch.Tensor, np.ndarray, np.ndarray]:
     """Run ``model`` in eval mode over ``loader``; return ``(features N x D float32, pids, camids)``.
 
     With ``flip`` the feature is the average of the image's and its mirror image's features.
@@ -51,18 +53,28 @@ def distances(qf: torch.Tensor, gf: torch.Tensor, cfg) -> torch.Tensor:
     elif cfg.query_expansion == "alpha":
         qf, gf = M.alpha_query_expansion(qf, gf, k=cfg.qe_k, alpha=cfg.qe_alpha)
     elif cfg.query_expansion != "none":
-        raise ValueError(f"eval.query_expansion: unknown {cfg.query_expansion!r}; "
-                         "valid: none, average, alpha")
+        raise ValueError(
+            f"eval.query_expansion: unknown {cfg.query_expansion!r}; valid: none, average, alpha"
+        )
     if cfg.rerank:
-        d = M.re_rank_features(qf, gf, k1=cfg.k1, k2=cfg.k2, lambda_value=cfg.lambda_value,
-                               metric=cfg.distance)
+        d = M.re_rank_features(
+            qf, gf, k1=cfg.k1, k2=cfg.k2, lambda_value=cfg.lambda_value, metric=cfg.distance
+        )
         return torch.as_tensor(d)
     return M.compute_distance(qf, gf, metric=cfg.distance)
 
 
-def evaluate(model: nn.Module, query: Sequence[Item], gallery: Sequence[Item], transform,
-             cfg, device: torch.device, num_workers: int = 2, amp: bool = False,
-             name: str = "test") -> Tuple[Dict[str, float], torch.Tensor]:
+def evaluate(
+    model: nn.Module,
+    query: Sequence[Item],
+    gallery: Sequence[Item],
+    transform,
+    cfg,
+    device: torch.device,
+    num_workers: int = 2,
+    amp: bool = False,
+    name: str = "test",
+) -> Tuple[Dict[str, float], torch.Tensor]:
     """Evaluate ``model`` on a query/gallery split; return ``(metrics, distmat)``.
 
     ``metrics`` holds ``rank1``, ``rank5``, ``rank10``, ``mAP`` and ``mINP`` as fractions in
@@ -75,40 +87,60 @@ def evaluate(model: nn.Module, query: Sequence[Item], gallery: Sequence[Item], t
     t0 = time.time()
     feats = {}
     for split, items in (("query", query), ("gallery", gallery)):
-        loader = build_test_loader(items, transform, batch_size=cfg.batch_size,
-                                   num_workers=num_workers)
+        loader = build_test_loader(
+            items, transform, batch_size=cfg.batch_size, num_workers=num_workers
+        )
         feats[split] = extract_features(model, loader, device, flip=cfg.flip, amp=amp)
     t1 = time.time()
     (qf, q_pids, q_cams), (gf, g_pids, g_cams) = feats["query"], feats["gallery"]
     distmat = distances(qf, gf, cfg)
     r = M.evaluate_rank(distmat, q_pids, g_pids, q_cams, g_cams, max_rank=cfg.max_rank)
     if r["num_valid_queries"] == 0:
-        raise ValueError(f"{name}: no query has a valid match in the gallery (same identity, "
-                         "other camera); check the query/gallery split")
+        raise ValueError(
+            f"{name}: no query has a valid match in the gallery (same identity, "
+            "other camera); check the query/gallery split"
+        )
     cmc = np.asarray(r["cmc"])
 
     def at(k):
         return float(cmc[min(k, len(cmc)) - 1])
 
-    out = {"rank1": at(1), "rank5": at(5), "rank10": at(10), "mAP": float(r["mAP"]),
-           "mINP": float(r["mINP"]), "num_query": len(query), "num_gallery": len(gallery),
-           "num_valid_queries": int(r["num_valid_queries"]),
-           "num_skipped_queries": int(r.get("num_skipped_queries", len(query) - r["num_valid_queries"])),
-           "feature_dim": int(qf.shape[1]), "extract_seconds": round(t1 - t0, 2),
-           "match_seconds": round(time.time() - t1, 2)}
+    out = {
+        "rank1": at(1),
+        "rank5": at(5),
+        "rank10": at(10),
+        "mAP": float(r["mAP"]),
+        "mINP": float(r["mINP"]),
+        "num_query": len(query),
+        "num_gallery": len(gallery),
+        "num_valid_queries": int(r["num_valid_queries"]),
+        "num_skipped_queries": int(
+            r.get("num_skipped_queries", len(query) - r["num_valid_queries"])
+        ),
+        "feature_dim": int(qf.shape[1]),
+        "extract_seconds": round(t1 - t0, 2),
+        "match_seconds": round(time.time() - t1, 2),
+    }
     if cfg.cuhk03_metric:
-        s = M.evaluate_cuhk03_single_gallery_shot(distmat, q_pids, g_pids, q_cams, g_cams,
-                                                  max_rank=cfg.max_rank)
+        s = M.evaluate_cuhk03_single_gallery_shot(
+            distmat, q_pids, g_pids, q_cams, g_cams, max_rank=cfg.max_rank
+        )
         out["cuhk03_sgs_rank1"] = float(np.asarray(s["cmc"])[0])
     if out["num_skipped_queries"]:
-        log.info("%s: %d of %d queries have no valid match in the gallery and were skipped",
-                 name, out["num_skipped_queries"], len(query))
+        log.info(
+            "%s: %d of %d queries have no valid match in the gallery and were skipped",
+            name,
+            out["num_skipped_queries"],
+            len(query),
+        )
     return out, distmat
 
 
 def format_metrics(m: Dict[str, float], name: str = "") -> str:
     head = f"{name}: " if name else ""
-    return (f"{head}rank-1 {100 * m['rank1']:.1f}%  rank-5 {100 * m['rank5']:.1f}%  "
-            f"rank-10 {100 * m['rank10']:.1f}%  mAP {100 * m['mAP']:.1f}%  "
-            f"mINP {100 * m['mINP']:.1f}%  ({m['num_valid_queries']} queries, "
-            f"{m['num_gallery']} gallery)")
+    return (
+        f"{head}rank-1 {100 * m['rank1']:.1f}%  rank-5 {100 * m['rank5']:.1f}%  "
+        f"rank-10 {100 * m['rank10']:.1f}%  mAP {100 * m['mAP']:.1f}%  "
+        f"mINP {100 * m['mINP']:.1f}%  ({m['num_valid_queries']} queries, "
+        f"{m['num_gallery']} gallery)"
+    )

@@ -1,4 +1,5 @@
 """Optimizers with per-group learning-rate multipliers, and warm-up + multi-step schedules."""
+
 from __future__ import annotations
 
 import math
@@ -9,8 +10,9 @@ import torch
 from torch import nn
 
 
-def param_groups(model: nn.Module, lr: float, weight_decay: float,
-                 lr_mult: Dict[str, float]) -> List[dict]:
+def param_groups(
+    model: nn.Module, lr: float, weight_decay: float, lr_mult: Dict[str, float]
+) -> List[dict]:
     """Split parameters into groups by ``lr_mult`` (regex on the parameter name -> multiplier).
 
     The first pattern that matches a name decides its multiplier; unmatched parameters get 1.
@@ -31,8 +33,10 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float,
     unused = [p.pattern for (p, _), u in zip(patterns, used) if not u]
     if unused:
         raise ValueError(f"optim.lr_mult pattern(s) {unused} match no parameter of the model")
-    return [{"params": ps, "lr": lr * m, "lr_mult": m, "weight_decay": weight_decay}
-            for m, ps in sorted(groups.items())]
+    return [
+        {"params": ps, "lr": lr * m, "lr_mult": m, "weight_decay": weight_decay}
+        for m, ps in sorted(groups.items())
+    ]
 
 
 def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
@@ -40,8 +44,13 @@ def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
     groups = param_groups(model, cfg.lr, cfg.weight_decay, cfg.lr_mult)
     name = cfg.name.lower()
     if name == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                               weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(
+            groups,
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            nesterov=cfg.nesterov,
+            weight_decay=cfg.weight_decay,
+        )
     if name in ("adam", "adamw"):
         cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
         return cls(groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
@@ -63,14 +72,20 @@ def lr_factor(epoch: float, cfg, base_lr: float) -> float:
             return (start + (1.0 - start) * t) * decay
         if cfg.warmup == "exp":
             return math.exp(math.log(start) * (1.0 - t)) * decay
-        raise ValueError(f"schedule.warmup: unknown warm-up {cfg.warmup!r}; valid: none, linear, exp")
+        raise ValueError(
+            f"schedule.warmup: unknown warm-up {cfg.warmup!r}; valid: none, linear, exp"
+        )
     return decay
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg, base_lr: float,
-                    iters_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, cfg, base_lr: float, iters_per_epoch: int
+) -> torch.optim.lr_scheduler.LambdaLR:
     """A per-iteration scheduler; call ``step()`` after every optimizer step."""
     if cfg.warmup not in ("none", "linear", "exp"):
-        raise ValueError(f"schedule.warmup: unknown warm-up {cfg.warmup!r}; valid: none, linear, exp")
+        raise ValueError(
+            f"schedule.warmup: unknown warm-up {cfg.warmup!r}; valid: none, linear, exp"
+        )
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda it: lr_factor(it / iters_per_epoch, cfg, base_lr))
+        optimizer, lambda it: lr_factor(it / iters_per_epoch, cfg, base_lr)
+    )

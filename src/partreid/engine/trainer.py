@@ -1,11 +1,11 @@
 """The training loop, top to bottom: data, model, losses, optimizer, epochs, evaluation.
 
-    result = train(load_config("configs/cgpn/market1501.yaml", ["data.root=/data"]))
+result = train(load_config("configs/cgpn/market1501.yaml", ["data.root=/data"]))
 """
+
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import os
 import sys
@@ -15,56 +15,26 @@ from typing import Any, Dict, Optional
 import torch
 from tqdm import tqdm
 
+from ..checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    load_model_state,
+    model_meta,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from ..config import Config, save_config
-from ..data import build_dataset
 from ..data.loader import build_train_loader, seed_epoch
 from ..data.transforms import build_transforms
 from ..losses import LossComputer
 from ..models import build_model
-from .checkpoint import (load_checkpoint, load_model_state, rng_state, save_checkpoint,
-                         set_rng_state)
 from .evaluator import evaluate, format_metrics
 from .optim import build_optimizer, build_scheduler
+from .reporting import write_run_report
+from .runtime import load_data, model_kwargs, resolve_device, setup_logging, test_transform
 
 log = logging.getLogger("partreid")
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"train.device={name} but CUDA is not available; use train.device=cpu")
-    return torch.device(name)
-
-
-def setup_logging(output_dir: str) -> None:
-    """Log to the console and to ``output_dir/log.txt``."""
-    os.makedirs(output_dir, exist_ok=True)
-    log.setLevel(logging.INFO)
-    for h in list(log.handlers):
-        log.removeHandler(h)
-    fmt = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
-    for h in (logging.StreamHandler(sys.stdout),
-              logging.FileHandler(os.path.join(output_dir, "log.txt"))):
-        h.setFormatter(fmt)
-        log.addHandler(h)
-    log.propagate = False
-
-
-def test_transform(cfg: Config):
-    return build_transforms(cfg.transforms, cfg.input.height, cfg.input.width, is_train=False,
-                            mean=cfg.input.mean, std=cfg.input.std)
-
-
-def model_kwargs(cfg: Config) -> Dict[str, Any]:
-    return {k: v for k, v in cfg.model.items() if k != "name"}
-
-
-def load_data(cfg: Config):
-    ds = build_dataset(cfg.data.name, cfg.data.root, **cfg.data.options)  # logs its summary
-    if cfg.data.verify_images:
-        ds.verify()
-    return ds
 
 
 class _Writers:
@@ -72,16 +42,19 @@ class _Writers:
 
     def __init__(self, output_dir: str, use_tb: bool, resume: bool):
         path = os.path.join(output_dir, "train_log.csv")
-        self._file = open(path, "a" if resume else "w", newline="")
+        self._file = open(path, "a" if resume else "w", newline="")  # noqa: SIM115 (closed in close())
         self._csv = None
         self._tb = None
         if use_tb:
             try:
                 from torch.utils.tensorboard import SummaryWriter
+
                 self._tb = SummaryWriter(os.path.join(output_dir, "tb"))
             except Exception:  # tensorboard is an optional extra
-                log.info("tensorboard is not installed (pip install 'partreid[tensorboard]'); "
-                         "writing CSV logs only")
+                log.info(
+                    "tensorboard is not installed (pip install 'partreid[tensorboard]'); "
+                    "writing CSV logs only"
+                )
 
     def row(self, step: int, values: Dict[str, float]) -> None:
         if self._csv is None:
@@ -116,15 +89,32 @@ def train(cfg: Config, resume: Optional[str] = None) -> Dict[str, Any]:
 
     # -- data
     ds = load_data(cfg)
-    train_tf = build_transforms(cfg.transforms, cfg.input.height, cfg.input.width, is_train=True,
-                                mean=cfg.input.mean, std=cfg.input.std)
-    loader = build_train_loader(ds.train, train_tf, cfg.sampler.p, cfg.sampler.k,
-                                num_workers=cfg.sampler.num_workers, seed=cfg.seed)
-    iters = len(loader) if not cfg.train.max_iters_per_epoch else min(
-        len(loader), cfg.train.max_iters_per_epoch)
+    train_tf = build_transforms(
+        cfg.transforms,
+        cfg.input.height,
+        cfg.input.width,
+        is_train=True,
+        mean=cfg.input.mean,
+        std=cfg.input.std,
+    )
+    loader = build_train_loader(
+        ds.train,
+        train_tf,
+        cfg.sampler.p,
+        cfg.sampler.k,
+        num_workers=cfg.sampler.num_workers,
+        seed=cfg.seed,
+    )
+    iters = (
+        len(loader)
+        if not cfg.train.max_iters_per_epoch
+        else min(len(loader), cfg.train.max_iters_per_epoch)
+    )
     if iters == 0:
-        raise ValueError(f"the training set has too few identities for a P x K batch "
-                         f"(P={cfg.sampler.p}); lower sampler.p")
+        raise ValueError(
+            f"the training set has too few identities for a P x K batch "
+            f"(P={cfg.sampler.p}); lower sampler.p"
+        )
 
     # -- model, losses, optimizer, schedule
     model = build_model(cfg.model["name"], ds.num_train_pids, **model_kwargs(cfg)).to(device)
@@ -133,19 +123,41 @@ def train(cfg: Config, resume: Optional[str] = None) -> Dict[str, Any]:
     scheduler = build_scheduler(optimizer, cfg.schedule, cfg.optim.lr, iters)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     n_params = sum(p.numel() for p in model.parameters())
-    log.info("model %s: %.2fM parameters, %d training identities, %d iterations/epoch, device %s",
-             cfg.model["name"], n_params / 1e6, ds.num_train_pids, iters, device)
+    log.info(
+        "model %s: %.2fM parameters, %d training identities, %d iterations/epoch, device %s",
+        cfg.model["name"],
+        n_params / 1e6,
+        ds.num_train_pids,
+        iters,
+        device,
+    )
 
     start_epoch = 0
     if resume:
         path = os.path.join(out, "last.pth") if resume == "auto" else resume
         ckpt = load_checkpoint(path)
-        load_model_state(model, ckpt, path, cfg.model)
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
-        start_epoch = ckpt["epoch"]
-        set_rng_state(ckpt["rng"])
+        saved = ckpt["meta"]["model"]
+        if (saved.get("name"), saved.get("backbone")) != (
+            cfg.model["name"],
+            cfg.model.get("backbone"),
+        ):
+            raise CheckpointError(
+                f"cannot resume from {path}: it holds model {saved.get('name')!r} "
+                f"(backbone {saved.get('backbone')!r}), the config trains "
+                f"{cfg.model['name']!r} (backbone {cfg.model.get('backbone')!r})"
+            )
+        if "train_state" not in ckpt:
+            raise CheckpointError(
+                f"cannot resume from {path}: it is an inference-only export "
+                "(no optimizer state); resume from the run's last.pth"
+            )
+        load_model_state(model, ckpt, path)
+        state = ckpt["train_state"]
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        start_epoch = state["epoch"]
+        set_rng_state(state["rng"])
         log.info("resumed from %s after epoch %d", path, start_epoch)
     writers = _Writers(out, cfg.train.tensorboard, resume=bool(resume))
 
@@ -154,8 +166,12 @@ def train(cfg: Config, resume: Optional[str] = None) -> Dict[str, Any]:
         seed_epoch(loader, cfg.seed, epoch)
         model.train()
         t0, seen = time.time(), 0
-        bar = tqdm(total=iters, desc=f"epoch {epoch + 1}/{cfg.schedule.epochs}", leave=False,
-                   disable=not (cfg.train.progress and sys.stdout.isatty()))
+        bar = tqdm(
+            total=iters,
+            desc=f"epoch {epoch + 1}/{cfg.schedule.epochs}",
+            leave=False,
+            disable=not (cfg.train.progress and sys.stdout.isatty()),
+        )
         for it, (images, pids, _, _) in enumerate(loader):
             if it == iters:
                 break
@@ -180,29 +196,67 @@ def train(cfg: Config, resume: Optional[str] = None) -> Dict[str, Any]:
                 rate = seen / max(time.time() - t0, 1e-9)
                 terms = "  ".join(f"{k} {v:.4f}" for k, v in parts.items())
                 bar.set_postfix_str(f"loss {loss.item():.3f}")
-                log.info("epoch %d iter %d/%d  loss %.4f  (%s)  lr %.2e  %.1f img/s",
-                         epoch + 1, it + 1, iters, loss.item(), terms, lr, rate)
-                writers.row(step, {"epoch": epoch + 1, "iter": it + 1, "lr": lr,
-                                   "loss": float(loss.item()), **parts, "img_per_s": rate})
+                log.info(
+                    "epoch %d iter %d/%d  loss %.4f  (%s)  lr %.2e  %.1f img/s",
+                    epoch + 1,
+                    it + 1,
+                    iters,
+                    loss.item(),
+                    terms,
+                    lr,
+                    rate,
+                )
+                writers.row(
+                    step,
+                    {
+                        "epoch": epoch + 1,
+                        "iter": it + 1,
+                        "lr": lr,
+                        "loss": float(loss.item()),
+                        **parts,
+                        "img_per_s": rate,
+                    },
+                )
         bar.close()
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"the loss became {loss.item()} in epoch {epoch + 1}; "
-                                     "lower optim.lr or check the data")
+            raise FloatingPointError(
+                f"the loss became {loss.item()} in epoch {epoch + 1}; "
+                "lower optim.lr or check the data"
+            )
 
         done = epoch + 1
         if done % cfg.train.checkpoint_period == 0 or done == cfg.schedule.epochs:
-            save_checkpoint(os.path.join(out, "last.pth"), model=model.state_dict(),
-                            optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                            scaler=scaler.state_dict(), epoch=done, rng=rng_state(),
-                            model_cfg=dict(cfg.model), num_classes=ds.num_train_pids,
-                            config=cfg.to_dict())
-        if cfg.train.eval_period and done % cfg.train.eval_period == 0 and done < cfg.schedule.epochs:
-            m, _ = evaluate(model, ds.query, ds.gallery, test_transform(cfg), cfg.eval, device,
-                            cfg.sampler.num_workers, use_amp, name=cfg.data.name)
+            save_checkpoint(
+                os.path.join(out, "last.pth"),
+                model.state_dict(),
+                model_meta(cfg, model, ds.num_train_pids, epoch=done, step=done * iters),
+                {
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "epoch": done,
+                    "step": done * iters,
+                    "rng": rng_state(),
+                },
+            )
+        if (
+            cfg.train.eval_period
+            and done % cfg.train.eval_period == 0
+            and done < cfg.schedule.epochs
+        ):
+            m, _ = evaluate(
+                model,
+                ds.query,
+                ds.gallery,
+                test_transform(cfg),
+                cfg.eval,
+                device,
+                cfg.sampler.num_workers,
+                use_amp,
+                name=cfg.data.name,
+            )
             log.info("epoch %d  %s", done, format_metrics(m, cfg.data.name))
     writers.close()
 
     # -- final evaluation and report
-    from ..report import write_run_report
-
     return write_run_report(cfg, model, ds, device, use_amp)

@@ -3,6 +3,7 @@
 This package knows nothing about models or data sets: every function takes numpy arrays or
 torch tensors.
 """
+
 from __future__ import annotations
 
 from .distance import compute_distance

@@ -4,6 +4,7 @@ Everything here works on numpy arrays and torch tensors alike: a numpy input is 
 without a copy (``torch.from_numpy``), the work is done with torch on the input's device,
 and a numpy input gets a numpy result back.
 """
+
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -20,7 +21,9 @@ __all__ = ["compute_distance", "METRICS"]
 
 
 # --------------------------------------------------------------------------- helpers
-def as_tensor(x: Any, name: str, device: torch.device | str | None = None) -> Tuple[torch.Tensor, bool]:
+def as_tensor(
+    x: Any, name: str, device: torch.device | str | None = None
+) -> Tuple[torch.Tensor, bool]:
     """Return ``(tensor, was_numpy)``; numpy arrays are wrapped without a copy."""
     if isinstance(x, torch.Tensor):
         t, was_numpy = x.detach(), False
@@ -30,7 +33,9 @@ def as_tensor(x: Any, name: str, device: torch.device | str | None = None) -> Tu
         try:
             t, was_numpy = torch.as_tensor(np.asarray(x)), True
         except Exception as exc:  # pragma: no cover - message path
-            raise TypeError(f"{name}: expected a numpy array or torch tensor, got {type(x).__name__}") from exc
+            raise TypeError(
+                f"{name}: expected a numpy array or torch tensor, got {type(x).__name__}"
+            ) from exc
     if device is not None:
         t = t.to(device)
     return t, was_numpy
@@ -39,7 +44,9 @@ def as_tensor(x: Any, name: str, device: torch.device | str | None = None) -> Tu
 def float_features(x: torch.Tensor, name: str) -> torch.Tensor:
     """Features as a 2-D floating tensor (half precision is computed in float32)."""
     if x.dim() != 2:
-        raise ValueError(f"{name}: expected a 2-D (num_items, dim) feature matrix, got shape {tuple(x.shape)}")
+        raise ValueError(
+            f"{name}: expected a 2-D (num_items, dim) feature matrix, got shape {tuple(x.shape)}"
+        )
     if not x.is_floating_point() or x.dtype in (torch.float16, torch.bfloat16):
         x = x.float()
     return x
@@ -115,8 +122,13 @@ def check_metric(metric: str) -> str:
     return metric
 
 
-def squared_euclidean(a: torch.Tensor, b: torch.Tensor, a_sq: torch.Tensor | None = None,
-                      b_sq: torch.Tensor | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+def squared_euclidean(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    a_sq: torch.Tensor | None = None,
+    b_sq: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
     """``|a_i - b_j|^2`` by one matrix product, clamped at 0 against rounding (into ``out`` if given)."""
     if a_sq is None:
         a_sq = a.pow(2).sum(1)
@@ -151,7 +163,9 @@ def compute_distance(qf: ArrayLike, gf: ArrayLike, metric: str = "euclidean") ->
     g, g_np = as_tensor(gf, "gf", device=q.device)
     q, g = float_features(q, "qf"), float_features(g, "gf")
     if q.shape[1] != g.shape[1]:
-        raise ValueError(f"qf and gf must have the same feature dimension, got {q.shape[1]} and {g.shape[1]}")
+        raise ValueError(
+            f"qf and gf must have the same feature dimension, got {q.shape[1]} and {g.shape[1]}"
+        )
     if q.dtype != g.dtype:
         dtype = torch.promote_types(q.dtype, g.dtype)
         q, g = q.to(dtype), g.to(dtype)
@@ -160,5 +174,7 @@ def compute_distance(qf: ArrayLike, gf: ArrayLike, metric: str = "euclidean") ->
     else:
         qn = torch.nn.functional.normalize(q, dim=1)
         gn = torch.nn.functional.normalize(g, dim=1)
-        d = torch.addmm(torch.ones((), dtype=q.dtype, device=q.device), qn, gn.t(), beta=1.0, alpha=-1.0)
+        d = torch.addmm(
+            torch.ones((), dtype=q.dtype, device=q.device), qn, gn.t(), beta=1.0, alpha=-1.0
+        )
     return d.cpu().numpy() if (q_np and g_np) else d

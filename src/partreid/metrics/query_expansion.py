@@ -9,6 +9,7 @@ is done to every gallery feature with its ``k`` nearest *other* gallery features
 pair can go straight into :func:`compute_distance` (either metric ranks unit vectors alike).
 Neighbour ties are broken by gallery index.  Work is chunked; numpy in, numpy out.
 """
+
 from __future__ import annotations
 
 from typing import Optional, Tuple
@@ -28,14 +29,18 @@ def _inputs(qf: ArrayLike, gf: ArrayLike, k: int):
     g, g_np = as_tensor(gf, "gf", device=q.device)
     q, g = float_features(q, "qf"), float_features(g, "gf")
     if q.shape[1] != g.shape[1]:
-        raise ValueError(f"qf and gf must have the same feature dimension, got {q.shape[1]} and {g.shape[1]}")
+        raise ValueError(
+            f"qf and gf must have the same feature dimension, got {q.shape[1]} and {g.shape[1]}"
+        )
     if int(k) < 0:
         raise ValueError(f"k: expected a non-negative number of neighbours, got {k}")
     dtype = torch.promote_types(q.dtype, g.dtype)
     return F.normalize(q.to(dtype), dim=1), F.normalize(g.to(dtype), dim=1), q_np and g_np
 
 
-def _neighbours(x: torch.Tensor, g: torch.Tensor, k: int, exclude_self_offset: Optional[int] = None):
+def _neighbours(
+    x: torch.Tensor, g: torch.Tensor, k: int, exclude_self_offset: Optional[int] = None
+):
     """Top-``k`` gallery neighbours of the rows of ``x`` by cosine similarity: (sims, idx)."""
     sims, idx = [], []
     rows = max(1, _CHUNK_ELEMENTS // max(1, g.shape[0]))
@@ -50,7 +55,9 @@ def _neighbours(x: torch.Tensor, g: torch.Tensor, k: int, exclude_self_offset: O
     return torch.cat(sims), torch.cat(idx)
 
 
-def _expand(x: torch.Tensor, g: torch.Tensor, idx: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+def _expand(
+    x: torch.Tensor, g: torch.Tensor, idx: torch.Tensor, weights: torch.Tensor
+) -> torch.Tensor:
     out = x.clone()
     if idx.shape[1]:
         rows = max(1, _CHUNK_ELEMENTS // (idx.shape[1] * g.shape[1]))
@@ -82,9 +89,15 @@ def average_query_expansion(
     if distmat is not None:
         d, _ = as_tensor(distmat, "distmat", device=q.device)
         if tuple(d.shape) != (q.shape[0], g.shape[0]):
-            raise ValueError(f"distmat: expected shape {(q.shape[0], g.shape[0])}, got {tuple(d.shape)}")
-        idx = torch.cat([topk_smallest_stable(d[a:b], k)[1] for a, b in
-                         chunks(d.shape[0], max(1, _CHUNK_ELEMENTS // g.shape[0]))])
+            raise ValueError(
+                f"distmat: expected shape {(q.shape[0], g.shape[0])}, got {tuple(d.shape)}"
+            )
+        idx = torch.cat(
+            [
+                topk_smallest_stable(d[a:b], k)[1]
+                for a, b in chunks(d.shape[0], max(1, _CHUNK_ELEMENTS // g.shape[0]))
+            ]
+        )
     else:
         idx = _neighbours(q, g, k)[1]
     q_out = _expand(q, g, idx, torch.ones(idx.shape, dtype=q.dtype, device=q.device))

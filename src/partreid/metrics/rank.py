@@ -21,6 +21,7 @@ distances (``searchsorted``) and counts - linear in the chunk, with exact index 
 All work is torch tensor code on the device of ``distmat`` (a CUDA tensor is evaluated on its
 GPU); memory is bounded by the chunk.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -60,17 +61,20 @@ def _as_ids(x: Any, name: str, n: int, device: torch.device) -> torch.Tensor:
     t, _ = as_tensor(x, name)
     t = t.reshape(-1) if t.dim() > 1 and t.numel() == n else t
     if t.dim() != 1 or t.shape[0] != n:
-        raise ValueError(f"{name}: expected a 1-D array of length {n} (matching distmat), got shape {tuple(t.shape)}")
-    if t.is_floating_point():
-        if not torch.equal(t, t.round()):
-            raise ValueError(f"{name}: expected integer ids, got non-integer values")
+        raise ValueError(
+            f"{name}: expected a 1-D array of length {n} (matching distmat), got shape {tuple(t.shape)}"
+        )
+    if t.is_floating_point() and not torch.equal(t, t.round()):
+        raise ValueError(f"{name}: expected integer ids, got non-integer values")
     return t.to(device=device, dtype=torch.int64)
 
 
 def _prepare(distmat: ArrayLike, q_pids, g_pids, q_camids, g_camids) -> _Problem:
     dist, _ = as_tensor(distmat, "distmat")
     if dist.dim() != 2:
-        raise ValueError(f"distmat: expected a 2-D (num_query, num_gallery) matrix, got shape {tuple(dist.shape)}")
+        raise ValueError(
+            f"distmat: expected a 2-D (num_query, num_gallery) matrix, got shape {tuple(dist.shape)}"
+        )
     num_q, num_g = dist.shape
     if num_q == 0 or num_g == 0:
         raise ValueError(f"distmat: empty query or gallery (shape {tuple(dist.shape)})")
@@ -97,7 +101,9 @@ def _prepare(distmat: ArrayLike, q_pids, g_pids, q_camids, g_camids) -> _Problem
     same_id = torch.where(in_seg, g_order[slot], torch.zeros_like(slot))
     junk = in_seg & (gc[same_id] == qc.unsqueeze(1)) & (qc.unsqueeze(1) != -1)
     match = in_seg & ~junk
-    return _Problem(dist, qp, gp, uniq, starts, counts, g_order, pos, same_id, match, junk, match.sum(1))
+    return _Problem(
+        dist, qp, gp, uniq, starts, counts, g_order, pos, same_id, match, junk, match.sum(1)
+    )
 
 
 def _chunk_rows(chunk_size: int | None, num_g: int) -> int:
@@ -114,8 +120,13 @@ def _segment_starts(sorted_rows: torch.Tensor, n_rows: int) -> torch.Tensor:
     return torch.cumsum(counts, 0) - counts
 
 
-def _match_ranks_dense(dc: torch.Tensor, same: torch.Tensor, match: torch.Tensor, junk: torch.Tensor,
-                       n_match: torch.Tensor):
+def _match_ranks_dense(
+    dc: torch.Tensor,
+    same: torch.Tensor,
+    match: torch.Tensor,
+    junk: torch.Tensor,
+    n_match: torch.Tensor,
+):
     """Same result as :func:`_match_ranks`, by bucketing every item between the sorted matches.
 
     Used when most of the gallery lies before the hardest match (sorting it would cost more):
@@ -130,7 +141,9 @@ def _match_ranks_dense(dc: torch.Tensor, same: torch.Tensor, match: torch.Tensor
     # the matches of each row sorted by (distance, index); padding (+inf, index num_g) last
     key = torch.where(match, ds, inf)
     order = torch.argsort(key, dim=1, stable=True)
-    order = order.gather(1, torch.argsort((~match.gather(1, order)).to(torch.int8), dim=1, stable=True))
+    order = order.gather(
+        1, torch.argsort((~match.gather(1, order)).to(torch.int8), dim=1, stable=True)
+    )
     t_val = key.gather(1, order).contiguous()
     t_idx = torch.where(match.gather(1, order), same.gather(1, order), torch.full_like(same, num_g))
     m = t_val.shape[1]
@@ -138,7 +151,12 @@ def _match_ranks_dense(dc: torch.Tensor, same: torch.Tensor, match: torch.Tensor
     # items tied with a match distance (the matches themselves at least)
     tie_r, tie_j = torch.nonzero(t_val.gather(1, pos.clamp(max=m - 1)) == dc, as_tuple=True)
     pos += torch.arange(c, device=dev).unsqueeze(1) * (m + 1)
-    before = torch.bincount(pos.view(-1), minlength=c * (m + 1)).view(c, m + 1).cumsum(1)[:, :m].contiguous()
+    before = (
+        torch.bincount(pos.view(-1), minlength=c * (m + 1))
+        .view(c, m + 1)
+        .cumsum(1)[:, :m]
+        .contiguous()
+    )
     del pos
     # before[r, k] = #{j: d_j <= t_k}; remove the tied items that come after the match by index
     tv = dc[tie_r, tie_j]
@@ -147,7 +165,10 @@ def _match_ranks_dense(dc: torch.Tensor, same: torch.Tensor, match: torch.Tensor
     before.view(-1).index_add_(0, tie_r[lr] * m + lk, torch.full_like(lr, -1))
     # junk items (same identity, same camera) before each match
     dj = torch.where(junk, ds, inf).unsqueeze(2)
-    jb = junk.unsqueeze(2) & ((dj < t_val.unsqueeze(1)) | ((dj == t_val.unsqueeze(1)) & (same.unsqueeze(2) < t_idx.unsqueeze(1))))
+    jb = junk.unsqueeze(2) & (
+        (dj < t_val.unsqueeze(1))
+        | ((dj == t_val.unsqueeze(1)) & (same.unsqueeze(2) < t_idx.unsqueeze(1)))
+    )
     rank = before - jb.sum(1)
     k = torch.arange(1, m + 1, device=dev).expand(c, m)
     real = k <= n_match.unsqueeze(1)
@@ -235,7 +256,9 @@ def evaluate_rank(
         return _evaluate_rank(dist, q_pids, g_pids, q_camids, g_camids, int(max_rank), chunk_size)
 
 
-def _evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int, chunk_size) -> Dict[str, Any]:
+def _evaluate_rank(
+    distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int, chunk_size
+) -> Dict[str, Any]:
     p = _prepare(distmat, q_pids, g_pids, q_camids, g_camids)
     num_q, num_g = p.dist.shape
     dev = p.dist.device
@@ -298,10 +321,14 @@ def evaluate_cuhk03_single_gallery_shot(
     standard = evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=max_rank)
     dist, _ = as_tensor(distmat, "distmat")
     with single_thread_on_cpu(dist.device):
-        return _single_gallery_shot(standard, dist, q_pids, g_pids, q_camids, g_camids, max_rank, repeats, seed)
+        return _single_gallery_shot(
+            standard, dist, q_pids, g_pids, q_camids, g_camids, max_rank, repeats, seed
+        )
 
 
-def _single_gallery_shot(standard, distmat, q_pids, g_pids, q_camids, g_camids, max_rank, repeats, seed):
+def _single_gallery_shot(
+    standard, distmat, q_pids, g_pids, q_camids, g_camids, max_rank, repeats, seed
+):
     p = _prepare(distmat, q_pids, g_pids, q_camids, g_camids)
     num_q, num_g = p.dist.shape
     dev = p.dist.device
@@ -329,7 +356,7 @@ def _single_gallery_shot(standard, distmat, q_pids, g_pids, q_camids, g_camids, 
         d_m = dc.gather(1, m_idx).unsqueeze(2)
         m_exp = m_idx.unsqueeze(2)
         closer = (d_drawn < d_m) | ((d_drawn == d_m) & (drawn < m_exp))
-        other = (ids.view(1, 1, -1) != p.q_id[a:b].view(-1, 1, 1))
+        other = ids.view(1, 1, -1) != p.q_id[a:b].view(-1, 1, 1)
         rank = (closer & other).sum(2)  # (c, repeats)
         hist += torch.bincount(rank[valid].reshape(-1).clamp(max=max_rank), minlength=max_rank + 1)
     num_valid = standard["num_valid_queries"]

@@ -35,6 +35,7 @@ all of them gets a wider bfloat16 list, and a float32 row if even that is not en
 Everything is torch code that runs on the CPU or a CUDA device; peak memory is the inputs,
 the ``Q x G`` result and one block.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Iterator, Optional, Tuple, Union
@@ -64,8 +65,8 @@ _KNN_SLACK = 48  # extra neighbour candidates kept per row with bfloat16 estimat
 _FAR_SLOTS = 48  # candidates near the running maximum kept per row with bfloat16 estimates
 _REDO_WIDEN = 4  # lists of rows that need a second look are this much wider
 _BF16 = "auto"  # same-side blocks in bfloat16: "auto" (fast CPUs), True or False (tests)
-_U_BF16 = 2.0 ** -8  # unit roundoff of bfloat16 (8 significant bits)
-_U_F32 = 2.0 ** -24
+_U_BF16 = 2.0**-8  # unit roundoff of bfloat16 (8 significant bits)
+_U_F32 = 2.0**-24
 
 
 def _bf16_products_are_fast(device: torch.device) -> bool:
@@ -121,8 +122,12 @@ def _by_row(r: torch.Tensor, c: torch.Tensor, v: torch.Tensor, n: int):
             if stop <= start:
                 stop = int(torch.searchsorted(r, r[start], right=True))
         rr = r[start:stop]
-        rows_u, inverse, counts = torch.unique_consecutive(rr, return_inverse=True, return_counts=True)
-        slot = torch.arange(rr.numel(), device=r.device) - (torch.cumsum(counts, 0) - counts)[inverse]
+        rows_u, inverse, counts = torch.unique_consecutive(
+            rr, return_inverse=True, return_counts=True
+        )
+        slot = (
+            torch.arange(rr.numel(), device=r.device) - (torch.cumsum(counts, 0) - counts)[inverse]
+        )
         width = int(counts.max())
         cv = torch.full((rows_u.numel(), width), float("inf"), dtype=torch.float32, device=r.device)
         ci = torch.full((rows_u.numel(), width), n, dtype=torch.int64, device=r.device)
@@ -150,13 +155,15 @@ class _Smallest:
         """Merge candidates grouped by row ``r`` (ascending), columns ascending within a row."""
         for rows_u, cv, ci in _by_row(r, c, v, self.n):
             self.vals[rows_u], self.idx[rows_u] = merge_topk_stable(
-                self.vals[rows_u], self.idx[rows_u], cv, ci, self.width)
+                self.vals[rows_u], self.idx[rows_u], cv, ci, self.width
+            )
 
     def _merge_range(self, r0: int, r1: int, v: torch.Tensor, i: torch.Tensor) -> None:
         step = max(1, _PAIR_BUDGET // (self.width + v.shape[1]))  # bounded memory
         for a, b in chunks(r1 - r0, step):
-            self.vals[r0 + a:r0 + b], self.idx[r0 + a:r0 + b] = merge_topk_stable(
-                self.vals[r0 + a:r0 + b], self.idx[r0 + a:r0 + b], v[a:b], i[a:b], self.width)
+            self.vals[r0 + a : r0 + b], self.idx[r0 + a : r0 + b] = merge_topk_stable(
+                self.vals[r0 + a : r0 + b], self.idx[r0 + a : r0 + b], v[a:b], i[a:b], self.width
+            )
 
     def rows(self, r0: int, c0: int, x: torch.Tensor) -> None:
         """``x[t, j]`` is the value of row ``r0 + t`` at column ``c0 + j``."""
@@ -220,11 +227,11 @@ class _RowMax:
         self.top = torch.full((n,), float("-inf"), dtype=torch.float32, device=device)
 
     def rows(self, r0: int, c0: int, x: torch.Tensor) -> None:
-        top = self.top[r0:r0 + x.shape[0]]
+        top = self.top[r0 : r0 + x.shape[0]]
         torch.maximum(top, x.amax(1), out=top)
 
     def cols(self, c0: int, r0: int, x: torch.Tensor) -> None:
-        top = self.top[c0:c0 + x.shape[1]]
+        top = self.top[c0 : c0 + x.shape[1]]
         torch.maximum(top, x.amax(0), out=top)
 
 
@@ -234,14 +241,22 @@ class _NearFar:
     maximum ``top`` when they were seen (``far``, negated) - a superset of the values within
     ``window`` of the final maximum.  Both filters share one pass over a block."""
 
-    def __init__(self, n: int, width: int, far_width: int, window: torch.Tensor, device: torch.device):
+    def __init__(
+        self, n: int, width: int, far_width: int, window: torch.Tensor, device: torch.device
+    ):
         self.near = _Candidates(n, width, device)
         self.far = _Candidates(n, far_width, device)
         self.top = torch.full((n,), float("-inf"), dtype=torch.float32, device=device)
         self.window = window
 
-    def _split(self, r: torch.Tensor, c: torch.Tensor, v: torch.Tensor,
-               last: torch.Tensor, thr: torch.Tensor) -> None:
+    def _split(
+        self,
+        r: torch.Tensor,
+        c: torch.Tensor,
+        v: torch.Tensor,
+        last: torch.Tensor,
+        thr: torch.Tensor,
+    ) -> None:
         """Hand the filtered entries (absolute rows ``r``, grouped) to the lists."""
         sel = v < last
         self.near.add_pairs(r[sel], c[sel], v[sel])
@@ -277,7 +292,11 @@ class _NearFar:
         thr = torch.maximum(top - self.window[c0:c1], self.far.last[c0:c1].neg())
         last = self.near.last[c0:c1]
         if torch.isinf(last).any():
-            v, i = x.t().contiguous().topk(min(self.near.width, x.shape[0]), dim=1, largest=False, sorted=False)
+            v, i = (
+                x.t()
+                .contiguous()
+                .topk(min(self.near.width, x.shape[0]), dim=1, largest=False, sorted=False)
+            )
             self.near.merge(slice(c0, c1), v, i + r0)
             last = torch.full_like(last, float("-inf"))
         mask = x < last.unsqueeze(0)
@@ -314,8 +333,8 @@ class _MatrixSource:
                 self.put_sq(x[: e - a, n_q:], self.qg[a:e])
             if b > n_q:  # gallery rows of M: [qg^T | gg]
                 s, e = max(a, n_q) - n_q, b - n_q
-                self.put_sq(x[b - a - (e - s):, :n_q], self.qg[:, s:e].t())
-                self.put_sq(x[b - a - (e - s):, n_q:], self.gg[s:e])
+                self.put_sq(x[b - a - (e - s) :, :n_q], self.qg[:, s:e].t())
+                self.put_sq(x[b - a - (e - s) :, n_q:], self.gg[s:e])
             yield a, b, x
 
     @staticmethod
@@ -407,10 +426,16 @@ class _FeatureSource:
         f_max = fn.max()
         sq = self.sq.to(torch.float32)
         sqc_m, sq_m = sqc + sqc.max(), sq + sq.max()
-        dot = e * a_max + a * e_max + e * e_max + 2 * d * u * a * a_max  # bfloat16 product vs |x_i - x_j|^2
-        bound = (2 * dot + (d + 20) * u * sqc_m * uf  # z's sums and squared norms
-                 + 4 * d * u * fn * f_max + (d + 20) * u * sq_m * uf  # the float32 value e
-                 + 1e-6 * sqc_m)
+        dot = (
+            e * a_max + a * e_max + e * e_max + 2 * d * u * a * a_max
+        )  # bfloat16 product vs |x_i - x_j|^2
+        bound = (
+            2 * dot
+            + (d + 20) * u * sqc_m * uf  # z's sums and squared norms
+            + 4 * d * u * fn * f_max
+            + (d + 20) * u * sq_m * uf  # the float32 value e
+            + 1e-6 * sqc_m
+        )
         if self.metric == "cosine":  # e uses |x|^2 = 1; the centred estimate the real norms
             dev_n = (fsq - 1).abs() + d * u * fsq * uf
             bound = bound + dev_n + dev_n.max()
@@ -429,8 +454,9 @@ class _FeatureSource:
             return squared_euclidean(self.f[a:b], self.f[c:d], self.sq[a:b], self.sq[c:d], out=out)
         return out.copy_(squared_euclidean(self.f[a:b], self.f[c:d], self.sq[a:b], self.sq[c:d]))
 
-    def approx_block(self, a: int, b: int, c: int, d: int, out: torch.Tensor,
-                     prod: Optional[torch.Tensor]) -> torch.Tensor:
+    def approx_block(
+        self, a: int, b: int, c: int, d: int, out: torch.Tensor, prod: Optional[torch.Tensor]
+    ) -> torch.Tensor:
         """``z ~ e`` from bfloat16 products (``prod``: bfloat16 buffer of that shape)."""
         # -2 x (exact scaling) as a bfloat16 product, then sqc_i + sqc_j in float32
         zero = torch.zeros((), dtype=torch.bfloat16, device=self.device)
@@ -519,12 +545,17 @@ def _feature_pass(src: _FeatureSource, k: int, block: int, need_knn: bool):
                     if c != a:
                         lists.cols(c, a, x)
             if a < n_q and c >= n_q:
-                src.value(qg[a:b, c - n_q:d - n_q].copy_(x))
+                src.value(qg[a:b, c - n_q : d - n_q].copy_(x))
     return knn, far, qg
 
 
-def _entry_bounds(src: _FeatureSource, rows: torch.Tensor, z: torch.Tensor, idx: torch.Tensor,
-                  approx: torch.Tensor) -> torch.Tensor:
+def _entry_bounds(
+    src: _FeatureSource,
+    rows: torch.Tensor,
+    z: torch.Tensor,
+    idx: torch.Tensor,
+    approx: torch.Tensor,
+) -> torch.Tensor:
     """Half-widths of the intervals around the estimates ``z`` (0 where not ``approx``)."""
     j = idx.clamp(max=src.n_q + src.n_g - 1)
     sq = src.sqc
@@ -532,8 +563,15 @@ def _entry_bounds(src: _FeatureSource, rows: torch.Tensor, z: torch.Tensor, idx:
     return torch.where(approx, h, torch.zeros((), device=z.device))
 
 
-def _near_needs(src: _FeatureSource, rows: torch.Tensor, z: torch.Tensor, idx: torch.Tensor,
-                last: Optional[torch.Tensor], approx: torch.Tensor, k: int):
+def _near_needs(
+    src: _FeatureSource,
+    rows: torch.Tensor,
+    z: torch.Tensor,
+    idx: torch.Tensor,
+    last: Optional[torch.Tensor],
+    approx: torch.Tensor,
+    k: int,
+):
     """Which candidates can be among the ``k`` nearest, and whether the list surely holds them all.
 
     ``z`` / ``idx``: each row's candidates (estimates where ``approx``), every other item being
@@ -549,13 +587,24 @@ def _near_needs(src: _FeatureSource, rows: torch.Tensor, z: torch.Tensor, idx: t
         return need, torch.ones_like(reach, dtype=torch.bool)
     # lower bound of z - h over the items outside (z >= last): h grows with |sqc_i + sqc_j - z|
     sq, rho = src.sqc, src.rho
-    outside = torch.minimum(last * (1 + rho) - rho * (sq[rows] + sq.max()),
-                            last * (1 - rho) + rho * (sq[rows] + sq.min())) - src.bound[rows]
+    outside = (
+        torch.minimum(
+            last * (1 + rho) - rho * (sq[rows] + sq.max()),
+            last * (1 - rho) + rho * (sq[rows] + sq.min()),
+        )
+        - src.bound[rows]
+    )
     return need, torch.minimum(outside, last) > reach
 
 
-def _far_needs(src: _FeatureSource, rows: torch.Tensor, z: torch.Tensor, idx: torch.Tensor,
-               least: Optional[torch.Tensor], approx: torch.Tensor):
+def _far_needs(
+    src: _FeatureSource,
+    rows: torch.Tensor,
+    z: torch.Tensor,
+    idx: torch.Tensor,
+    least: Optional[torch.Tensor],
+    approx: torch.Tensor,
+):
     """Which candidates can be the farthest item, and whether the list surely holds it.
 
     ``z`` / ``idx``: candidates (estimates where ``approx``), every other item within ``window``
@@ -584,7 +633,7 @@ def _exact_values(src: _FeatureSource, parts) -> list:
     out, start = [], 0
     for (_, z, _, _), (r, c) in zip(parts, found):
         z = z.clone()
-        z[r, c] = vals[start:start + r.numel()]
+        z[r, c] = vals[start : start + r.numel()]
         start += r.numel()
         out.append(z)
     return out
@@ -610,8 +659,9 @@ def _finish_features(src: _FeatureSource, knn, far, k: int, need_knn: bool):
         if need_knn:
             near = knn.near
             approx = (gallery_row == (near.idx >= n_q)) & (near.idx < n)
-            need, complete = _near_needs(src, rows, near.vals, near.idx,
-                                         near.last if near.width < n else None, approx, kk)
+            need, complete = _near_needs(
+                src, rows, near.vals, near.idx, near.last if near.width < n else None, approx, kk
+            )
             parts.append((rows, near.vals, near.idx, need & approx))
             ok &= complete
         fz, fidx = far.far.vals.neg(), far.far.idx
@@ -646,13 +696,26 @@ def _redo_rows(src: _FeatureSource, redo: torch.Tensor, nn, nn_vals, rowmax, k: 
         parts, ok = [], torch.ones(rows.numel(), dtype=torch.bool, device=dev)
         if nn is not None:
             v, i = z.topk(width, dim=1, largest=False, sorted=False)
-            need, complete = _near_needs(src, rows, v, i, v.amax(1) if width < n else None,
-                                         torch.ones_like(v, dtype=torch.bool), k)
+            need, complete = _near_needs(
+                src,
+                rows,
+                v,
+                i,
+                v.amax(1) if width < n else None,
+                torch.ones_like(v, dtype=torch.bool),
+                k,
+            )
             parts.append((rows, v, i, need))
             ok &= complete
         fv, fi = z.topk(far_width, dim=1, largest=True, sorted=False)
-        need_f, complete = _far_needs(src, rows, fv, fi, fv.amin(1) if far_width < n else None,
-                                      torch.ones_like(fv, dtype=torch.bool))
+        need_f, complete = _far_needs(
+            src,
+            rows,
+            fv,
+            fi,
+            fv.amin(1) if far_width < n else None,
+            torch.ones_like(fv, dtype=torch.bool),
+        )
         parts.append((rows, fv, fi, need_f))
         ok &= complete
         exact = _exact_values(src, parts)
@@ -676,7 +739,9 @@ def _faiss_knn(src: _FeatureSource, k: int) -> torch.Tensor:
     try:
         import faiss  # noqa: PLC0415 - optional, heavy
     except ImportError as exc:
-        raise ImportError("re_rank_features(use_faiss=True) needs faiss (pip install faiss-cpu)") from exc
+        raise ImportError(
+            "re_rank_features(use_faiss=True) needs faiss (pip install faiss-cpu)"
+        ) from exc
     f = src.f.detach().to("cpu", torch.float32).contiguous().numpy()
     index = faiss.IndexFlatL2(f.shape[1])  # e space: also the cosine order (normalised features)
     index.add(f)
@@ -690,7 +755,9 @@ def _gather_segments(indptr: torch.Tensor, segs: torch.Tensor) -> Tuple[torch.Te
     start = indptr[segs]
     cnt = indptr[segs + 1] - start
     total = int(cnt.sum())
-    owner = torch.repeat_interleave(torch.arange(segs.numel(), device=segs.device), cnt, output_size=total)
+    owner = torch.repeat_interleave(
+        torch.arange(segs.numel(), device=segs.device), cnt, output_size=total
+    )
     first = torch.cumsum(cnt, 0) - cnt
     pos = start[owner] + torch.arange(total, device=segs.device) - first[owner]
     return owner, pos
@@ -712,8 +779,14 @@ def _reciprocal(nbrs: torch.Tensor, block_rows: int) -> torch.Tensor:
     return out
 
 
-def _pair_distances(src, rows: torch.Tensor, elems: torch.Tensor, valid: torch.Tensor,
-                    nn: torch.Tensor, nn_vals: Optional[torch.Tensor]) -> torch.Tensor:
+def _pair_distances(
+    src,
+    rows: torch.Tensor,
+    elems: torch.Tensor,
+    valid: torch.Tensor,
+    nn: torch.Tensor,
+    nn_vals: Optional[torch.Tensor],
+) -> torch.Tensor:
     """Raw squared distances of ``rows`` (c,) to ``elems`` (c, L, ascending, valid first).
 
     Pairs found in the rows' neighbour lists reuse the distances of the k-NN pass; the others
@@ -756,8 +829,13 @@ def _build_v(src, nn: torch.Tensor, nn_vals: Optional[torch.Tensor], rowmax: tor
         inter = (in_kr & cand_mask).sum(2).to(torch.float64)
         size = cand_mask.sum(2).to(torch.float64)
         taken = m & (inter > (2.0 / 3.0) * size)
-        elems = torch.cat([torch.where(m, f, n),
-                           torch.where(taken.unsqueeze(2) & cand_mask, cand_sets, n).flatten(1)], 1)
+        elems = torch.cat(
+            [
+                torch.where(m, f, n),
+                torch.where(taken.unsqueeze(2) & cand_mask, cand_sets, n).flatten(1),
+            ],
+            1,
+        )
         elems = elems.sort(1).values
         uniq = elems < n
         uniq[:, 1:] &= elems[:, 1:] != elems[:, :-1]
@@ -792,7 +870,9 @@ def _query_expansion(indptr, cols, vals, nn: torch.Tensor, k2: int):
         owner, pos = _gather_segments(indptr, nbrs[a:b].reshape(-1))
         key = torch.div(owner, k2, rounding_mode="floor") * n + cols[pos]
         uniq, inv = torch.unique(key, sorted=True, return_inverse=True)
-        summed = torch.zeros(uniq.numel(), dtype=vals.dtype, device=vals.device).index_add_(0, inv, vals[pos])
+        summed = torch.zeros(uniq.numel(), dtype=vals.dtype, device=vals.device).index_add_(
+            0, inv, vals[pos]
+        )
         rows_out.append(torch.div(uniq, n, rounding_mode="floor") + a)
         cols_out.append(uniq % n)
         vals_out.append(summed / k2)
@@ -802,8 +882,13 @@ def _query_expansion(indptr, cols, vals, nn: torch.Tensor, k2: int):
 
 
 # ============================================================================ step 4: Jaccard
-def _jaccard_combine(csr: list, qg: torch.Tensor, rowmax: torch.Tensor, lam: float,
-                     fill: Optional[Callable[[int, int, torch.Tensor], None]] = None) -> torch.Tensor:
+def _jaccard_combine(
+    csr: list,
+    qg: torch.Tensor,
+    rowmax: torch.Tensor,
+    lam: float,
+    fill: Optional[Callable[[int, int, torch.Tensor], None]] = None,
+) -> torch.Tensor:
     """In place on ``qg`` (raw squared Q x G): ``(1-lam) * jaccard + lam * qg / rowmax``.
 
     ``csr`` is a list ``[indptr, cols, vals]`` of ``V_qe``; it is emptied so that the arrays can
@@ -818,19 +903,24 @@ def _jaccard_combine(csr: list, qg: torch.Tensor, rowmax: torch.Tensor, lam: flo
     # the query rows, and an inverted index over the gallery rows: for each column, the
     # gallery rows holding it (int32 rows)
     q_end = int(indptr[n_q])
-    q_rows = torch.repeat_interleave(torch.arange(n_q, device=dev), indptr[1:n_q + 1] - indptr[:n_q])
+    q_rows = torch.repeat_interleave(
+        torch.arange(n_q, device=dev), indptr[1 : n_q + 1] - indptr[:n_q]
+    )
     q_cols, q_vals = cols[:q_end].clone(), vals[:q_end].clone()
     g_cols = cols[q_end:]
     order = torch.argsort(g_cols, stable=True)
     inv_vals = vals[q_end:][order]
-    g_rows = torch.repeat_interleave(torch.arange(n_g, dtype=torch.int32, device=dev),
-                                     indptr[n_q + 1:] - indptr[n_q:-1])
+    g_rows = torch.repeat_interleave(
+        torch.arange(n_g, dtype=torch.int32, device=dev), indptr[n_q + 1 :] - indptr[n_q:-1]
+    )
     inv_rows = g_rows[order]
     colptr = _indptr(g_cols, n)
     del indptr, cols, vals, g_cols, order, g_rows
     # pairs generated by each query row, to size the groups
     col_deg = colptr[1:] - colptr[:-1]
-    per_query = torch.zeros(n_q, dtype=torch.int64, device=dev).index_add_(0, q_rows, col_deg[q_cols])
+    per_query = torch.zeros(n_q, dtype=torch.int64, device=dev).index_add_(
+        0, q_rows, col_deg[q_cols]
+    )
     bounds = torch.cumsum(per_query, 0)
     q_ptr = torch.cat([bounds.new_zeros(1), torch.bincount(q_rows, minlength=n_q).cumsum(0)])
     max_rows = max(1, _BLOCK_ELEMENTS // max(1, n_g))
@@ -866,9 +956,17 @@ def _check_params(k1: int, k2: int, lambda_value: float) -> Tuple[int, int, floa
     return int(k1), int(k2), float(lambda_value)
 
 
-def _sparse_stages(src, nn: torch.Tensor, nn_vals: Optional[torch.Tensor], rowmax: torch.Tensor,
-                   k1: int, k2: int, lam: float, out: Optional[torch.Tensor],
-                   fill: Optional[Callable[[int, int, torch.Tensor], None]] = None) -> torch.Tensor:
+def _sparse_stages(
+    src,
+    nn: torch.Tensor,
+    nn_vals: Optional[torch.Tensor],
+    rowmax: torch.Tensor,
+    k1: int,
+    k2: int,
+    lam: float,
+    out: Optional[torch.Tensor],
+    fill: Optional[Callable[[int, int, torch.Tensor], None]] = None,
+) -> torch.Tensor:
     """Steps 2-5 from the neighbour lists (raw squared distances) and the row maxima."""
     rowmax = torch.where(rowmax > 0, rowmax, torch.ones_like(rowmax))  # all-zero rows: avoid 0/0
     # the sparse stages are many short memory-bound operations (see single_thread_on_cpu)
@@ -911,14 +1009,29 @@ def re_rank(
     qq, _ = as_tensor(q_q_dist, "q_q_dist", device=dev)
     gg, _ = as_tensor(g_g_dist, "g_g_dist", device=dev)
     n_q, n_g = qg.shape if qg.dim() == 2 else (-1, -1)
-    for name, t, shape in (("q_g_dist", qg, (n_q, n_g)), ("q_q_dist", qq, (n_q, n_q)), ("g_g_dist", gg, (n_g, n_g))):
+    for name, t, shape in (
+        ("q_g_dist", qg, (n_q, n_g)),
+        ("q_q_dist", qq, (n_q, n_q)),
+        ("g_g_dist", gg, (n_g, n_g)),
+    ):
         if t.dim() != 2 or tuple(t.shape) != shape or min(shape) < 1:
-            raise ValueError(f"{name}: expected shape {shape} (from q_g_dist {tuple(qg.shape)}), got {tuple(t.shape)}")
+            raise ValueError(
+                f"{name}: expected shape {shape} (from q_g_dist {tuple(qg.shape)}), got {tuple(t.shape)}"
+            )
     qg, qq, gg = (t if t.is_floating_point() else t.double() for t in (qg, qq, gg))
     src = _MatrixSource(qg, qq, gg)
     nn, nn_vals, rowmax = _matrix_pass(src, min(max(k1 + 1, k2), n_q + n_g))
-    out = _sparse_stages(src, nn, nn_vals, rowmax, k1, k2, lam, None,
-                         fill=lambda a, b, block: src.put_sq(block, qg[a:b]))
+    out = _sparse_stages(
+        src,
+        nn,
+        nn_vals,
+        rowmax,
+        k1,
+        k2,
+        lam,
+        None,
+        fill=lambda a, b, block: src.put_sq(block, qg[a:b]),
+    )
     return out.cpu().numpy()
 
 
@@ -972,7 +1085,9 @@ def re_rank_features(
     g, g_np = as_tensor(gf, "gf", device=device)
     q, g = float_features(q, "qf"), float_features(g, "gf")
     if q.shape[1] != g.shape[1] or q.shape[0] < 1 or g.shape[0] < 1:
-        raise ValueError(f"qf {tuple(q.shape)} and gf {tuple(g.shape)}: expected non-empty features of equal dimension")
+        raise ValueError(
+            f"qf {tuple(q.shape)} and gf {tuple(g.shape)}: expected non-empty features of equal dimension"
+        )
     dtype = torch.promote_types(q.dtype, g.dtype)
     src = _FeatureSource(q.to(dtype), g.to(dtype), metric, _bf16_products_are_fast(q.device))
     k = min(max(k1 + 1, k2), src.n_q + src.n_g)

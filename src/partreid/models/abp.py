@@ -19,6 +19,7 @@ minimally so that every stripe keeps at least one row: first forward,
 ``h_c <- max(h_c, h_{c-1} + 1)``, then backward, ``h_c <- min(h_c, h_{c+1} - 1)`` (which for
 ``h_k = H`` is ``min(h_c, H - k + c)``). Both passes are vectorised over the batch.
 """
+
 from __future__ import annotations
 
 import torch
@@ -50,7 +51,9 @@ def abp_borders(x: torch.Tensor, k: int) -> torch.Tensor:
     """
     n, c, h, w = x.shape
     if not 1 <= k <= h:
-        raise ValueError(f"activation balanced pooling cannot cut a map of height {h} into {k} stripes")
+        raise ValueError(
+            f"activation balanced pooling cannot cut a map of height {h} into {k} stripes"
+        )
     cum = max_activation_histogram(x).cumsum(dim=1)  # N x H: H_x(1..H)
     idx = torch.arange(1, k, device=x.device)  # border index c = 1..k-1
     thresholds = (idx * c + k - 1) // k  # ceil(c * C / k), exact integer arithmetic

@@ -14,12 +14,13 @@ The ResNet names of the papers are aliases: ``res_conv2`` ... ``res_conv5`` are
 the ends of layer1 ... layer4, ``res_conv4_1`` is ``layer3[0]`` and
 ``res_conv2c`` the last block of layer1.
 """
+
 from __future__ import annotations
 
 import copy
 import os
 import re
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import List, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -47,14 +48,20 @@ class PretrainedWeightsError(RuntimeError):
 class Backbone(nn.Module):
     """``stem`` + four ``stages`` with known channels and strides per stage."""
 
-    def __init__(self, name: str, stem: nn.Module, stages: Sequence[nn.Sequential],
-                 channels: Sequence[int], strides: Sequence[int]):
+    def __init__(
+        self,
+        name: str,
+        stem: nn.Module,
+        stages: Sequence[nn.Sequential],
+        channels: Sequence[int],
+        strides: Sequence[int],
+    ):
         super().__init__()
         self.name = name
         self.stem = stem
         self.stages = nn.ModuleList(stages)
         self.channels = list(channels)  # output channels of stem, stage1..stage4
-        self.strides = list(strides)    # output stride of stem, stage1..stage4
+        self.strides = list(strides)  # output stride of stem, stage1..stage4
 
     @property
     def out_channels(self) -> int:
@@ -144,8 +151,12 @@ def _mobilenet_v2(last_stride: int) -> Backbone:
         dw = f[14].conv[1][0]  # depthwise 3x3 of the first block of the last stage
         dw.stride = (1, 1)
     stem = nn.Sequential(*f[0:2])
-    stages = [nn.Sequential(*f[2:4]), nn.Sequential(*f[4:7]), nn.Sequential(*f[7:14]),
-              nn.Sequential(*f[14:19])]
+    stages = [
+        nn.Sequential(*f[2:4]),
+        nn.Sequential(*f[4:7]),
+        nn.Sequential(*f[7:14]),
+        nn.Sequential(*f[14:19]),
+    ]
     channels = [16, 24, 32, 96, 1280]
     strides = [2, 4, 8, 16, 32 // (2 // last_stride)]
     bb = Backbone("mobilenet_v2", stem, stages, channels, strides)
@@ -169,11 +180,16 @@ def _load_pretrained(bb: Backbone, pretrained: Pretrained) -> None:
             raise FileNotFoundError(
                 f"pretrained weights file not found: {path}. Pass model.pretrained=<path to a "
                 f"torchvision {bb.name} state dict>, model.pretrained=imagenet to use torchvision's "
-                "download, or model.pretrained=false to train from scratch.")
+                "download, or model.pretrained=false to train from scratch."
+            )
         state = torch.load(path, map_location="cpu", weights_only=True)
-        if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        if (
+            isinstance(state, dict)
+            and "state_dict" in state
+            and isinstance(state["state_dict"], dict)
+        ):
             state = state["state_dict"]
-        state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+        state = {k[len("module.") :] if k.startswith("module.") else k: v for k, v in state.items()}
         missing, unexpected = net.load_state_dict(state, strict=False)
         head = ("fc.", "classifier.")
         missing = [k for k in missing if not k.startswith(head)]
@@ -181,7 +197,8 @@ def _load_pretrained(bb: Backbone, pretrained: Pretrained) -> None:
             raise ValueError(
                 f"weights file {path} does not fit torchvision's {bb.name}: "
                 f"{len(missing)} missing keys (e.g. {missing[:3]}), {len(unexpected)} unexpected "
-                f"keys (e.g. {unexpected[:3]}). Expected a {bb.name} state dict in torchvision's layout.")
+                f"keys (e.g. {unexpected[:3]}). Expected a {bb.name} state dict in torchvision's layout."
+            )
         return
     import torchvision.models as tvm
 
@@ -193,12 +210,14 @@ def _load_pretrained(bb: Backbone, pretrained: Pretrained) -> None:
             f"could not get ImageNet weights for {bb.name} from torchvision ({type(exc).__name__}: "
             f"{exc}). Without internet, download {weights.url} elsewhere and pass its path as "
             "model.pretrained=/path/to/file.pth (for MobileNetV2 on the dev machine: "
-            "../shared/weights/mobilenetv2_imagenet.pth), or model.pretrained=false.") from exc
+            "../shared/weights/mobilenetv2_imagenet.pth), or model.pretrained=false."
+        ) from exc
     net.load_state_dict(state)
 
 
-def build_backbone(name: str = "resnet50", pretrained: Pretrained = False,
-                   last_stride: int = 1) -> Backbone:
+def build_backbone(
+    name: str = "resnet50", pretrained: Pretrained = False, last_stride: int = 1
+) -> Backbone:
     """Build a backbone with four stages.
 
     Args:

@@ -2,6 +2,7 @@
 
 backbone (last stride 1) -> GAP -> f_t (triplet) -> BNNeck -> f_i (classifier, test feature).
 """
+
 from __future__ import annotations
 
 from typing import Dict
@@ -25,11 +26,20 @@ class BoT(nn.Module):
         test_feature: ``after_bn`` (the paper's) or ``before_bn``.
     """
 
-    def __init__(self, num_classes: int, backbone: str = "resnet50", pretrained=False,
-                 last_stride: int = 1, pooling: str = "avg", test_feature: str = "after_bn"):
+    def __init__(
+        self,
+        num_classes: int,
+        backbone: str = "resnet50",
+        pretrained=False,
+        last_stride: int = 1,
+        pooling: str = "avg",
+        test_feature: str = "after_bn",
+    ):
         super().__init__()
         if test_feature not in ("after_bn", "before_bn"):
-            raise ValueError(f"test_feature must be 'after_bn' or 'before_bn', got {test_feature!r}")
+            raise ValueError(
+                f"test_feature must be 'after_bn' or 'before_bn', got {test_feature!r}"
+            )
         self.backbone = build_backbone(backbone, pretrained, last_stride)
         self.pooling = pooling
         self.test_feature = test_feature

@@ -22,6 +22,7 @@ Every choice the paper leaves open is a constructor switch (= a key of the ``mod
 section): last stride, target detached or not, where the triplet loss reads, M, the stripe counts
 of the branches, which parts exist, and the initialisation of the global 1x1 convs.
 """
+
 from __future__ import annotations
 
 import copy
@@ -62,7 +63,9 @@ def window_lengths(k: int, local_part: str = "coarse") -> List[int]:
 def local_windows(k: int, local_part: str = "coarse") -> List[Tuple[int, int]]:
     """Stripe index ranges ``[(first, last_exclusive), ...]`` of the local features, in output order
     (by window length, then from top to bottom)."""
-    return [(s, s + length) for length in window_lengths(k, local_part) for s in range(k - length + 1)]
+    return [
+        (s, s + length) for length in window_lengths(k, local_part) for s in range(k - length + 1)
+    ]
 
 
 def window_rows(height: int, k: int, local_part: str = "coarse") -> List[Tuple[int, int]]:
@@ -74,29 +77,43 @@ def window_rows(height: int, k: int, local_part: str = "coarse") -> List[Tuple[i
 class CGPNBranch(nn.Module):
     """One branch: its copy of the backbone's last layers, global part, local part and heads."""
 
-    def __init__(self, layers: nn.Module, channels: int, num_classes: int, num_stripes: int,
-                 global_parts: int, global_part: bool, local_part: str, reduction_dim: int,
-                 global_conv_init: str):
+    def __init__(
+        self,
+        layers: nn.Module,
+        channels: int,
+        num_classes: int,
+        num_stripes: int,
+        global_parts: int,
+        global_part: bool,
+        local_part: str,
+        reduction_dim: int,
+        global_conv_init: str,
+    ):
         super().__init__()
-        self.layers = layers                      # res_conv4_2 .. res_conv5 -> T_i
-        self.num_stripes = num_stripes            # K_i
-        self.global_parts = global_parts if global_part else 0   # M (0: no global part)
+        self.layers = layers  # res_conv4_2 .. res_conv5 -> T_i
+        self.num_stripes = num_stripes  # K_i
+        self.global_parts = global_parts if global_part else 0  # M (0: no global part)
         self.lengths = window_lengths(num_stripes, local_part)
         self.num_local = sum(num_stripes - length + 1 for length in self.lengths)
         c = channels
         # Global part: M separate 1x1 convs c -> c (bias-free), each followed by GMP.
-        self.global_convs = nn.ModuleList(nn.Conv2d(c, c, 1, bias=False)
-                                          for _ in range(self.global_parts))
+        self.global_convs = nn.ModuleList(
+            nn.Conv2d(c, c, 1, bias=False) for _ in range(self.global_parts)
+        )
         for conv in self.global_convs:
             if global_conv_init == "identity":
                 with torch.no_grad():
                     conv.weight.copy_(torch.eye(c).view(c, c, 1, 1))
             else:
                 nn.init.kaiming_normal_(conv.weight, mode="fan_in", nonlinearity="relu")
-        self.global_head = (ReductionHead(self.global_parts * c, num_classes, reduction_dim)
-                            if self.global_parts else None)
-        self.local_heads = nn.ModuleList(ReductionHead(c, num_classes, reduction_dim)
-                                         for _ in range(self.num_local))
+        self.global_head = (
+            ReductionHead(self.global_parts * c, num_classes, reduction_dim)
+            if self.global_parts
+            else None
+        )
+        self.local_heads = nn.ModuleList(
+            ReductionHead(c, num_classes, reduction_dim) for _ in range(self.num_local)
+        )
 
     def global_features(self, t: torch.Tensor) -> List[torch.Tensor]:
         """fg_p_i = GMP(conv_p(T_i)) for p = 1..M, each N x c."""
@@ -110,7 +127,7 @@ class CGPNBranch(nn.Module):
         """fl_j_i: GMP of every window of adjacent stripes (from stripe maxima), each N x c."""
         if not self.lengths:
             return []
-        stripes = stripe_pool(t, self.num_stripes, "max")                          # N x c x K
+        stripes = stripe_pool(t, self.num_stripes, "max")  # N x c x K
         windows = torch.cat([window_max(stripes, length) for length in self.lengths], -1)
         return list(windows.unbind(-1))
 
@@ -144,23 +161,38 @@ class CGPN(nn.Module):
             ``kaiming``; the paper does not say.
     """
 
-    def __init__(self, num_classes: int, backbone: str = "resnet50", pretrained=False,
-                 last_stride: int = 1, stripes: Sequence[int] = (2, 3, 4), global_parts: int = 2,
-                 global_part: bool = True, local_part: str = "coarse",
-                 mse_supervision: bool = True, detach_target: bool = False,
-                 reduction_dim: int = 256, triplet_on: str = "pooled",
-                 triplet_features: str = "global", global_conv_init: str = "identity"):
+    def __init__(
+        self,
+        num_classes: int,
+        backbone: str = "resnet50",
+        pretrained=False,
+        last_stride: int = 1,
+        stripes: Sequence[int] = (2, 3, 4),
+        global_parts: int = 2,
+        global_part: bool = True,
+        local_part: str = "coarse",
+        mse_supervision: bool = True,
+        detach_target: bool = False,
+        reduction_dim: int = 256,
+        triplet_on: str = "pooled",
+        triplet_features: str = "global",
+        global_conv_init: str = "identity",
+    ):
         super().__init__()
         if isinstance(stripes, (int, str)) or not all(isinstance(k, int) for k in stripes):
-            raise ValueError(f"model.stripes must be a list of stripe counts, one per branch "
-                             f"(e.g. [2, 3, 4]), got {stripes!r}")
+            raise ValueError(
+                f"model.stripes must be a list of stripe counts, one per branch "
+                f"(e.g. [2, 3, 4]), got {stripes!r}"
+            )
         stripes = [int(k) for k in stripes]
         _check_choice("local_part", local_part, LOCAL_PARTS)
         _check_choice("triplet_on", triplet_on, TRIPLET_ON)
         _check_choice("triplet_features", triplet_features, TRIPLET_FEATURES)
         _check_choice("global_conv_init", global_conv_init, CONV_INITS)
         if not stripes or any(k < 1 for k in stripes):
-            raise ValueError(f"model.stripes must be a non-empty list of stripe counts >= 1, got {stripes}")
+            raise ValueError(
+                f"model.stripes must be a non-empty list of stripe counts >= 1, got {stripes}"
+            )
         if int(global_parts) < 1:
             raise ValueError(f"model.global_parts (M) must be >= 1, got {global_parts}")
         self.stripes = stripes
@@ -173,54 +205,77 @@ class CGPN(nn.Module):
         self.triplet_features = triplet_features
 
         bb = build_backbone(backbone, pretrained, last_stride)
-        self.trunk, rest = bb.split("res_conv4_1")         # conv1 .. res_conv4_1, shared
-        self.channels = bb.out_channels                    # c
+        self.trunk, rest = bb.split("res_conv4_1")  # conv1 .. res_conv4_1, shared
+        self.channels = bb.out_channels  # c
         self.branches = nn.ModuleList(
-            CGPNBranch(copy.deepcopy(rest), self.channels, num_classes, k, self.global_parts,
-                       self.global_part, local_part, reduction_dim, global_conv_init)
-            for k in stripes)
+            CGPNBranch(
+                copy.deepcopy(rest),
+                self.channels,
+                num_classes,
+                k,
+                self.global_parts,
+                self.global_part,
+                local_part,
+                reduction_dim,
+                global_conv_init,
+            )
+            for k in stripes
+        )
 
         # Feature names in test-feature order: fg_1 .. fg_B, then fl_j_i branch by branch.
         self.global_names = [f"fg{i}" for i, b in enumerate(self.branches, 1) if b.global_parts]
-        self.local_names = [f"fl{j}_{i}" for i, b in enumerate(self.branches, 1)
-                            for j in range(1, b.num_local + 1)]
+        self.local_names = [
+            f"fl{j}_{i}" for i, b in enumerate(self.branches, 1) for j in range(1, b.num_local + 1)
+        ]
         self.feature_names = self.global_names + self.local_names
         if not self.feature_names:
-            raise ValueError(f"CGPN with global_part=false and local_part={local_part!r} and "
-                             f"stripes={stripes} has no features; keep a global or a local part")
-        selected = {"global": self.global_names, "local": self.local_names,
-                    "all": self.feature_names, "none": None}[triplet_features]
+            raise ValueError(
+                f"CGPN with global_part=false and local_part={local_part!r} and "
+                f"stripes={stripes} has no features; keep a global or a local part"
+            )
+        selected = {
+            "global": self.global_names,
+            "local": self.local_names,
+            "all": self.feature_names,
+            "none": None,
+        }[triplet_features]
         if selected == []:
-            raise ValueError(f"model.triplet_features={triplet_features!r} selects no features of this "
-                             f"CGPN (global_part={global_part}, local_part={local_part!r}); use "
-                             "'local' for CGPN-3, 'global' otherwise, or 'none'")
+            raise ValueError(
+                f"model.triplet_features={triplet_features!r} selects no features of this "
+                f"CGPN (global_part={global_part}, local_part={local_part!r}); use "
+                "'local' for CGPN-3, 'global' otherwise, or 'none'"
+            )
         self.feature_dim = reduction_dim * len(self.feature_names)
 
     def forward(self, x: torch.Tensor):
         """Train mode: dict of named outputs (logits, triplet, mse); eval mode: N x feature_dim."""
         shared = self.trunk(x)
-        fg, fl, mse = [], [], []                   # (pooled, head) pairs; MSE pairs
+        fg, fl, mse = [], [], []  # (pooled, head) pairs; MSE pairs
         for branch in self.branches:
-            t = branch.layers(shared)                                          # T_i
+            t = branch.layers(shared)  # T_i
             _check_height(t, branch, x)
             if branch.global_parts:
-                fg_parts = branch.global_features(t)                           # fg_p_i
-                fg.append((torch.cat(fg_parts, 1), branch.global_head))        # fg_i
+                fg_parts = branch.global_features(t)  # fg_p_i
+                fg.append((torch.cat(fg_parts, 1), branch.global_head))  # fg_i
                 if self.training and self.mse_supervision:
-                    fgl_parts = branch.global_targets(t)                       # fgl_p_i
+                    fgl_parts = branch.global_targets(t)  # fgl_p_i
                     if self.detach_target:
                         fgl_parts = [f.detach() for f in fgl_parts]
                     mse += list(zip(fg_parts, fgl_parts))
-            fl += list(zip(branch.local_features(t), branch.local_heads))      # fl_j_i
+            fl += list(zip(branch.local_features(t), branch.local_heads))  # fl_j_i
 
         pooled = [p for p, _ in fg + fl]
-        reduced, logits = zip(*[head(p) for p, head in fg + fl])               # 256-d, CE
+        reduced, logits = zip(*[head(p) for p, head in fg + fl])  # 256-d, CE
         if not self.training:
-            return torch.cat(reduced, 1)                                       # 12 x 256 = 3072-d
+            return torch.cat(reduced, 1)  # 12 x 256 = 3072-d
         n_global = len(fg)
         source = pooled if self.triplet_on == "pooled" else list(reduced)
-        triplet = {"global": source[:n_global], "local": source[n_global:],
-                   "all": source, "none": []}[self.triplet_features]
+        triplet = {
+            "global": source[:n_global],
+            "local": source[n_global:],
+            "all": source,
+            "none": [],
+        }[self.triplet_features]
         return {"logits": list(logits), "triplet": list(triplet), "mse": mse}
 
     @torch.no_grad()
@@ -229,7 +284,7 @@ class CGPN(nn.Module):
         and ``branch{i}.local`` (T_i, which the local part pools), each N x h x w: the mean of
         squared activations over channels."""
         was_training = self.training
-        self.eval()                       # BN with running statistics, which stay untouched
+        self.eval()  # BN with running statistics, which stay untouched
         shared = self.trunk(x)
         maps = {}
         for i, branch in enumerate(self.branches, 1):
@@ -250,5 +305,7 @@ def _check_choice(key: str, value: str, choices: Sequence[str]) -> None:
 def _check_height(t: torch.Tensor, branch: CGPNBranch, x: torch.Tensor) -> None:
     need = max(branch.num_stripes if branch.num_local else 1, branch.global_parts or 1)
     if t.shape[2] < need:
-        raise ValueError(f"input {tuple(x.shape[2:])} gives a {t.shape[2]}-row map, too short for "
-                         f"{need} stripes; use taller images or fewer stripes")
+        raise ValueError(
+            f"input {tuple(x.shape[2:])} gives a {t.shape[2]}-row map, too short for "
+            f"{need} stripes; use taller images or fewer stripes"
+        )

@@ -10,6 +10,7 @@ Read top to bottom like the MGN paper's figure::
     triplet on the 3 global features zg_G, zg_P2, zg_P3 (2048-d pooled, as the paper)
     test feature: the 8 reduced features concatenated (8 x 256 = 2048-d)
 """
+
 from __future__ import annotations
 
 import copy
@@ -26,14 +27,21 @@ from .registry import register_model
 class MGNBranch(nn.Module):
     """A copy of the backbone's last layers, a global feature and ``num_stripes`` stripe features."""
 
-    def __init__(self, layers: nn.Module, channels: int, num_classes: int, num_stripes: int,
-                 reduction_dim: int):
+    def __init__(
+        self,
+        layers: nn.Module,
+        channels: int,
+        num_classes: int,
+        num_stripes: int,
+        reduction_dim: int,
+    ):
         super().__init__()
         self.layers = layers
         self.num_stripes = num_stripes
         self.global_head = ReductionHead(channels, num_classes, reduction_dim)
-        self.stripe_heads = nn.ModuleList(ReductionHead(channels, num_classes, reduction_dim)
-                                          for _ in range(num_stripes))
+        self.stripe_heads = nn.ModuleList(
+            ReductionHead(channels, num_classes, reduction_dim) for _ in range(num_stripes)
+        )
 
     def forward(self, shared: torch.Tensor):
         """Pooled ``(global, [stripes])``, each N x c."""
@@ -58,21 +66,31 @@ class MGN(nn.Module):
             or their ``reduced`` 256-d versions.
     """
 
-    def __init__(self, num_classes: int, backbone: str = "resnet50", pretrained=False,
-                 last_stride: int = 1, global_last_stride: int = 2, parts: Sequence[int] = (2, 3),
-                 reduction_dim: int = 256, triplet_on: str = "pooled"):
+    def __init__(
+        self,
+        num_classes: int,
+        backbone: str = "resnet50",
+        pretrained=False,
+        last_stride: int = 1,
+        global_last_stride: int = 2,
+        parts: Sequence[int] = (2, 3),
+        reduction_dim: int = 256,
+        triplet_on: str = "pooled",
+    ):
         super().__init__()
         if triplet_on not in ("pooled", "reduced"):
             raise ValueError(f"model.triplet_on must be 'pooled' or 'reduced', got {triplet_on!r}")
         if isinstance(parts, (int, str)) or not all(isinstance(k, int) for k in parts):
-            raise ValueError(f"model.parts must be a list of stripe counts, one per part branch "
-                             f"(e.g. [2, 3]), got {parts!r}")
+            raise ValueError(
+                f"model.parts must be a list of stripe counts, one per part branch "
+                f"(e.g. [2, 3]), got {parts!r}"
+            )
         parts = [int(k) for k in parts]
         if any(k < 1 for k in parts):
             raise ValueError(f"model.parts must list stripe counts >= 1, got {parts}")
         self.triplet_on = triplet_on
         bb = build_backbone(backbone, pretrained, last_stride)
-        self.trunk, rest = bb.split("res_conv4_1")           # conv1 .. res_conv4_1, shared
+        self.trunk, rest = bb.split("res_conv4_1")  # conv1 .. res_conv4_1, shared
         c = bb.out_channels
         if global_last_stride != last_stride:
             # Same weights, other stride: a fresh backbone with the global branch's stride,
@@ -83,11 +101,17 @@ class MGN(nn.Module):
         else:
             rest_global = copy.deepcopy(rest)
         self.branches = nn.ModuleList(
-            [MGNBranch(rest_global, c, num_classes, 0, reduction_dim)]            # Global
-            + [MGNBranch(copy.deepcopy(rest), c, num_classes, k, reduction_dim)   # Part-k
-               for k in parts])
-        self.feature_names = (["zg_G"] + [f"zg_P{k}" for k in parts]
-                              + [f"zp{k}_{j}" for k in parts for j in range(1, k + 1)])
+            [MGNBranch(rest_global, c, num_classes, 0, reduction_dim)]  # Global
+            + [
+                MGNBranch(copy.deepcopy(rest), c, num_classes, k, reduction_dim)  # Part-k
+                for k in parts
+            ]
+        )
+        self.feature_names = (
+            ["zg_G"]
+            + [f"zg_P{k}" for k in parts]
+            + [f"zp{k}_{j}" for k in parts for j in range(1, k + 1)]
+        )
         self.feature_dim = reduction_dim * len(self.feature_names)
 
     def forward(self, x: torch.Tensor):
@@ -96,8 +120,11 @@ class MGN(nn.Module):
         pooled = [branch(shared) for branch in self.branches]
         # Global features first (zg_G, zg_P2, zg_P3), then the stripes (zp2_1 .. zp3_3).
         feats = [(zg, b.global_head) for (zg, _), b in zip(pooled, self.branches)]
-        feats += [(z, head) for (_, zp), b in zip(pooled, self.branches)
-                  for z, head in zip(zp, b.stripe_heads)]
+        feats += [
+            (z, head)
+            for (_, zp), b in zip(pooled, self.branches)
+            for z, head in zip(zp, b.stripe_heads)
+        ]
         reduced, logits = zip(*[head(z) for z, head in feats])
         if not self.training:
             return torch.cat(reduced, 1)
@@ -109,7 +136,7 @@ class MGN(nn.Module):
     def activation_maps(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         """``branch_G`` / ``branch_P{k}``: each branch's output map, N x h x w (mean of squares)."""
         was_training = self.training
-        self.eval()                       # BN with running statistics, which stay untouched
+        self.eval()  # BN with running statistics, which stay untouched
         shared = self.trunk(x)
         names = ["branch_G"] + [f"branch_P{b.num_stripes}" for b in self.branches[1:]]
         maps = {n: b.layers(shared).pow(2).mean(1) for n, b in zip(names, self.branches)}

@@ -1,4 +1,5 @@
 """Small pieces shared by several models: stripe and window pooling, heads."""
+
 from __future__ import annotations
 
 from typing import Optional, Tuple
@@ -62,8 +63,9 @@ class ReductionHead(nn.Module):
     ``dim=None`` there is no reduction (BNNeck style: BN only, then the classifier).
     """
 
-    def __init__(self, in_channels: int, num_classes: int, dim: Optional[int] = 256,
-                 relu: bool = True):
+    def __init__(
+        self, in_channels: int, num_classes: int, dim: Optional[int] = 256, relu: bool = True
+    ):
         super().__init__()
         layers = []
         out = in_channels

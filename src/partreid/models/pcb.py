@@ -9,6 +9,7 @@
 No refined part pooling (RPP) and no triplet loss. ``abp=True`` re-pools the stripes with
 activation balanced pooling at test time (RMGL's ABP, reusable here).
 """
+
 from __future__ import annotations
 
 from typing import Dict
@@ -38,16 +39,27 @@ class PCB(nn.Module):
         abp_pool: ABP's stripe pooling, ``avg`` or ``max``.
     """
 
-    def __init__(self, num_classes: int, backbone: str = "resnet50", pretrained=False,
-                 last_stride: int = 1, stripes: int = 6, pooling: str = "avg",
-                 reduction_dim: int = 256, test_feature: str = "reduced", abp: bool = False,
-                 abp_pool: str = "avg"):
+    def __init__(
+        self,
+        num_classes: int,
+        backbone: str = "resnet50",
+        pretrained=False,
+        last_stride: int = 1,
+        stripes: int = 6,
+        pooling: str = "avg",
+        reduction_dim: int = 256,
+        test_feature: str = "reduced",
+        abp: bool = False,
+        abp_pool: str = "avg",
+    ):
         super().__init__()
         if isinstance(stripes, bool) or not isinstance(stripes, int) or stripes < 1:
             raise ValueError(f"model.stripes must be a positive integer, got {stripes!r}")
-        for name, value, valid in (("pooling", pooling, ("avg", "max")),
-                                   ("test_feature", test_feature, ("reduced", "pooled")),
-                                   ("abp_pool", abp_pool, ("avg", "max"))):
+        for name, value, valid in (
+            ("pooling", pooling, ("avg", "max")),
+            ("test_feature", test_feature, ("reduced", "pooled")),
+            ("abp_pool", abp_pool, ("avg", "max")),
+        ):
             if value not in valid:
                 raise ValueError(f"model.{name} must be one of {list(valid)}, got {value!r}")
         self.backbone = build_backbone(backbone, pretrained, last_stride)
@@ -57,8 +69,9 @@ class PCB(nn.Module):
         self.abp = abp
         self.abp_pool = abp_pool
         channels = self.backbone.out_channels
-        self.heads = nn.ModuleList(ReductionHead(channels, num_classes, reduction_dim, relu=True)
-                                   for _ in range(stripes))
+        self.heads = nn.ModuleList(
+            ReductionHead(channels, num_classes, reduction_dim, relu=True) for _ in range(stripes)
+        )
         self.feature_dim = stripes * (reduction_dim if test_feature == "reduced" else channels)
 
     def forward(self, x: torch.Tensor):

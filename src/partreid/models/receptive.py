@@ -15,6 +15,7 @@ stripes of the same height; when ``k`` divides ``H`` there is a single group, as
 RMGL, whose partition may lie inside the trunk shared by its branches, uses
 :func:`run_on_stripes` directly.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Dict, List, Optional, Tuple
@@ -29,13 +30,16 @@ def split_stripes(x: torch.Tensor, k: int) -> List[torch.Tensor]:
     """Cut N x C x H x W into ``k`` horizontal stripes (views), top to bottom."""
     h = x.shape[2]
     if not 1 <= k <= h:
-        raise ValueError(f"receptive partition cannot cut a map of height {h} into {k} stripes; "
-                         "partition earlier (a larger map) or use fewer stripes")
+        raise ValueError(
+            f"receptive partition cannot cut a map of height {h} into {k} stripes; "
+            "partition earlier (a larger map) or use fewer stripes"
+        )
     return [x[:, :, a:b] for a, b in stripe_bounds(h, k)]
 
 
-def run_on_stripes(layers: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
-                   k: int) -> List[torch.Tensor]:
+def run_on_stripes(
+    layers: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, k: int
+) -> List[torch.Tensor]:
     """The RP path: ``layers`` applied to each of the ``k`` stripes of ``x`` -> ``k`` outputs.
 
     Stripes of equal height are stacked along the batch dimension (stripe-major:
@@ -50,7 +54,7 @@ def run_on_stripes(layers: Callable[[torch.Tensor], torch.Tensor], x: torch.Tens
     for members in groups.values():
         y = layers(torch.cat([stripes[i] for i in members], dim=0))
         for j, i in enumerate(members):
-            out[i] = y[j * n:(j + 1) * n]
+            out[i] = y[j * n : (j + 1) * n]
     return out  # type: ignore[return-value]
 
 

@@ -3,6 +3,7 @@
 Every model is an ``nn.Module`` whose ``__init__`` takes ``num_classes`` and keyword
 options; those keyword names are the valid keys of the ``model:`` config section.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -35,8 +36,11 @@ def model_options(name: str) -> Dict[str, object]:
     cls = _get(name)
     sig = inspect.signature(cls.__init__)
     kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    return {k: p.default for k, p in sig.parameters.items()
-            if k not in ("self", "num_classes") and p.kind in kinds}
+    return {
+        k: p.default
+        for k, p in sig.parameters.items()
+        if k not in ("self", "num_classes") and p.kind in kinds
+    }
 
 
 def _get(name: str):
@@ -56,5 +60,7 @@ def build_model(name: str, num_classes: int, **cfg) -> nn.Module:
     valid = model_options(name)
     unknown = sorted(set(cfg) - set(valid))
     if unknown:
-        raise KeyError(f"unknown option(s) {unknown} for model {name!r}; valid options: {sorted(valid)}")
+        raise KeyError(
+            f"unknown option(s) {unknown} for model {name!r}; valid options: {sorted(valid)}"
+        )
     return cls(num_classes=num_classes, **cfg)

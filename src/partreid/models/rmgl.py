@@ -16,6 +16,7 @@ Reads top to bottom like the paper's Fig. 2::
 A branch with ``K = 1`` is a plain global branch (RMGL(1+2+3)'s extra "Global Branch"): one
 feature, no RP path (one stripe would repeat the original path).
 """
+
 from __future__ import annotations
 
 import copy
@@ -34,11 +35,12 @@ from .registry import register_model
 # Fig. 9's partition depths: "res x" = where the map is fed into res_conv x. Values are the
 # backbone cut point right before (see backbones.py: "stage1" = after layer1 = res_conv2c).
 PARTITION_DEPTHS = {
-    "input": "input", "ip": "input",
-    "res2": "stem",     # before layer1
-    "res3": "stage1",   # before layer2 = after res_conv2c (the paper's default)
-    "res4": "stage2",   # before layer3
-    "res5": "stage3",   # before layer4
+    "input": "input",
+    "ip": "input",
+    "res2": "stem",  # before layer1
+    "res3": "stage1",  # before layer2 = after res_conv2c (the paper's default)
+    "res4": "stage2",  # before layer3
+    "res5": "stage3",  # before layer4
 }
 OUTPUT_DEPTHS = ("output", "op")
 
@@ -82,21 +84,40 @@ class RMGL(nn.Module):
             ``pooled`` (the branch's pooled features before reduction).
     """
 
-    def __init__(self, num_classes: int, backbone: str = "resnet50", pretrained=False,
-                 last_stride: int = 1, stripes: Union[int, Sequence[int]] = (2, 3),
-                 branch_cut: str = "res_conv2c", rp: bool = True, only_rp: bool = False,
-                 partition_depth: str = "res3", rp_global: str = "stitch", abp: bool = True,
-                 abp_pool: str = "avg", pooling: str = "max", reduction_dim: int = 256,
-                 reduction_relu: bool = False, triplet_on: str = "reduced"):
+    def __init__(
+        self,
+        num_classes: int,
+        backbone: str = "resnet50",
+        pretrained=False,
+        last_stride: int = 1,
+        stripes: Union[int, Sequence[int]] = (2, 3),
+        branch_cut: str = "res_conv2c",
+        rp: bool = True,
+        only_rp: bool = False,
+        partition_depth: str = "res3",
+        rp_global: str = "stitch",
+        abp: bool = True,
+        abp_pool: str = "avg",
+        pooling: str = "max",
+        reduction_dim: int = 256,
+        reduction_relu: bool = False,
+        triplet_on: str = "reduced",
+    ):
         super().__init__()
         stripes = [stripes] if isinstance(stripes, int) else list(stripes)
-        if not stripes or any(not isinstance(k, int) or isinstance(k, bool) or k < 1 for k in stripes):
-            raise ValueError(f"model.stripes must be a non-empty list of positive integers, got {stripes!r}")
+        if not stripes or any(
+            not isinstance(k, int) or isinstance(k, bool) or k < 1 for k in stripes
+        ):
+            raise ValueError(
+                f"model.stripes must be a non-empty list of positive integers, got {stripes!r}"
+            )
         if only_rp and not rp:
             raise ValueError("model.only_rp=true drops the original path and needs model.rp=true")
         if only_rp and abp:
-            raise ValueError("model.abp re-pools the original path's stripes, which model.only_rp=true "
-                             "removes; set model.abp=false")
+            raise ValueError(
+                "model.abp re-pools the original path's stripes, which model.only_rp=true "
+                "removes; set model.abp=false"
+            )
         self.stripes = stripes
         self.rp = rp
         self.only_rp = only_rp
@@ -128,8 +149,10 @@ class RMGL(nn.Module):
                 if rp_global == "stitch":
                     self.feature_names.append(f"{tag}.rp.g")
                 self.feature_names += [f"{tag}.rp.s{i}" for i in range(1, k + 1)]
-        self.heads = nn.ModuleList(ReductionHead(channels, num_classes, reduction_dim, reduction_relu)
-                                   for _ in self.feature_names)
+        self.heads = nn.ModuleList(
+            ReductionHead(channels, num_classes, reduction_dim, reduction_relu)
+            for _ in self.feature_names
+        )
         self.feature_dim = reduction_dim * len(self.feature_names)
 
     # ------------------------------------------------------------------ structure
@@ -145,7 +168,8 @@ class RMGL(nn.Module):
             raise ValueError(
                 f"model.partition_depth: unknown depth {depth!r}; use one of "
                 f"{sorted(PARTITION_DEPTHS) + list(OUTPUT_DEPTHS)} or a backbone cut point "
-                "(res_conv2c, stage2, stage3.0, ...: right after it)") from None
+                "(res_conv2c, stage2, stage3.0, ...: right after it)"
+            ) from None
 
     def _has_original(self, k: int) -> bool:
         return k == 1 or not self.only_rp
@@ -191,8 +215,11 @@ class RMGL(nn.Module):
             if orig is not None:
                 feats.append(pool2d(orig, self.pooling))  # f^(0,0): whole map
                 if k > 1:
-                    local = (_abp_pool(orig, k, self.abp_pool) if use_abp
-                             else stripe_pool(orig, k, self.pooling))
+                    local = (
+                        _abp_pool(orig, k, self.abp_pool)
+                        if use_abp
+                        else stripe_pool(orig, k, self.pooling)
+                    )
                     feats += list(local.unbind(-1))  # f^(0,k): stripes of T_b
             if rp is not None:
                 if self.rp_global == "stitch":
@@ -216,8 +243,11 @@ class RMGL(nn.Module):
             reduced.append(zs)
         if self.training:
             per_branch = reduced if self.triplet_on == "reduced" else pooled
-            return {"logits": logits, "triplet": [torch.cat(fs, dim=1) for fs in per_branch],
-                    "mse": []}
+            return {
+                "logits": logits,
+                "triplet": [torch.cat(fs, dim=1) for fs in per_branch],
+                "mse": [],
+            }
         return torch.cat([z for zs in reduced for z in zs], dim=1)
 
     def pooled_features(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:

@@ -1,5 +1,6 @@
-"""Run reports: metrics.json, ranked-list pictures, activation figures, an HTML page."""
-from .ranked_list import draw_ranked_lists
-from .run import evaluate_run, write_run_report
+"""Run reports: ranked-list pictures, activation figures, the HTML page. Knows no engine."""
 
-__all__ = ["draw_ranked_lists", "evaluate_run", "write_run_report"]
+from .html import write_html
+from .ranked_list import draw_ranked_lists
+
+__all__ = ["draw_ranked_lists", "write_html"]

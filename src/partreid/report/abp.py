@@ -1,4 +1,5 @@
 """Activation balanced pooling borders drawn over images (RMGL, Sec. III-C)."""
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -16,20 +17,30 @@ COLOURS = ["#ff3030", "#30c0ff", "#ffd020", "#50ff50", "#ff50ff", "#ffffff"]
 
 
 @torch.no_grad()
-def draw_abp_borders(model, items: Sequence[Item], transform, device, path: str,
-                     mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)) -> str:
+def draw_abp_borders(
+    model,
+    items: Sequence[Item],
+    transform,
+    device,
+    path: str,
+    mean=(0.485, 0.456, 0.406),
+    std=(0.229, 0.224, 0.225),
+) -> str:
     """One row per image, one panel per branch: the image with that branch's ABP stripe borders
     (uniform stripes dashed for comparison)."""
     if not hasattr(model, "abp_borders"):
-        raise ValueError(f"model {type(model).__name__} has no activation balanced pooling "
-                         "(use an RMGL or PCB config with model.abp=true)")
+        raise ValueError(
+            f"model {type(model).__name__} has no activation balanced pooling "
+            "(use an RMGL or PCB config with model.abp=true)"
+        )
     model.eval()
     images = torch.stack([transform(read_image(p)) for p, _, _ in items]).to(device)
     borders = model.abp_borders(images, image_rows=True)
     names = list(borders)
     h = images.shape[-2]
-    fig, axes = plt.subplots(len(items), len(names),
-                             figsize=(1.5 * len(names), 2.8 * len(items)), squeeze=False)
+    fig, axes = plt.subplots(
+        len(items), len(names), figsize=(1.5 * len(names), 2.8 * len(items)), squeeze=False
+    )
     for r in range(len(items)):
         img = _denormalize(images[r], mean, std)
         for c, name in enumerate(names):

@@ -4,6 +4,7 @@
 lists of ``(image_path, pid, camid)``); ``list_datasets()`` gives the registered names and
 ``dataset_options(name)`` the options one of them accepts.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -11,10 +12,12 @@ import warnings
 # ``python -m partreid.data.datasets.synthetic`` runs a module this package has imported already;
 # that is harmless here (it only generates files), so runpy's warning about it is silenced.
 warnings.filterwarnings(
-    "ignore", message=r"'partreid\.data\.datasets\.synthetic' found in sys\.modules",
+    "ignore",
+    message=r"'partreid\.data\.datasets\.synthetic' found in sys\.modules",
     category=RuntimeWarning,
 )
 
+from . import cuhk03, dukemtmc, manifest, market1501, msmt17, occluded_duke, synthetic  # registers
 from .base import (
     DatasetError,
     DatasetNotFoundError,
@@ -26,7 +29,6 @@ from .base import (
     list_datasets,
     register_dataset,
 )
-from . import market1501, dukemtmc, cuhk03, msmt17, occluded_duke, manifest, synthetic  # registers
 from .manifest import CLASSIC_PROTOCOLS
 from .synthetic import generate_synthetic
 

@@ -4,6 +4,7 @@ A data set is three lists of ``(image_path, pid, camid)`` items: ``train`` (pids
 ``0..N-1``), ``query`` and ``gallery`` (original pids kept, so that query and gallery pids can be
 compared). ``camid`` is 0-based for the standard sets; ``-1`` means "camera unknown".
 """
+
 from __future__ import annotations
 
 import inspect
@@ -151,7 +152,9 @@ class ReIDDataset:
 def list_images(folder: str) -> List[str]:
     """Sorted file names in ``folder`` with an image extension (other files are ignored)."""
     return sorted(
-        e.name for e in os.scandir(folder) if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS)
+        e.name
+        for e in os.scandir(folder)
+        if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS)
     )
 
 
@@ -164,7 +167,9 @@ def describe_folder(path: str, limit: int = 12) -> str:
     names = sorted(e.name + ("/" if e.is_dir() else "") for e in os.scandir(path))
     if not names:
         return f"{path} is empty"
-    shown = ", ".join(names[:limit]) + (f", ... ({len(names)} entries)" if len(names) > limit else "")
+    shown = ", ".join(names[:limit]) + (
+        f", ... ({len(names)} entries)" if len(names) > limit else ""
+    )
     return f"{path} contains: {shown}"
 
 
@@ -191,7 +196,7 @@ def find_dataset_dir(
 
 def parse_folder(
     folder: str,
-    pattern: "re.Pattern[str]",
+    pattern: re.Pattern[str],
     camid_base: int = 1,
     drop_junk: bool = True,
 ) -> Tuple[List[Item], int, List[str]]:
@@ -216,7 +221,9 @@ def parse_folder(
     return items, junk, unmatched
 
 
-def report_unmatched(subset_dir: str, unmatched: List[str], expected: str, notes: List[str]) -> None:
+def report_unmatched(
+    subset_dir: str, unmatched: List[str], expected: str, notes: List[str]
+) -> None:
     """Log (WARNING) and note image files whose names do not follow the data set's convention."""
     if not unmatched:
         return
@@ -351,7 +358,7 @@ def _lookup(name: str) -> _Entry:
     return _REGISTRY[_canonical(name)]
 
 
-def build_dataset(name: str, root: "str | os.PathLike[str]", **options: object) -> ReIDDataset:
+def build_dataset(name: str, root: str | os.PathLike[str], **options: object) -> ReIDDataset:
     """Load data set ``name`` from ``root`` and log its summary table (logger ``partreid.data``).
 
     ``options`` are checked against the data set's own options (see :func:`dataset_options`);

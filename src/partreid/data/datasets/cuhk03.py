@@ -7,6 +7,7 @@ holding ``cuhk03-np/``, ``cuhk03-np/`` itself, or the variant folder itself (as 
 development copy ``cuhk03np-detected/``, which holds only ``bounding_box_train/``: load it with
 ``carve_val=N``).
 """
+
 from __future__ import annotations
 
 import logging

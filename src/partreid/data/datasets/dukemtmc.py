@@ -2,6 +2,7 @@
 
 camids are 0-based (``c2`` -> 1); see :mod:`.market1501` for the layout rules.
 """
+
 from __future__ import annotations
 
 from typing import Optional

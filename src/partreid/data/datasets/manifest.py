@@ -22,6 +22,7 @@ Protocols (``protocol=``):
 
 :data:`CLASSIC_PROTOCOLS` holds the options of the standard protocols of the classic sets.
 """
+
 from __future__ import annotations
 
 import csv as csvlib
@@ -91,7 +92,9 @@ def read_manifest(csv_path: str) -> tuple[List[Item], List[str], bool, List[str]
     else:
         mapping = {lab: i for i, lab in enumerate(sorted(set(labels)))}
         pids = [mapping[p] for p in labels]
-        notes.append(f"pid labels are not all integers: mapped to 0..{len(mapping) - 1} in sorted order")
+        notes.append(
+            f"pid labels are not all integers: mapped to 0..{len(mapping) - 1} in sorted order"
+        )
     items: List[Item] = []
     bad: List[str] = []
     for line, (row, pid) in enumerate(zip(rows, pids), start=2):
@@ -103,10 +106,14 @@ def read_manifest(csv_path: str) -> tuple[List[Item], List[str], bool, List[str]
             continue
         items.append((os.path.join(base, row["image"]), pid, int(row["camid"])))
     if bad:
-        raise _bad_lines(csv_path, bad, "image and pid must be set, camid an integer (-1 = unknown)")
+        raise _bad_lines(
+            csv_path, bad, "image and pid must be set, camid an integer (-1 = unknown)"
+        )
     missing = [p for p, _, _ in items if not os.path.isfile(p)]
     if missing:
-        shown = "\n  ".join(missing[:10]) + (f"\n  ... and {len(missing) - 10} more" if len(missing) > 10 else "")
+        shown = "\n  ".join(missing[:10]) + (
+            f"\n  ... and {len(missing) - 10} more" if len(missing) > 10 else ""
+        )
         raise DatasetNotFoundError(
             f"{len(missing)} of {len(items)} images listed in {csv_path} do not exist "
             f"(paths are relative to the CSV's folder {base}):\n  {shown}"
@@ -165,8 +172,12 @@ def load_manifest(
         subsets = {s: [it for it, sp in zip(items, splits) if sp == s] for s in SPLITS}
         notes.append(f"split from the 'split' column of {os.path.basename(csv_path)}")
         return ReIDDataset(
-            name=f"manifest:{name}", root=csv_path, train=subsets["train"],
-            query=subsets["query"], gallery=subsets["gallery"], notes=notes,
+            name=f"manifest:{name}",
+            root=csv_path,
+            train=subsets["train"],
+            query=subsets["query"],
+            gallery=subsets["gallery"],
+            notes=notes,
         )
     if has_split:
         notes.append("the 'split' column is ignored (protocol='random_ids')")
@@ -181,7 +192,11 @@ def load_manifest(
         gallery_only_ids=gallery_only_ids,
     )
     return ReIDDataset(
-        name=f"manifest:{name}", root=csv_path, train=train, query=query, gallery=gallery,
+        name=f"manifest:{name}",
+        root=csv_path,
+        train=train,
+        query=query,
+        gallery=gallery,
         notes=notes + split_notes,
     )
 
@@ -245,7 +260,11 @@ def random_identity_split(
     notes = [
         f"random identity split (seed {seed}): {len(pool) - n_test} train / {n_test} test identities; "
         f"query = one image per {'identity and camera' if query_per == 'camera' else 'identity'}"
-        + (" (camid -1 counts as one camera)" if query_per == "camera" and any(c < 0 for _, _, c in test) else "")
+        + (
+            " (camid -1 counts as one camera)"
+            if query_per == "camera" and any(c < 0 for _, _, c in test)
+            else ""
+        )
         + (f" of cameras {sorted(qcams)}" if qcams is not None else "")
         + (f", gallery restricted to cameras {sorted(gcams)}" if gcams is not None else "")
     ]

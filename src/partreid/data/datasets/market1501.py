@@ -9,6 +9,7 @@ A folder that holds only ``bounding_box_train/`` (e.g. the CUHK03-NP train split
 development data) is loaded with ``carve_val=N``: N identities of the train split become a
 validation query/gallery (one image per identity per camera as query, the rest gallery, seeded).
 """
+
 from __future__ import annotations
 
 import os
@@ -38,7 +39,7 @@ def load_market_layout(
     carve_val: Optional[int] = None,
     seed: int = 0,
     train_only: bool = False,
-    pattern: "re.Pattern[str]" = MARKET_PATTERN,
+    pattern: re.Pattern[str] = MARKET_PATTERN,
     name_example: str = "0002_c1s1_000451_03.jpg",
     notes: Optional[List[str]] = None,
 ) -> ReIDDataset:
@@ -89,7 +90,9 @@ def load_market_layout(
         distractors = sum(1 for _, pid, _ in gallery if pid == 0)
         if distractors:
             notes.append(f"kept {distractors} distractor image(s) (pid 0) in the gallery")
-    return ReIDDataset(name=name, root=data_dir, train=train, query=query, gallery=gallery, notes=notes)
+    return ReIDDataset(
+        name=name, root=data_dir, train=train, query=query, gallery=gallery, notes=notes
+    )
 
 
 MARKET_CANDIDATES = (

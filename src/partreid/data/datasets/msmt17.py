@@ -12,6 +12,7 @@ file name, 1..15 (``0000_000_01_0303morning_0015_0.jpg`` -> camera 1 -> camid 0)
 ``combine_val=True`` (the usual setting: 1,041 ids / 32,621 train images) merges the val list,
 which holds more images of the train identities, into train.
 """
+
 from __future__ import annotations
 
 import os
@@ -28,7 +29,14 @@ from .base import (
     register_dataset,
 )
 
-MSMT_CANDIDATES = ("MSMT17_V2", "MSMT17_V1", "MSMT17", "msmt17", "msmt17/MSMT17_V2", "msmt17/MSMT17_V1")
+MSMT_CANDIDATES = (
+    "MSMT17_V2",
+    "MSMT17_V1",
+    "MSMT17",
+    "msmt17",
+    "msmt17/MSMT17_V2",
+    "msmt17/MSMT17_V1",
+)
 LISTS = ("list_train.txt", "list_query.txt", "list_gallery.txt")
 IMAGE_DIRS = {"v1": ("train", "test"), "v2": ("mask_train_v2", "mask_test_v2")}
 
@@ -83,7 +91,9 @@ def read_list(list_path: str, image_dir: str, data_dir: str) -> List[Item]:
         except (ValueError, IndexError) as exc:
             bad.append(f"line {n}: {line!r} ({exc})")
     if bad:
-        shown = "\n  ".join(bad[:10]) + (f"\n  ... and {len(bad) - 10} more" if len(bad) > 10 else "")
+        shown = "\n  ".join(bad[:10]) + (
+            f"\n  ... and {len(bad) - 10} more" if len(bad) > 10 else ""
+        )
         raise DatasetError(
             f"{len(bad)} line(s) of {list_path} could not be parsed; expected "
             f"'<path> <pid>' with file names like 0000_000_01_0303morning_0015_0.jpg "
@@ -118,7 +128,9 @@ def load_msmt17(
             f"query/gallery carved from train: {carve_val} identities (seed {seed}); "
             "list_query/list_gallery not used"
         )
-    return ReIDDataset(name="msmt17", root=data_dir, train=train, query=query, gallery=gallery, notes=notes)
+    return ReIDDataset(
+        name="msmt17", root=data_dir, train=train, query=query, gallery=gallery, notes=notes
+    )
 
 
 register_dataset("msmt17", load_msmt17)

@@ -3,6 +3,7 @@
 Its query holds occluded images and its gallery both occluded and holistic ones; the loading
 rules are those of :mod:`.market1501` (camids 0-based).
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -10,7 +11,12 @@ from typing import Optional
 from .base import ReIDDataset, register_dataset
 from .market1501 import load_market_layout
 
-OCCLUDED_DUKE_CANDIDATES = ("Occluded_Duke", "occluded_duke", "Occluded-DukeMTMC", "Occluded_DukeMTMC")
+OCCLUDED_DUKE_CANDIDATES = (
+    "Occluded_Duke",
+    "occluded_duke",
+    "Occluded-DukeMTMC",
+    "Occluded_DukeMTMC",
+)
 
 
 def load_occluded_duke(

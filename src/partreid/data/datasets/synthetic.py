@@ -24,6 +24,7 @@ regenerates it otherwise.
 
 Command line: ``python -m partreid.data.datasets.synthetic OUT [--num-ids 100 ...]``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,21 +54,57 @@ Color = Tuple[int, int, int]
 # Clothing colours: several pairs are close on purpose (navy/blue, red/maroon, white/beige,
 # grey/light blue...), so that under a camera's colour cast they can be confused.
 CLOTH: Tuple[Color, ...] = (
-    (200, 30, 35), (130, 20, 50), (235, 120, 30), (230, 200, 40), (60, 150, 60), (30, 90, 40),
-    (40, 170, 170), (40, 80, 190), (20, 30, 90), (110, 150, 210), (120, 60, 170), (220, 110, 170),
-    (240, 240, 235), (200, 175, 130), (150, 150, 150), (60, 60, 62), (20, 20, 22), (130, 85, 50),
+    (200, 30, 35),
+    (130, 20, 50),
+    (235, 120, 30),
+    (230, 200, 40),
+    (60, 150, 60),
+    (30, 90, 40),
+    (40, 170, 170),
+    (40, 80, 190),
+    (20, 30, 90),
+    (110, 150, 210),
+    (120, 60, 170),
+    (220, 110, 170),
+    (240, 240, 235),
+    (200, 175, 130),
+    (150, 150, 150),
+    (60, 60, 62),
+    (20, 20, 22),
+    (130, 85, 50),
 )
 BOTTOM_IDX = (7, 8, 9, 13, 14, 15, 16, 17, 5, 1, 12)  # trousers lean to denim / dark / neutral
-SKIN: Tuple[Color, ...] = ((255, 220, 190), (235, 190, 150), (200, 150, 110), (150, 100, 70), (95, 65, 45))
-HAIR: Tuple[Color, ...] = ((20, 18, 18), (60, 40, 25), (110, 70, 40), (210, 180, 110), (160, 160, 160), (150, 60, 30))
-SHOES: Tuple[Color, ...] = ((15, 15, 15), (240, 240, 240), (100, 70, 45), (60, 60, 90), (180, 40, 40))
+SKIN: Tuple[Color, ...] = (
+    (255, 220, 190),
+    (235, 190, 150),
+    (200, 150, 110),
+    (150, 100, 70),
+    (95, 65, 45),
+)
+HAIR: Tuple[Color, ...] = (
+    (20, 18, 18),
+    (60, 40, 25),
+    (110, 70, 40),
+    (210, 180, 110),
+    (160, 160, 160),
+    (150, 60, 30),
+)
+SHOES: Tuple[Color, ...] = (
+    (15, 15, 15),
+    (240, 240, 240),
+    (100, 70, 45),
+    (60, 60, 90),
+    (180, 40, 40),
+)
 PATTERNS = ("solid", "hstripes", "vstripes", "checks", "twotone", "jacket", "logo")
 VIEWS = ("front", "back", "side")
 
 
 def _rng(seed: int, *keys: int) -> np.random.Generator:
     """An independent generator per (seed, keys): images do not depend on generation order."""
-    return np.random.default_rng(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, *[k & 0xFFFFFFFF for k in keys]]))
+    return np.random.default_rng(
+        np.random.SeedSequence([int(seed) & 0xFFFFFFFF, *[k & 0xFFFFFFFF for k in keys]])
+    )
 
 
 def _jitter(rng: np.random.Generator, color: Color, amount: int = 14) -> Color:
@@ -117,7 +154,9 @@ def sample_identity(rng: np.random.Generator) -> Identity:
         bottom=_jitter(rng, CLOTH[bottom_i]),
         bottom_type=str(rng.choice(["trousers", "shorts", "skirt"], p=[0.7, 0.15, 0.15])),
         shoes=_jitter(rng, SHOES[rng.integers(len(SHOES))], 10),
-        bag=str(rng.choice(["none", "backpack", "handbag", "shoulder"], p=[0.45, 0.25, 0.15, 0.15])),
+        bag=str(
+            rng.choice(["none", "backpack", "handbag", "shoulder"], p=[0.45, 0.25, 0.15, 0.15])
+        ),
         bag_color=_jitter(rng, CLOTH[rng.integers(len(CLOTH))]),
         height=float(rng.uniform(0.88, 1.0)),
         width=float(rng.uniform(0.85, 1.15)),
@@ -209,8 +248,15 @@ class _Body:
         return max(1, int(round(v * self.u)))
 
 
-def _limb(draw: ImageDraw.ImageDraw, b: _Body, start, angle: float, length: float, width: float,
-          colors: Sequence[Tuple[float, Color]]) -> Tuple[float, float]:
+def _limb(
+    draw: ImageDraw.ImageDraw,
+    b: _Body,
+    start,
+    angle: float,
+    length: float,
+    width: float,
+    colors: Sequence[Tuple[float, Color]],
+) -> Tuple[float, float]:
     """Draw a limb from ``start`` at ``angle`` (radians from straight down) in segments
     ``(fraction of length, colour)``; return its end point (person units)."""
     x, y = start
@@ -249,17 +295,25 @@ def _torso(img: Image.Image, b: _Body, ident: Identity, view: str, sw: float, hw
             ld.rectangle([x0, yy, x1, yy + period / 2], fill=ident.top2)
     if pattern in ("vstripes", "checks"):
         for xx in np.arange(x0, x1, period):
-            ld.rectangle([xx, y0, xx + period / 2, y1], fill=ident.top2 if pattern == "vstripes" else ident.top)
+            ld.rectangle(
+                [xx, y0, xx + period / 2, y1],
+                fill=ident.top2 if pattern == "vstripes" else ident.top,
+            )
     if pattern == "twotone":
         ld.rectangle([x0, y0 + 0.5 * (y1 - y0), x1, y1], fill=ident.top2)
     if pattern == "jacket":
-        ld.polygon([b.p(-0.035, 0.15), b.p(0.035, 0.15), b.p(0.035, 0.5), b.p(-0.035, 0.5)], fill=ident.top2)
+        ld.polygon(
+            [b.p(-0.035, 0.15), b.p(0.035, 0.15), b.p(0.035, 0.5), b.p(-0.035, 0.5)],
+            fill=ident.top2,
+        )
     mask = Image.new("L", img.size, 0)
     ImageDraw.Draw(mask).polygon(pts, fill=255)
     img.paste(layer, (0, 0), mask)
 
 
-def draw_person(img: Image.Image, ident: Identity, view: str, b: _Body, rng: np.random.Generator) -> None:
+def draw_person(
+    img: Image.Image, ident: Identity, view: str, b: _Body, rng: np.random.Generator
+) -> None:
     """Draw one pedestrian (legs, bag, torso, arms, head) with a random pose."""
     draw = ImageDraw.Draw(img)
     side = view == "side"
@@ -279,15 +333,25 @@ def draw_person(img: Image.Image, ident: Identity, view: str, b: _Body, rng: np.
     for sign in (-1, 1):
         hip = (sign * (0.02 if side else 0.05) * ident.width, 0.5)
         foot = _limb(draw, b, hip, sign * stride * 0.6, leg_len, leg_w, segs)
-        draw.ellipse(b.box(foot[0] + (0.02 if side else 0.0), foot[1] + 0.01, 0.045, 0.022), fill=ident.shoes)
+        draw.ellipse(
+            b.box(foot[0] + (0.02 if side else 0.0), foot[1] + 0.01, 0.045, 0.022), fill=ident.shoes
+        )
     if ident.bottom_type == "skirt":
-        draw.polygon([b.p(-hw, 0.48), b.p(hw, 0.48), b.p(hw * 1.5, 0.72), b.p(-hw * 1.5, 0.72)], fill=ident.bottom)
+        draw.polygon(
+            [b.p(-hw, 0.48), b.p(hw, 0.48), b.p(hw * 1.5, 0.72), b.p(-hw * 1.5, 0.72)],
+            fill=ident.bottom,
+        )
     else:
-        draw.polygon([b.p(-hw, 0.48), b.p(hw, 0.48), b.p(hw * 0.9, 0.56), b.p(-hw * 0.9, 0.56)], fill=ident.bottom)
+        draw.polygon(
+            [b.p(-hw, 0.48), b.p(hw, 0.48), b.p(hw * 0.9, 0.56), b.p(-hw * 0.9, 0.56)],
+            fill=ident.bottom,
+        )
 
     # a backpack seen from the side sticks out behind the torso
     if ident.bag == "backpack" and side:
-        draw.rounded_rectangle(b.box(-sw - 0.04, 0.3, 0.055, 0.12), radius=b.width(0.02), fill=ident.bag_color)
+        draw.rounded_rectangle(
+            b.box(-sw - 0.04, 0.3, 0.055, 0.12), radius=b.width(0.02), fill=ident.bag_color
+        )
     if ident.hair_style == "long" and view == "front":
         draw.rectangle(b.box(0.0, 0.12, 0.065, 0.05), fill=ident.hair)  # hair falling behind
 
@@ -295,10 +359,16 @@ def draw_person(img: Image.Image, ident: Identity, view: str, b: _Body, rng: np.
     draw = ImageDraw.Draw(img)
     if ident.bag == "backpack":
         if view == "back":
-            draw.rounded_rectangle(b.box(0.0, 0.3, sw * 0.75, 0.12), radius=b.width(0.025), fill=ident.bag_color)
+            draw.rounded_rectangle(
+                b.box(0.0, 0.3, sw * 0.75, 0.12), radius=b.width(0.025), fill=ident.bag_color
+            )
         elif view == "front":
             for sign in (-1, 1):
-                draw.line([b.p(sign * sw * 0.55, 0.15), b.p(sign * sw * 0.6, 0.36)], fill=ident.bag_color, width=b.width(0.018))
+                draw.line(
+                    [b.p(sign * sw * 0.55, 0.15), b.p(sign * sw * 0.6, 0.36)],
+                    fill=ident.bag_color,
+                    width=b.width(0.018),
+                )
     if ident.bag == "shoulder":
         draw.line([b.p(-sw * 0.8, 0.16), b.p(hw, 0.47)], fill=ident.bag_color, width=b.width(0.018))
         draw.rectangle(b.box(hw + 0.02, 0.5, 0.045, 0.04), fill=ident.bag_color)
@@ -310,7 +380,10 @@ def draw_person(img: Image.Image, ident: Identity, view: str, b: _Body, rng: np.
         if side:  # the near arm, swinging forward or back
             shoulder, angle = (0.0, 0.17), swing - 0.2
         else:  # both arms, a little away from the body
-            shoulder, angle = (sign * (sw - 0.02), 0.17), sign * (rng.uniform(0.08, 0.2) + 0.4 * swing)
+            shoulder, angle = (
+                (sign * (sw - 0.02), 0.17),
+                sign * (rng.uniform(0.08, 0.2) + 0.4 * swing),
+            )
         hand = _limb(draw, b, shoulder, angle, 0.33, 0.055, arm_segs)
         draw.ellipse(b.box(hand[0], hand[1], 0.028, 0.028), fill=ident.skin)
         if ident.bag == "handbag" and sign == signs[-1]:
@@ -329,17 +402,25 @@ def draw_person(img: Image.Image, ident: Identity, view: str, b: _Body, rng: np.
     elif ident.hair_style == "cap":
         draw.chord(b.box(0.0, 0.07, 0.055, 0.06), 180, 360, fill=ident.cap)
         if view != "back":
-            draw.rectangle(b.box(0.03 if side else 0.0, 0.07, 0.05 if side else 0.06, 0.008), fill=ident.cap)
+            draw.rectangle(
+                b.box(0.03 if side else 0.0, 0.07, 0.05 if side else 0.06, 0.008), fill=ident.cap
+            )
 
 
-def _occluder(draw: ImageDraw.ImageDraw, rng: np.random.Generator, b: _Body, h: int, w: int) -> None:
+def _occluder(
+    draw: ImageDraw.ImageDraw, rng: np.random.Generator, b: _Body, h: int, w: int
+) -> None:
     """Something between the camera and the person: a box, a pole, a sign or another person."""
     kind = int(rng.integers(4))
     color = tuple(int(v) for v in rng.integers(20, 235, 3))
     if kind == 0:  # low box (car, bench, bin) hiding the legs
         top = b.top + rng.uniform(0.45, 0.75) * b.u
         draw.rectangle([rng.uniform(-0.3, 0.2) * w, top, rng.uniform(0.8, 1.3) * w, h], fill=color)
-        draw.line([0, top + 0.05 * h, w, top + 0.05 * h], fill=tuple(c // 2 for c in color), width=max(1, h // 60))
+        draw.line(
+            [0, top + 0.05 * h, w, top + 0.05 * h],
+            fill=tuple(c // 2 for c in color),
+            width=max(1, h // 60),
+        )
     elif kind == 1:  # pole / tree trunk
         x = b.cx + rng.uniform(-0.15, 0.15) * w
         half = rng.uniform(0.07, 0.15) * w
@@ -348,17 +429,26 @@ def _occluder(draw: ImageDraw.ImageDraw, rng: np.random.Generator, b: _Body, h: 
         left = rng.random() < 0.5
         edge = b.cx + (-1 if left else 1) * rng.uniform(-0.05, 0.15) * w
         y0 = b.top + rng.uniform(0.05, 0.35) * b.u
-        box = [-1, y0, edge, y0 + rng.uniform(0.25, 0.5) * b.u] if left else [edge, y0, w + 1, y0 + rng.uniform(0.25, 0.5) * b.u]
+        box = (
+            [-1, y0, edge, y0 + rng.uniform(0.25, 0.5) * b.u]
+            if left
+            else [edge, y0, w + 1, y0 + rng.uniform(0.25, 0.5) * b.u]
+        )
         draw.rectangle(box, fill=color)
     else:  # another pedestrian passing in front
         sign = -1 if rng.random() < 0.5 else 1
         ox = b.cx + sign * rng.uniform(0.25, 0.45) * w
         oy = b.top + rng.uniform(0.0, 0.15) * b.u
         u = b.u * rng.uniform(0.95, 1.15)
-        draw.ellipse([ox - 0.055 * u, oy, ox + 0.055 * u, oy + 0.13 * u], fill=tuple(int(v) for v in rng.integers(90, 255, 3)))
+        draw.ellipse(
+            [ox - 0.055 * u, oy, ox + 0.055 * u, oy + 0.13 * u],
+            fill=tuple(int(v) for v in rng.integers(90, 255, 3)),
+        )
         draw.rectangle([ox - 0.14 * u, oy + 0.15 * u, ox + 0.14 * u, oy + 0.55 * u], fill=color)
-        draw.rectangle([ox - 0.1 * u, oy + 0.55 * u, ox + 0.1 * u, oy + 1.0 * u],
-                       fill=tuple(int(v) for v in rng.integers(10, 160, 3)))
+        draw.rectangle(
+            [ox - 0.1 * u, oy + 0.55 * u, ox + 0.1 * u, oy + 1.0 * u],
+            fill=tuple(int(v) for v in rng.integers(10, 160, 3)),
+        )
 
 
 def _camera_effects(img: Image.Image, cam: Camera, rng: np.random.Generator) -> Image.Image:
@@ -401,7 +491,9 @@ def render_image(
             top -= rng.uniform(0.55, 0.7) * u
             cx += (-1 if rng.random() < 0.5 else 1) * rng.uniform(0.0, 0.35) * w
         elif rng.random() < cutoff:
-            top += -rng.uniform(0.15, 0.3) * u if rng.random() < 0.5 else rng.uniform(0.18, 0.35) * u
+            top += (
+                -rng.uniform(0.15, 0.3) * u if rng.random() < 0.5 else rng.uniform(0.18, 0.35) * u
+            )
         view = VIEWS[int(rng.choice(3, p=cam.view_p))]
         body = _Body(cx, top, u, cam.shear + rng.uniform(-0.03, 0.03))
         draw_person(img, ident, view, body, rng)
@@ -420,15 +512,33 @@ def _params(**kw) -> Dict[str, object]:
     return json.loads(json.dumps(kw))  # what the marker file stores, for comparison
 
 
-def _check_params(num_ids, test_fraction, num_cams, images_per_id_per_cam, cams_per_id, height,
-                  width, occlusion, cutoff, num_distractors, num_junk, quality) -> int:
+def _check_params(
+    num_ids,
+    test_fraction,
+    num_cams,
+    images_per_id_per_cam,
+    cams_per_id,
+    height,
+    width,
+    occlusion,
+    cutoff,
+    num_distractors,
+    num_junk,
+    quality,
+) -> int:
     """Validate the generator's parameters; return the number of test identities."""
     if not 2 <= num_cams <= 9:
-        raise DatasetError(f"num_cams must be in 2..9 (one digit in the file names), got {num_cams}")
+        raise DatasetError(
+            f"num_cams must be in 2..9 (one digit in the file names), got {num_cams}"
+        )
     if cams_per_id is not None and not 2 <= cams_per_id <= num_cams:
-        raise DatasetError(f"cams_per_id must be in 2..num_cams={num_cams} or None, got {cams_per_id}")
+        raise DatasetError(
+            f"cams_per_id must be in 2..num_cams={num_cams} or None, got {cams_per_id}"
+        )
     if images_per_id_per_cam < 2:
-        raise DatasetError(f"images_per_id_per_cam must be >= 2 (one query + gallery), got {images_per_id_per_cam}")
+        raise DatasetError(
+            f"images_per_id_per_cam must be >= 2 (one query + gallery), got {images_per_id_per_cam}"
+        )
     if not 0 <= test_fraction <= 1:
         raise DatasetError(f"test_fraction must be in [0, 1], got {test_fraction}")
     num_test = int(round(num_ids * test_fraction))
@@ -448,7 +558,7 @@ def _check_params(num_ids, test_fraction, num_cams, images_per_id_per_cam, cams_
 
 
 def generate_synthetic(
-    root: "str | os.PathLike[str]",
+    root: str | os.PathLike[str],
     *,
     num_ids: int = 100,
     test_fraction: float = 0.4,
@@ -473,12 +583,35 @@ def generate_synthetic(
     are ``height x width`` JPEGs at ``quality``. An existing ``root`` is replaced only if it
     holds a previous synthetic set (its ``synthetic.json``) or is empty.
     """
-    num_test = _check_params(num_ids, test_fraction, num_cams, images_per_id_per_cam, cams_per_id,
-                             height, width, occlusion, cutoff, num_distractors, num_junk, quality)
-    params = _params(num_ids=num_ids, test_fraction=test_fraction, num_cams=num_cams,
-                     images_per_id_per_cam=images_per_id_per_cam, cams_per_id=cams_per_id, seed=seed,
-                     height=height, width=width, occlusion=occlusion, cutoff=cutoff,
-                     num_distractors=num_distractors, num_junk=num_junk, quality=quality)
+    num_test = _check_params(
+        num_ids,
+        test_fraction,
+        num_cams,
+        images_per_id_per_cam,
+        cams_per_id,
+        height,
+        width,
+        occlusion,
+        cutoff,
+        num_distractors,
+        num_junk,
+        quality,
+    )
+    params = _params(
+        num_ids=num_ids,
+        test_fraction=test_fraction,
+        num_cams=num_cams,
+        images_per_id_per_cam=images_per_id_per_cam,
+        cams_per_id=cams_per_id,
+        seed=seed,
+        height=height,
+        width=width,
+        occlusion=occlusion,
+        cutoff=cutoff,
+        num_distractors=num_distractors,
+        num_junk=num_junk,
+        quality=quality,
+    )
     root = os.fspath(root)
     _prepare_root(root)
     start = time.perf_counter()
@@ -491,7 +624,9 @@ def generate_synthetic(
     counts = {TRAIN_DIR: 0, QUERY_DIR: 0, GALLERY_DIR: 0}
 
     def save(img: Image.Image, subset: str, pid: int, cam: int, frame: int) -> None:
-        img.save(os.path.join(dirs[subset], f"{pid:04d}_c{cam + 1}_f{frame:04d}.jpg"), quality=quality)
+        img.save(
+            os.path.join(dirs[subset], f"{pid:04d}_c{cam + 1}_f{frame:04d}.jpg"), quality=quality
+        )
         counts[subset] += 1
 
     for pid in range(1, num_ids + 1):
@@ -527,7 +662,9 @@ def generate_synthetic(
         "test_ids": list(range(num_train + 1, num_ids + 1)),
         "counts": counts,
     }
-    with open(os.path.join(root, MARKER), "w", encoding="utf-8") as f:  # written last: marks completion
+    with open(
+        os.path.join(root, MARKER), "w", encoding="utf-8"
+    ) as f:  # written last: marks completion
         json.dump(meta, f, indent=1)
     total = sum(counts.values())
     logger.info("generated %d synthetic images in %s in %.2f s", total, root, seconds)
@@ -558,7 +695,8 @@ def _is_partial_synthetic(root: str) -> bool:
         return False
     return all(
         n.endswith(".jpg") and "_c" in n and "_f" in n
-        for d in entries for n in os.listdir(os.path.join(root, d))
+        for d in entries
+        for n in os.listdir(os.path.join(root, d))
     )
 
 
@@ -591,10 +729,21 @@ def load_synthetic(
     train_only: bool = False,
 ) -> ReIDDataset:
     """Synthetic pedestrians; generated into ``root`` unless it holds a set made with these options."""
-    gen = dict(num_ids=num_ids, test_fraction=test_fraction, num_cams=num_cams,
-               images_per_id_per_cam=images_per_id_per_cam, cams_per_id=cams_per_id, seed=seed,
-               height=height, width=width, occlusion=occlusion, cutoff=cutoff,
-               num_distractors=num_distractors, num_junk=num_junk, quality=quality)
+    gen = dict(
+        num_ids=num_ids,
+        test_fraction=test_fraction,
+        num_cams=num_cams,
+        images_per_id_per_cam=images_per_id_per_cam,
+        cams_per_id=cams_per_id,
+        seed=seed,
+        height=height,
+        width=width,
+        occlusion=occlusion,
+        cutoff=cutoff,
+        num_distractors=num_distractors,
+        num_junk=num_junk,
+        quality=quality,
+    )
     meta = read_marker(root)
     notes = []
     if meta and meta.get("version") == GENERATOR_VERSION and meta.get("params") == _params(**gen):
@@ -605,8 +754,15 @@ def load_synthetic(
         info = generate_synthetic(root, **gen)
         notes.append(f"generated into {root} in {info['seconds']:.1f} s (seed {seed})")
     ds = load_market_layout(
-        root, name="synthetic", title="synthetic data set", candidates=(), carve_val=carve_val,
-        seed=seed, train_only=train_only, name_example="0001_c1_f0000.jpg", notes=notes,
+        root,
+        name="synthetic",
+        title="synthetic data set",
+        candidates=(),
+        carve_val=carve_val,
+        seed=seed,
+        train_only=train_only,
+        name_example="0001_c1_f0000.jpg",
+        notes=notes,
     )
     return ds
 
@@ -622,8 +778,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     defaults = {k: v for k, v in generate_synthetic.__kwdefaults__.items()}
     for key, default in defaults.items():
         kind = float if isinstance(default, float) else int
-        parser.add_argument("--" + key.replace("_", "-"), type=kind, default=default,
-                            help=f"default {default}")
+        parser.add_argument(
+            "--" + key.replace("_", "-"), type=kind, default=default, help=f"default {default}"
+        )
     args = vars(parser.parse_args(argv))
     out = args.pop("out")
     info = generate_synthetic(out, **args)
