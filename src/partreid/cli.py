@@ -90,6 +90,37 @@ def cmd_list(args) -> int:
     return 0
 
 
+def cmd_extract(args) -> int:
+    from .deploy.extract import extract_command
+
+    extract_command(
+        args.model,
+        args.input,
+        args.out,
+        boxes=args.boxes,
+        device=args.device,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        flip=not args.no_flip,
+        amp=not args.no_amp,
+        progress=not args.no_progress,
+    )
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .deploy.export import export_command
+
+    return export_command(
+        args.checkpoint,
+        args.format,
+        args.out,
+        check_images=args.check_images,
+        flip=not args.no_flip,
+        tolerance=args.tolerance,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="partreid", description="Part-based person re-identification.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -152,6 +183,43 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--num", type=int, default=6, help="number of images")
     v.add_argument("overrides", nargs="*")
     v.set_defaults(func=cmd_visualize)
+
+    x = sub.add_parser("extract", help="features of a folder, manifest, image or video -> .npz")
+    x.add_argument("model", help="a partreid checkpoint (.pth) or an exported .onnx")
+    x.add_argument(
+        "input",
+        help="a folder of crops (recursive), a manifest CSV (image,pid,camid[,split]), one "
+        "image, or a video file with --boxes",
+    )
+    x.add_argument("--out", required=True, help="features file to write (.npz)")
+    x.add_argument("--boxes", help="MOT box file for a video: frame,id,x,y,w,h,... (1-based)")
+    x.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda:0")
+    x.add_argument("--batch-size", type=int, default=64)
+    x.add_argument("--workers", type=int, default=2, help="data loading processes")
+    x.add_argument("--no-flip", action="store_true", help="no flip-averaging")
+    x.add_argument("--no-amp", action="store_true", help="full precision on CUDA")
+    x.add_argument("--no-progress", action="store_true", help="no progress bar")
+    x.set_defaults(func=cmd_extract)
+
+    xp = sub.add_parser("export", help="inference-only weights or an ONNX model")
+    xp.add_argument("checkpoint", help="a partreid checkpoint (.pth)")
+    xp.add_argument("--format", choices=["weights", "onnx"], required=True)
+    xp.add_argument("--out", required=True, help="output file (.pth or .onnx)")
+    xp.add_argument(
+        "--check-images",
+        metavar="DIR",
+        help="images for the ONNX parity check (default: the checkpoint's data set folder)",
+    )
+    xp.add_argument(
+        "--no-flip", action="store_true", help="ONNX without flip-averaging in the graph"
+    )
+    xp.add_argument(
+        "--tolerance",
+        type=float,
+        default=1e-4,
+        help="largest allowed ONNX/PyTorch difference of L2-normalised features (default 1e-4)",
+    )
+    xp.set_defaults(func=cmd_export)
 
     ls = sub.add_parser("list", help="list models (with their options) and data sets")
     ls.set_defaults(func=cmd_list)

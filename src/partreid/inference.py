@@ -8,9 +8,11 @@ feats = model(torch.stack([tf(img) for img in images]))
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Union
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -133,3 +135,156 @@ def model_from_checkpoint(
     load_model_state(model, ckpt, path)
     model.info = info
     return model.to(torch.device(device)).eval()
+
+
+# --------------------------------------------------------------------------------------------
+# Extractor: features of many images, batched, streamed, from a checkpoint or an ONNX file
+# --------------------------------------------------------------------------------------------
+class Extractor:
+    """Turn images into re-id features the way ``partreid eval`` does (flip-averaged).
+
+    ``model`` is a partreid checkpoint (``.pth``), an exported ONNX file (``.onnx``, run with
+    ONNX Runtime; preprocessing read from its metadata) or a module from :func:`load_model`.
+    Calling it on images gives a float32 ``(N, D)`` array; :meth:`extract` streams a folder, a
+    manifest, an image or a video with boxes into a :class:`~partreid.features.Features`.
+    """
+
+    def __init__(
+        self,
+        model: Union[str, nn.Module],
+        device: Union[str, torch.device] = "auto",
+        batch_size: int = 64,
+        num_workers: int = 2,
+        flip: bool = True,
+        amp: bool = True,
+        progress: bool = True,
+    ):
+        from .engine.runtime import resolve_device
+
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.batch_size = int(batch_size)
+        self.num_workers = max(0, int(num_workers))
+        self.flip = bool(flip)
+        self.progress = bool(progress)
+        self.onnx = None
+        self.source_path = ""
+        if isinstance(model, nn.Module):
+            if not isinstance(getattr(model, "info", None), ModelInfo):
+                raise ValueError(
+                    "Extractor needs a module from partreid.load_model (it reads model.info); "
+                    "or pass the checkpoint path"
+                )
+            self.device = (
+                resolve_device(str(device)) if str(device) == "auto" else torch.device(device)
+            )
+            self.model = model.to(self.device).eval()
+            self.source_path = model.info.path
+        elif str(model).lower().endswith(".onnx"):
+            from .deploy.export import OnnxModel
+
+            self.onnx = OnnxModel(str(model), device=str(device))
+            self.device = torch.device("cpu")
+            self.model = None
+            self.source_path = os.path.abspath(str(model))
+            if not self.flip and self.onnx.flip_in_graph:
+                raise ValueError(
+                    f"{model} averages each image with its mirror image inside the graph; "
+                    "for unflipped features export with `partreid export ... --no-flip`"
+                )
+        else:
+            self.device = resolve_device(str(device))
+            self.model = load_model(str(model), self.device)
+            self.source_path = os.path.abspath(str(model))
+        self.info: ModelInfo = self.onnx.info if self.onnx else self.model.info
+        self.feature_dim = int(self.info.feature_dim)
+        self.amp = bool(amp) and self.device.type == "cuda"
+        self.transform = self.info.transform()
+
+    # ---------------------------------------------------------------- one batch
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> np.ndarray:
+        """Features of a preprocessed batch ``(B, 3, H, W)`` -> float32 ``(B, D)``."""
+        if self.onnx is not None:
+            return self.onnx.run(images.numpy(), flip=self.flip)
+        x = images.to(self.device, non_blocking=True)
+        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        with torch.autocast(self.device.type, dtype=amp_dtype, enabled=self.amp):
+            f = self.model(x).float()
+            if self.flip:
+                f = 0.5 * (f + self.model(torch.flip(x, dims=[3])).float())
+        return f.cpu().numpy().astype(np.float32, copy=False)
+
+    def _to_tensor(self, image) -> torch.Tensor:
+        from PIL import Image
+
+        from .data.io import read_image
+
+        if isinstance(image, (str, os.PathLike)):
+            return self.transform(read_image(str(image)))
+        if isinstance(image, Image.Image):
+            return self.transform(image.convert("RGB"))
+        if isinstance(image, np.ndarray):
+            if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+                raise ValueError(
+                    f"a numpy image must be H x W x 3 uint8 RGB, got {image.dtype} {image.shape}"
+                )
+            return self.transform(Image.fromarray(image))
+        if isinstance(image, torch.Tensor):
+            want = (3, self.info.height, self.info.width)
+            if tuple(image.shape) != want:
+                raise ValueError(
+                    f"a tensor image must be preprocessed to {want} (model.info.transform()), "
+                    f"got {tuple(image.shape)}"
+                )
+            return image.float()
+        raise ValueError(
+            f"cannot extract from a {type(image).__name__}: give paths, PIL images, "
+            "H x W x 3 uint8 arrays or preprocessed 3 x H x W tensors"
+        )
+
+    def __call__(self, images) -> np.ndarray:
+        """Features of ``images`` (paths, PIL images, HxWx3 uint8 arrays, 3xHxW tensors, or a
+        preprocessed N x 3 x H x W tensor) -> float32 ``(N, D)``, ``batch_size`` at a time."""
+        if isinstance(images, torch.Tensor) and images.ndim == 4:
+            images = list(images)
+        elif isinstance(images, (str, os.PathLike)) or not hasattr(images, "__len__"):
+            images = [images]
+        out = np.zeros((len(images), self.feature_dim), np.float32)
+        for start in range(0, len(images), self.batch_size):
+            chunk = images[start : start + self.batch_size]
+            batch = torch.stack([self._to_tensor(im) for im in chunk])
+            out[start : start + len(chunk)] = self.forward(batch)
+        return out
+
+    # ---------------------------------------------------------------- whole inputs
+    def meta(self, source: str) -> Dict[str, Any]:
+        """What a features file records about how it was made."""
+        from . import __version__
+
+        ev = self.info.config.get("eval", {}) if isinstance(self.info.config, dict) else {}
+        return {
+            "model": self.info.name,
+            "checkpoint": self.source_path,
+            "feature_dim": self.feature_dim,
+            "distance": ev.get("distance", "euclidean"),
+            "normalize": bool(ev.get("normalize", False)),
+            "flip": self.flip,
+            "partreid_version": __version__,
+            "source": os.path.abspath(source),
+            "input": {
+                "height": self.info.height,
+                "width": self.info.width,
+                "mean": list(self.info.mean),
+                "std": list(self.info.std),
+            },
+            "backend": "onnxruntime" if self.onnx is not None else "torch",
+        }
+
+    def extract(self, source: str, boxes: Optional[str] = None, out: Optional[str] = None):
+        """Features of every item of ``source`` (folder, manifest CSV, image, or video with a MOT
+        ``boxes`` file), streamed in batches; saved to ``out`` when given. Under torchrun the
+        items are split across processes and every process returns the merged result."""
+        from .deploy.extract import extract_source
+
+        return extract_source(self, source, boxes=boxes, out=out)
