@@ -11,16 +11,25 @@ A partreid checkpoint is a dict of plain containers, numbers, strings and tensor
      "train_state": {"optimizer", "scheduler", "scaler", "rng", "epoch", "step"}}  # not in exports
 
 ``train_state`` is what ``--resume`` needs; ``partreid export --format weights`` drops it.
+It also holds ``iter`` (batches done in the epoch in progress; 0 at an epoch end, absent in
+older files) and the bookkeeping an exact resume needs (``best``, ``nonfinite_skipped``,
+``log_offset``).
+
+Integrity: ``torch.load`` does not check the zip CRCs, so a flipped bit in a tensor loads
+silently. :func:`save_checkpoint` therefore adds ``"checksum": {"sha256": ...}`` over every value
+of the payload (tensor bytes, dtypes, shapes and plain values); :func:`load_checkpoint` verifies it
+when present (files without it, written before, still load).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import pickle
 import random
-import zipfile
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
@@ -111,6 +120,35 @@ def model_meta(
     }
 
 
+# --------------------------------------------------------------------------- integrity
+
+
+def _feed(h: Any, obj: Any) -> None:
+    """Hash ``obj`` (nested dicts/lists/tuples of tensors and plain values) deterministically."""
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous()
+        h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    elif isinstance(obj, dict):
+        h.update(f"D{len(obj)}".encode())
+        for k, v in sorted(obj.items(), key=lambda kv: repr(kv[0])):
+            h.update(repr(k).encode())
+            _feed(h, v)
+    elif isinstance(obj, (list, tuple)):
+        h.update(f"L{len(obj)}".encode())
+        for v in obj:
+            _feed(h, v)
+    else:
+        h.update(f"V{obj!r}".encode())
+
+
+def payload_digest(payload: Dict[str, Any]) -> str:
+    """SHA-256 over every value of a checkpoint payload except its ``checksum`` entry."""
+    h = hashlib.sha256()
+    _feed(h, {k: v for k, v in payload.items() if k != "checksum"})
+    return h.hexdigest()
+
+
 # --------------------------------------------------------------------------- writing / reading
 
 
@@ -133,6 +171,7 @@ def save_checkpoint(
     }
     if train_state is not None:
         payload["train_state"] = train_state
+    payload["checksum"] = {"sha256": payload_digest(payload)}
     folder = os.path.dirname(os.path.abspath(path))
     tmp = f"{path}.tmp{os.getpid()}"
     try:
@@ -148,6 +187,11 @@ def save_checkpoint(
         ) from exc
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:160]
+
+
 def load_checkpoint(path: str) -> Dict[str, Any]:
     """Read a partreid checkpoint safely (``weights_only``); one clear line for anything else."""
     if not os.path.isfile(path):
@@ -155,19 +199,24 @@ def load_checkpoint(path: str) -> Dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        globals_ = [ln.strip() for ln in str(exc).splitlines() if "GLOBAL" in ln]
+        if globals_:  # the file asks to import and call something: never run it
+            raise CheckpointError(
+                f"refusing to load {path}: it holds pickled Python objects that could run code "
+                f"when loaded ({globals_[0][:160]}); partreid checkpoints hold only tensors and "
+                "plain values"
+            ) from exc
         raise CheckpointError(
-            f"refusing to load {path}: it holds pickled Python objects that could run code when "
-            f"loaded ({first[:160]}); partreid checkpoints hold only tensors and plain values"
+            f"cannot read checkpoint {path}: the file is corrupted (its pickled structure does "
+            f"not decode: {_first_line(exc)})"
         ) from exc
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+    except Exception as exc:  # zip, pickle and decoding errors of a damaged file
         raise CheckpointError(
             f"cannot read checkpoint {path}: the file is truncated, corrupted "
-            f"or not a PyTorch checkpoint ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0][:160] if str(exc) else ''})"
+            f"or not a PyTorch checkpoint ({type(exc).__name__}: {_first_line(exc)})"
         ) from exc
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or "model" not in ckpt:
-        keys = sorted(ckpt)[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
+        keys = sorted(map(str, ckpt))[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
         raise CheckpointError(
             f"{path} is not a partreid checkpoint (no 'format: partreid' header; it holds {keys})"
         )
@@ -176,6 +225,14 @@ def load_checkpoint(path: str) -> Dict[str, Any]:
             f"{path} was written by a newer partreid (format "
             f"{ckpt['format_version']}, this one reads {FORMAT_VERSION}); "
             "upgrade partreid"
+        )
+    expected = (
+        ckpt.get("checksum", {}).get("sha256") if isinstance(ckpt.get("checksum"), dict) else None
+    )
+    if expected is not None and payload_digest(ckpt) != expected:
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: checksum mismatch, the file is corrupted "
+            "(a flipped bit or a damaged copy); use an earlier checkpoint or copy it again"
         )
     return ckpt
 
@@ -196,3 +253,96 @@ def load_model_state(model: nn.Module, ckpt: Dict[str, Any], path: str) -> None:
             f"{saved or '(unknown)'}"
         )
     model.load_state_dict(state, strict=True)
+
+
+# --------------------------------------------------------------------------- inspection
+
+
+def _tensors(obj: Any) -> List[torch.Tensor]:
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, dict):
+        return [t for v in obj.values() for t in _tensors(v)]
+    if isinstance(obj, (list, tuple)):
+        return [t for v in obj for t in _tensors(v)]
+    return []
+
+
+def describe_checkpoint(path: str) -> Dict[str, Any]:
+    """What a checkpoint holds, as plain JSON-able values (read safely, checksum verified)."""
+    ckpt = load_checkpoint(path)
+    meta = ckpt.get("meta", {})
+    weights = list(ckpt["model"].values())
+    state = ckpt.get("train_state")
+    cfg = meta.get("config", {})
+    summary = {
+        "model": cfg.get("model", meta.get("model")),
+        "data": {k: cfg.get("data", {}).get(k) for k in ("name", "root")},
+        "input": meta.get("input"),
+        "sampler": cfg.get("sampler"),
+        "optim": {k: cfg.get("optim", {}).get(k) for k in ("name", "lr", "weight_decay")},
+        "epochs": cfg.get("schedule", {}).get("epochs"),
+        "seed": cfg.get("seed"),
+    }
+    return {
+        "path": os.path.abspath(path),
+        "file_bytes": os.path.getsize(path),
+        "format_version": int(ckpt.get("format_version", 0)),
+        "checksum": "verified" if "checksum" in ckpt else "absent (older file)",
+        "model": meta.get("model"),
+        "num_classes": meta.get("num_classes"),
+        "feature_dim": meta.get("feature_dim"),
+        "dataset": meta.get("dataset"),
+        "epoch": meta.get("epoch"),
+        "step": meta.get("step"),
+        "iter_in_epoch": state.get("iter", 0) if state else None,
+        "metrics": meta.get("metrics", {}),
+        "partreid_version": meta.get("partreid_version"),
+        "torch_version": meta.get("torch_version"),
+        "has_optimizer_state": bool(state and "optimizer" in state),
+        "weights": {
+            "tensors": len(weights),
+            "parameters": int(sum(t.numel() for t in weights)),
+            "bytes": int(sum(t.numel() * t.element_size() for t in weights)),
+        },
+        "train_state_bytes": int(
+            sum(t.numel() * t.element_size() for t in _tensors(state)) if state else 0
+        ),
+        "config": summary,
+    }
+
+
+def inspect_checkpoint(path: str, as_json: bool = False) -> None:
+    """Print :func:`describe_checkpoint` for people, or as JSON with ``as_json``."""
+    d = describe_checkpoint(path)
+    if as_json:
+        print(json.dumps(d, indent=2, sort_keys=True, default=str))
+        return
+    w = d["weights"]
+    metrics = (
+        "  ".join(
+            f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in d["metrics"].items()
+        )
+        or "(none)"
+    )
+    lines = [
+        f"checkpoint   {d['path']} ({d['file_bytes'] / 1e6:.2f} MB, format {d['format_version']}, "
+        f"checksum {d['checksum']})",
+        f"model        {d['model']}",
+        f"classes      {d['num_classes']}   feature dim {d['feature_dim']}",
+        f"data set     {d['dataset']}",
+        f"progress     epoch {d['epoch']}, step {d['step']}"
+        + (f" ({d['iter_in_epoch']} batches into the next epoch)" if d["iter_in_epoch"] else ""),
+        f"metrics      {metrics}",
+        f"weights      {w['tensors']} tensors, {w['parameters'] / 1e6:.3f}M values, "
+        f"{w['bytes'] / 1e6:.2f} MB",
+        "optimizer    "
+        + (
+            f"yes ({d['train_state_bytes'] / 1e6:.2f} MB of training state; resumable)"
+            if d["has_optimizer_state"]
+            else "no (inference-only export)"
+        ),
+        f"versions     partreid {d['partreid_version']}, torch {d['torch_version']}",
+        "config       " + json.dumps(d["config"], default=str),
+    ]
+    print("\n".join(lines))

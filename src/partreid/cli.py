@@ -16,10 +16,22 @@ def _overrides(args) -> List[str]:
 def cmd_train(args) -> int:
     from .config import load_config
     from .engine import train
+    from .engine.guard import TrainingInterrupted
 
     cfg = load_config(args.config, _overrides(args))
     resume = None if args.resume is None else (args.resume or "auto")
-    train(cfg, resume=resume)
+    try:
+        train(cfg, resume=resume)
+    except TrainingInterrupted as exc:  # pre-empted: saved, say how to continue
+        print(f"partreid train: {exc}", file=sys.stderr)
+        return exc.exit_code
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from .checkpoint import inspect_checkpoint
+
+    inspect_checkpoint(args.checkpoint, as_json=args.json)
     return 0
 
 
@@ -183,6 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--num", type=int, default=6, help="number of images")
     v.add_argument("overrides", nargs="*")
     v.set_defaults(func=cmd_visualize)
+
+    ins = sub.add_parser("inspect", help="print what a checkpoint holds (read safely)")
+    ins.add_argument("checkpoint", help="a .pth checkpoint")
+    ins.add_argument("--json", action="store_true", help="machine-readable JSON output")
+    ins.set_defaults(func=cmd_inspect)
 
     x = sub.add_parser("extract", help="features of a folder, manifest, image or video -> .npz")
     x.add_argument("model", help="a partreid checkpoint (.pth) or an exported .onnx")

@@ -56,12 +56,22 @@ class SeededSampler(Sampler):
         self.sampler = sampler
         self.seed = int(seed)
         self.epoch = 0
+        self.start = 0  # positions of the epoch to skip (a resume in the middle of an epoch)
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch (indices and augmentation seeds) that ``__iter__`` yields next."""
         self.epoch = int(epoch)
         if hasattr(self.sampler, "set_epoch"):
             self.sampler.set_epoch(epoch)
+
+    def set_start(self, start: int) -> None:
+        """Skip the first ``start`` positions of every epoch from now on (0 = none).
+
+        The skipped positions keep their seeds: position ``i`` yields the same
+        ``(index, sample_seed)`` with or without a skip, so a run resumed after ``n`` batches
+        sees exactly the batches an uninterrupted run sees from batch ``n`` on.
+        """
+        self.start = int(start)
 
     def set_seed(self, seed: int) -> None:
         """Change the base seed (also of the wrapped sampler, when it has one)."""
@@ -74,10 +84,10 @@ class SeededSampler(Sampler):
         rank = int(getattr(self.sampler, "rank", 0))
         rng = np.random.default_rng([self.seed, self.epoch, rank, 0xA06])  # 0xA06: "augment" stream
         seeds = rng.integers(0, 2**63 - 1, size=len(indices), dtype=np.int64).tolist()
-        return iter(list(zip(indices, seeds)))
+        return iter(list(zip(indices, seeds))[self.start :])
 
     def __len__(self) -> int:
-        return len(self.sampler)
+        return max(0, len(self.sampler) - self.start)
 
 
 class SeededDataset(Dataset):
@@ -187,13 +197,19 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return int(np.random.default_rng([int(seed), int(epoch), 0x61B]).integers(0, 2**63 - 1))
 
 
-def seed_epoch(loader: DataLoader, seed: int, epoch: int) -> None:
+def seed_epoch(loader: DataLoader, seed: int, epoch: int, start_batch: int = 0) -> None:
     """Call at the start of every training epoch, before iterating ``loader``.
 
     Sets the loader's sampler to ``(seed, epoch)`` (batches and per-sample augmentation seeds)
     and seeds torch (all devices), ``random`` and ``numpy`` with :func:`epoch_seed`.
+    ``start_batch=n`` makes the epoch start at its batch ``n`` (resume in the middle of an
+    epoch; the engine then restores the global RNG states saved at that step).
     """
     sampler = getattr(loader, "sampler", None)
+    if hasattr(sampler, "set_start"):
+        sampler.set_start(int(start_batch) * int(loader.batch_size or 1))
+    elif start_batch:
+        raise ValueError("seed_epoch: start_batch needs the loader of build_train_loader")
     if hasattr(sampler, "set_seed"):
         sampler.set_seed(seed)
     elif hasattr(sampler, "seed"):
