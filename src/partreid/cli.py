@@ -260,7 +260,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         FileNotFoundError,
         KeyError,
         ValueError,
+        ImportError,  # a missing optional extra: the message says which to install
     ) as exc:
+
         if os.environ.get("PARTREID_DEBUG"):
             raise
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc

@@ -1,0 +1,324 @@
+"""``partreid export``: inference-only weights, or an ONNX model that checks itself.
+
+``--format weights`` rewrites a training checkpoint without its ``train_state`` (optimizer,
+scheduler, scaler and RNG states): the same model, a fraction of the bytes.
+
+``--format onnx`` writes a graph with a dynamic batch axis through ``torch.export`` (the dynamo
+exporter; the legacy tracer cannot follow the models' Python stripe arithmetic). RMGL's
+test-time activation balanced pooling (ABP) and its receptive-partition path are exported as
+they run in PyTorch: ABP's ``cummax`` has no ONNX translation, so it is decomposed first into
+plain tensor ops (:func:`cummax_decomposition`, a masked max over the ``k - 1`` borders).
+
+Flip-averaging is inside the graph (input ``images`` N x 3 x H x W -> ``features`` N x D, the
+average of each image's and its mirror image's features, computed as one 2N batch): the ONNX
+file alone then gives exactly the feature ``partreid eval`` uses, in any runtime, without the
+consumer having to know the trick. ``--no-flip`` exports the bare model instead (the runtime
+then flips when asked). Preprocessing (input size, mean/std), feature_dim, the model name and
+the flip flag are stored in the ONNX ``metadata_props`` (key ``partreid``, JSON), so
+``Extractor("model.onnx")`` and ``partreid extract model.onnx ...`` need nothing else.
+
+After writing, ONNX Runtime's features are compared with PyTorch's on real images (the
+checkpoint's data set when its folder exists, else ``--check-images DIR``, else synthetic images
+with a message saying so); above ``tolerance`` on L2-normalised features the command fails.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+log = logging.getLogger("partreid")
+
+ONNX_FORMAT = "partreid-onnx/1"
+CHECK_IMAGES = 16
+
+
+class OnnxParityError(RuntimeError):
+    """ONNX Runtime's features differ from PyTorch's by more than the tolerance."""
+
+
+def _need(module: str, extra: str = "deploy"):
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ImportError(
+            f"this needs {module}: pip install 'partreid[{extra}]' (or pip install {module})"
+        ) from None
+
+
+# --------------------------------------------------------------------------------------------
+# inference-only weights
+# --------------------------------------------------------------------------------------------
+def export_weights(checkpoint: str, out: str) -> Dict[str, Any]:
+    """Write ``checkpoint`` without its training state to ``out``; return the two sizes."""
+    from ..checkpoint import load_checkpoint, save_checkpoint
+    from ..inference import model_from_checkpoint
+
+    ckpt = load_checkpoint(checkpoint)
+    model_from_checkpoint(ckpt, checkpoint)  # refuses weights that do not fit their description
+    if os.path.abspath(out) == os.path.abspath(checkpoint):
+        raise ValueError(f"--out {out} is the checkpoint itself; choose another file")
+    save_checkpoint(out, ckpt["model"], ckpt["meta"])
+    size_in, size_out = os.path.getsize(checkpoint), os.path.getsize(out)
+    return {
+        "checkpoint": checkpoint,
+        "out": out,
+        "bytes_in": size_in,
+        "bytes_out": size_out,
+        "ratio": size_in / max(size_out, 1),
+        "had_train_state": "train_state" in ckpt,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# ONNX export
+# --------------------------------------------------------------------------------------------
+def cummax_decomposition(x: torch.Tensor, dim: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``torch.cummax`` from ops ONNX has: a masked max over a lower-triangular L x L mask.
+
+    Returns the same ``(values, indices)`` as ``torch.cummax`` (index of the last maximum so
+    far on ties). L is the length along ``dim`` (ABP's ``k``: a handful), so L x L is tiny.
+    """
+    dim = dim % x.dim()
+    xt = x.movedim(dim, -1)
+    length = xt.shape[-1]
+    pos = torch.arange(length, device=x.device)
+    mask = pos[None, :] <= pos[:, None]  # [j, i]: element i is in the prefix ending at j
+    if x.dtype.is_floating_point:
+        low = torch.finfo(x.dtype).min
+    else:
+        low = torch.iinfo(x.dtype).min
+    rows = torch.where(mask, xt.unsqueeze(-2), torch.full((), low, dtype=x.dtype))
+    values = rows.amax(dim=-1)
+    hit = mask & (xt.unsqueeze(-2) == values.unsqueeze(-1))
+    indices = torch.where(hit, pos, torch.full((), -1, dtype=torch.long)).amax(dim=-1)
+    return values.movedim(-1, dim), indices.movedim(-1, dim)
+
+
+class FlipAveraged(nn.Module):
+    """``model`` with test-time flip-averaging: 0.5 * (f(x) + f(mirror x)), one 2N batch."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        n = images.shape[0]
+        f = self.model(torch.cat([images, torch.flip(images, dims=[3])], dim=0))
+        return 0.5 * (f[:n] + f[n:])
+
+
+def onnx_metadata(info, flip: bool) -> Dict[str, str]:
+    """The ``metadata_props`` an exported partreid model carries."""
+    d = info.to_dict()
+    d.pop("path", None)
+    return {
+        "partreid": json.dumps({"format": ONNX_FORMAT, "flip_in_graph": bool(flip), "info": d}),
+        "model": info.name,
+        "input_height": str(info.height),
+        "input_width": str(info.width),
+        "mean": json.dumps(list(info.mean)),
+        "std": json.dumps(list(info.std)),
+        "feature_dim": str(info.feature_dim),
+        "flip_in_graph": str(bool(flip)).lower(),
+    }
+
+
+def export_onnx(model: nn.Module, out: str, flip: bool = True) -> str:
+    """Write ``model`` (from :func:`partreid.load_model`) as ONNX with a dynamic batch axis."""
+    onnx = _need("onnx")
+    _need("onnxscript")
+    info = model.info
+    model = model.cpu().eval()
+    net = FlipAveraged(model) if flip else model
+    example = torch.randn(2, 3, info.height, info.width)
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    with torch.no_grad():
+        program = torch.export.export(net, (example,), dynamic_shapes=({0: batch},))
+        program = program.run_decompositions({torch.ops.aten.cummax.default: cummax_decomposition})
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    tmp = f"{out}.tmp{os.getpid()}.onnx"
+    try:
+        torch.onnx.export(
+            program,
+            (example,),
+            tmp,
+            input_names=["images"],
+            output_names=["features"],
+            dynamo=True,
+            verbose=False,
+        )
+        proto = onnx.load(tmp)
+        del proto.metadata_props[:]
+        for key, value in onnx_metadata(info, flip).items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = key, value
+        onnx.save(proto, tmp)
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return out
+
+
+class OnnxModel:
+    """An exported partreid ONNX file run with ONNX Runtime; ``info`` from its metadata."""
+
+    def __init__(self, path: str, device: str = "auto"):
+        from ..inference import ModelInfo
+
+        ort = _need("onnxruntime")
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"ONNX model not found: {path}")
+        providers = ["CPUExecutionProvider"]
+        if str(device) != "cpu" and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        try:
+            self.session = ort.InferenceSession(path, providers=providers)
+        except Exception as exc:
+            raise ValueError(f"cannot load ONNX model {path}: {exc}") from None
+        props = self.session.get_modelmeta().custom_metadata_map
+        if "partreid" not in props:
+            raise ValueError(
+                f"{path} is not a partreid ONNX export (no 'partreid' metadata); write one with "
+                "`partreid export CKPT --format onnx --out F.onnx`"
+            )
+        meta = json.loads(props["partreid"])
+        if meta.get("format") != ONNX_FORMAT:
+            raise ValueError(f"{path}: unknown partreid ONNX format {meta.get('format')!r}")
+        self.path = path
+        self.flip_in_graph = bool(meta["flip_in_graph"])
+        self.info = ModelInfo(**{**meta["info"], "path": os.path.abspath(path)})
+        self.input_name = self.session.get_inputs()[0].name
+
+    def run(self, images: np.ndarray, flip: bool = True) -> np.ndarray:
+        """Features of a preprocessed float32 batch; flip-averaged (in the graph or here)."""
+        x = np.ascontiguousarray(images, dtype=np.float32)
+        f = self.session.run(None, {self.input_name: x})[0]
+        if flip and not self.flip_in_graph:
+            g = self.session.run(None, {self.input_name: np.ascontiguousarray(x[..., ::-1])})[0]
+            f = 0.5 * (f + g)
+        return np.asarray(f, dtype=np.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# parity check
+# --------------------------------------------------------------------------------------------
+def _dataset_images(info) -> List[str]:
+    from ..data import build_dataset
+
+    data = (info.config or {}).get("data", {})
+    if not data.get("root"):
+        return []
+    ds = build_dataset(data.get("name", info.dataset), data["root"], **data.get("options", {}))
+    items = list(ds.query) + list(ds.gallery) + list(ds.train)
+    step = max(1, len(items) // CHECK_IMAGES)
+    return [p for p, _, _ in items[::step][:CHECK_IMAGES]]
+
+
+def check_images_for(info, check_dir: Optional[str]) -> Tuple[List, str]:
+    """Images for the parity check and where they come from (data set, folder or synthetic)."""
+    from .sources import list_image_files
+
+    if check_dir:
+        paths, _ = list_image_files(check_dir)
+        if not paths:
+            raise ValueError(f"--check-images {check_dir}: no images found there")
+        step = max(1, len(paths) // CHECK_IMAGES)
+        return paths[::step][:CHECK_IMAGES], f"{len(paths[::step][:CHECK_IMAGES])} from {check_dir}"
+    try:
+        paths = _dataset_images(info)
+    except Exception as exc:  # the training data is not on this machine: say so, go on
+        log.info("the checkpoint's data set is not readable here (%s)", str(exc).splitlines()[0])
+        paths = []
+    if paths:
+        return paths, f"{len(paths)} from the checkpoint's data set ({info.dataset})"
+    print(
+        "note: the checkpoint's data set folder is not here and no --check-images DIR was given; "
+        "checking ONNX against PyTorch on synthetic noise images only"
+    )
+    rng = np.random.default_rng(0)
+    images = [
+        rng.integers(0, 256, (info.height, info.width, 3), dtype=np.uint8)
+        for _ in range(CHECK_IMAGES)
+    ]
+    return images, f"{CHECK_IMAGES} synthetic"
+
+
+def _normalise(f: np.ndarray) -> np.ndarray:
+    return f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
+
+
+def onnx_parity(onnx_path: str, model: nn.Module, images: List) -> Dict[str, float]:
+    """Largest |difference| of L2-normalised ONNX Runtime vs PyTorch features, at batch 1 and
+    at batch len(images); raw-feature differences too."""
+    from ..inference import Extractor
+
+    torch_ext = Extractor(model, device="cpu", batch_size=len(images), num_workers=0)
+    onnx_ext = Extractor(onnx_path, device="cpu", batch_size=len(images), num_workers=0)
+    onnx_ext.flip = torch_ext.flip = True
+    ref = torch_ext(images)
+    full = onnx_ext(images)
+    onnx_ext.batch_size = 1
+    single = onnx_ext(images[:3])
+    diff = max(
+        float(np.abs(_normalise(full) - _normalise(ref)).max()),
+        float(np.abs(_normalise(single) - _normalise(ref[:3])).max()),
+    )
+    return {"max_diff_normalised": diff, "max_diff_raw": float(np.abs(full - ref).max())}
+
+
+# --------------------------------------------------------------------------------------------
+# command
+# --------------------------------------------------------------------------------------------
+def export_command(
+    checkpoint: str,
+    fmt: str,
+    out: str,
+    check_images: Optional[str] = None,
+    flip: bool = True,
+    tolerance: float = 1e-4,
+) -> int:
+    """``partreid export``; returns the exit code (2 when the ONNX parity check fails)."""
+    if fmt == "weights":
+        r = export_weights(checkpoint, out)
+        print(
+            f"wrote {out}: {r['bytes_out'] / 1e6:.2f} MB, inference only (no optimizer/train "
+            f"state); {checkpoint}: {r['bytes_in'] / 1e6:.2f} MB = {r['ratio']:.2f}x"
+        )
+        return 0
+    if fmt != "onnx":
+        raise ValueError(f"unknown export format {fmt!r}; valid: weights, onnx")
+    from ..inference import load_model
+
+    model = load_model(checkpoint, "cpu")
+    images, origin = check_images_for(
+        model.info, check_images
+    )  # fail early on a bad --check-images
+    export_onnx(model, out, flip=flip)
+    r = onnx_parity(out, model, images)
+    size = os.path.getsize(out) / 1e6
+    print(
+        f"wrote {out} ({size:.1f} MB, {model.info.name}, {model.info.feature_dim}-d, "
+        f"input {model.info.height}x{model.info.width}, flip-averaging "
+        f"{'in the graph' if flip else 'left to the runtime'}); ONNX Runtime vs PyTorch on "
+        f"{origin} images: largest difference {r['max_diff_normalised']:.2e} on L2-normalised "
+        f"features ({r['max_diff_raw']:.2e} raw)"
+    )
+    if not r["max_diff_normalised"] <= tolerance:
+        print(
+            f"partreid export: error: ONNX parity check FAILED: {r['max_diff_normalised']:.2e} > "
+            f"tolerance {tolerance:g}; do not use {out}",
+            file=sys.stderr,
+        )
+        return 2
+    return 0
