@@ -133,6 +133,24 @@ def cmd_export(args) -> int:
     )
 
 
+def cmd_serve(args) -> int:
+    from .serve.app import serve_command
+
+    return serve_command(
+        args.checkpoint,
+        args.gallery,
+        host=args.host,
+        port=args.port,
+        cache=args.cache,
+        device=args.device,
+        batch_size=args.batch_size,
+        max_upload_mb=args.max_upload_mb,
+        max_pixels=args.max_pixels,
+        max_topk=args.max_topk,
+        max_page_size=args.max_page_size,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="partreid", description="Part-based person re-identification.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -238,6 +256,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     xp.set_defaults(func=cmd_export)
 
+    sv = sub.add_parser("serve", help="search a gallery over HTTP, with a web page")
+    sv.add_argument("checkpoint", help="partreid checkpoint (.pth) or exported ONNX model")
+    sv.add_argument(
+        "--gallery",
+        required=True,
+        help="a folder of crops (extracted and indexed once, then cached), a features .npz "
+        "from `partreid extract`, or an index folder from `partreid index`",
+    )
+    sv.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: local only)"
+    )
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument(
+        "--cache",
+        help="cache folder for a crop folder's features and index "
+        "(default: ~/.cache/partreid/serve)",
+    )
+    sv.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    sv.add_argument("--batch-size", type=int, default=64, help="extraction batch size")
+    sv.add_argument("--max-upload-mb", type=float, default=8.0, help="largest upload (MiB)")
+    sv.add_argument("--max-pixels", type=int, default=16_777_216, help="largest image (pixels)")
+    sv.add_argument("--max-topk", type=int, default=100, help="largest top-K a request may ask")
+    sv.add_argument("--max-page-size", type=int, default=200, help="largest gallery page")
+    sv.set_defaults(func=cmd_serve)
+
     ls = sub.add_parser("list", help="list models (with their options) and data sets")
     ls.set_defaults(func=cmd_list)
     return p
@@ -262,7 +305,6 @@ def main(argv: Optional[List[str]] = None) -> int:
         ValueError,
         ImportError,  # a missing optional extra: the message says which to install
     ) as exc:
-
         if os.environ.get("PARTREID_DEBUG"):
             raise
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
