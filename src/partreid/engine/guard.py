@@ -201,15 +201,21 @@ class Checkpointer:
         """``best.pth`` becomes the newest checkpoint (``last.pth``)."""
         _link_or_copy(self.last, self.best)
 
-    def resume_path(self, resume: str) -> Tuple[str, Dict[str, Any]]:
+    def resume_path(self, resume: str) -> Tuple[Optional[str], Optional[Dict[str, Any]]]:
         """Resolve ``--resume`` and read the checkpoint.
 
         ``"auto"`` reads ``last.pth``; when it is missing or damaged, the newest step checkpoint
-        that reads cleanly is used instead (with a warning naming what was wrong).
+        that reads cleanly is used instead (with a warning naming what was wrong). When the run
+        folder holds no checkpoint at all (pre-empted before its first one), ``(None, None)``:
+        the run starts from the beginning.
         """
         if resume != "auto":
             return resume, load_checkpoint(resume)
-        candidates = [self.last] + [p for _, p in reversed(self.step_files())]
+        candidates = [p for p in [self.last] if os.path.exists(p)]
+        candidates += [p for _, p in reversed(self.step_files())]
+        if not candidates:
+            log.warning("--resume: no checkpoint in %s yet; starting from the beginning", self.out)
+            return None, None
         errors = []
         for p in candidates:
             try:

@@ -60,8 +60,10 @@ def train(cfg: Config, resume: Optional[str] = None) -> Dict[str, Any]:
     ckpts = Checkpointer(out, cfg.train.keep_checkpoints, cfg.train.best_metric)
     resume_path, ckpt = ckpts.resume_path(resume) if resume else (None, None)
     if is_main:
-        if ckpt is not None:  # drop the log lines the interrupted run wrote after its checkpoint
-            truncate_file(os.path.join(out, "log.txt"), ckpt["train_state"].get("log_offset", 0))
+        if resume:  # drop the log lines the interrupted run wrote after its checkpoint
+            offset = ckpt.get("train_state", {}).get("log_offset") if ckpt else 0
+            if offset is not None:  # (older checkpoints did not record it)
+                truncate_file(os.path.join(out, "log.txt"), offset)
         setup_logging(out)
         save_config(cfg, os.path.join(out, "config.yaml"))
         ckpts.remove_unfinished()
@@ -254,7 +256,7 @@ def train(cfg: Config, resume: Optional[str] = None) -> Dict[str, Any]:
                     raise TrainingInterrupted(
                         f"stopped by signal {stop.signum} after step {step} (epoch {epoch + 1}, "
                         f"iter {it + 1}/{iters}); the run is saved in {ckpts.last}. Continue it "
-                        "with the same command plus --resume",
+                        "with the same command and --resume at its end",
                         stop.signum,
                     )
             bar.close()
