@@ -2,6 +2,9 @@
 
 Usage:
     python benchmarks/eval_speed.py                 # Market-1501-sized (3,368 x 15,913)
+    git show REV:src/partreid/metrics/rank.py > /tmp/rank_before.py
+    python benchmarks/eval_speed.py --versus /tmp/rank_before.py --threads 1
+                                   # before/after on strong, half-trained and random features
     python benchmarks/eval_speed.py --msmt          # also MSMT17-sized (11,659 x 82,161)
 
 The reference is torchreid 0.2.5's Python evaluation (``torchreid/reid/metrics/rank.py``,
@@ -36,14 +39,21 @@ SIZES = {
 
 
 # ----------------------------------------------------------------------------- synthetic data
-def make_problem(size: str, seed: int = 0, dim: int = 2048):
+# identity-centre scale per difficulty: "strong" resembles a well-trained model on Market-1501
+# (mAP ~0.85), "half" a half-trained one (many gallery items before the hardest true match),
+# "random" carries no identity information at all (the hardest case for evaluate_rank)
+DIFFICULTY = {"strong": 0.45, "half": 0.38, "random": 0.0}
+
+
+def make_problem(size: str, seed: int = 0, dim: int = 2048, difficulty: str = "strong"):
     """Features and ids shaped like the data set's test split (identity centres + noise)."""
     cfg = SIZES[size]
+    scale = DIFFICULTY[difficulty]
     rng = np.random.default_rng(seed)
     num_q, num_g, num_ids, num_cams = cfg["num_q"], cfg["num_g"], cfg["num_ids"], cfg["num_cams"]
     # scales chosen so that the difficulty resembles a strong trained model on Market-1501
     # (mAP ~0.85, rank-1 ~0.97, mINP ~0.45); easier or harder data changes evaluate_rank's time
-    centres = 0.45 * rng.standard_normal((num_ids, dim), dtype=np.float32)
+    centres = scale * rng.standard_normal((num_ids, dim), dtype=np.float32)
     cam_bias = 0.3 * rng.standard_normal((num_cams, dim), dtype=np.float32)
     q_pids = rng.integers(1, num_ids + 1, num_q)
     n_other = cfg["distractors"] + cfg["junk"]
@@ -64,17 +74,19 @@ def make_problem(size: str, seed: int = 0, dim: int = 2048):
             known = p > 0
             f[known] += centres[p[known] - 1]
             # distractors (0) and junk (-1) are other people: each gets a centre of its own
-            f[~known] += 0.45 * rng.standard_normal((int((~known).sum()), dim), dtype=np.float32)
+            f[~known] += scale * rng.standard_normal((int((~known).sum()), dim), dtype=np.float32)
             out[a : a + 4096] = f
         return out
 
     return feats(q_pids, q_cams), feats(g_pids, g_cams), q_pids, g_pids, q_cams, g_cams
 
 
-def save_problem(folder: Path, size: str, seed: int, with_distmat: bool) -> None:
+def save_problem(
+    folder: Path, size: str, seed: int, with_distmat: bool, difficulty: str = "strong"
+) -> None:
     import torch
 
-    qf, gf, qp, gp, qc, gc = make_problem(size, seed)
+    qf, gf, qp, gp, qc, gc = make_problem(size, seed, difficulty=difficulty)
     for name, arr in dict(qf=qf, gf=gf, q_pids=qp, g_pids=gp, q_camids=qc, g_camids=gc).items():
         np.save(folder / f"{name}.npy", arr)
     if with_distmat:
@@ -156,6 +168,8 @@ def worker(method: str, folder: Path, queries: int, threads: int = 0) -> dict:
     if method == "partreid":
         out = evaluate_rank(*args, max_rank=50)
         cmc, mAP = out["cmc"], out["mAP"]
+    elif method.startswith("versus="):  # this partreid against an earlier rank.py, one process
+        return versus(Path(method.split("=", 1)[1]), args)
     elif method == "torchreid_py":
         cmc, mAP = rank.evaluate_py(*args, 50, False)
     elif method == "plain":
@@ -174,6 +188,68 @@ def worker(method: str, folder: Path, queries: int, threads: int = 0) -> dict:
         "rank5": float(cmc[4]),
         "cmc": [float(c) for c in cmc[:20]],
     }
+
+
+def load_rank_file(path: Path):
+    """An earlier ``partreid/metrics/rank.py`` (e.g. from ``git show REV:...``), as a module."""
+    import partreid.metrics  # noqa: F401  (its relative imports resolve inside this package)
+
+    spec = importlib.util.spec_from_file_location("partreid.metrics._rank_baseline", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def versus(baseline: Path, args: tuple, rounds: int = 2) -> dict:
+    """Time the current evaluate_rank and a baseline file's, interleaved in this one process."""
+    from partreid.metrics import evaluate_rank
+
+    old = load_rank_file(baseline).evaluate_rank
+    best = {"before": float("inf"), "after": float("inf")}
+    outs = {}
+    for _ in range(rounds):
+        for label, fn in (("before", old), ("after", evaluate_rank)):
+            t0 = time.perf_counter()
+            outs[label] = fn(*args, max_rank=50)
+            best[label] = min(best[label], time.perf_counter() - t0)
+    a, b = outs["after"], outs["before"]
+    return {
+        "method": "versus",
+        "before_s": best["before"],
+        "after_s": best["after"],
+        "mAP": a["mAP"],
+        "rank1": float(a["cmc"][0]),
+        "mINP": a["mINP"],
+        "max_abs_diff": max(
+            float(np.abs(a["cmc"] - b["cmc"]).max()),
+            abs(a["mAP"] - b["mAP"]),
+            abs(a["mINP"] - b["mINP"]),
+        ),
+    }
+
+
+def sweep(size: str, seed: int, baseline: Path, difficulties: list, threads: int) -> None:
+    """evaluate_rank before (``baseline`` file) / after on strong, half-trained and random features."""
+    cfg = SIZES[size]
+    print(f"\n== difficulty sweep, {size}-sized ({cfg['num_q']} x {cfg['num_g']}), 2048-d")
+    print(f"baseline: {baseline}; best of 2 interleaved runs per version, one process each")
+    print("| features | mAP | rank-1 | mINP | before (s) | after (s) | speed-up | max |diff| |")
+    print("|---|---|---|---|---|---|---|---|")
+    for diff in difficulties:
+        with tempfile.TemporaryDirectory(prefix=f"partreid_eval_{diff}_") as tmp:
+            folder = Path(tmp)
+            save_problem(folder, size, seed, with_distmat=True, difficulty=diff)
+            r = run_worker([f"versus={baseline}", str(folder), "0", str(threads)])
+        if "error" in r:
+            print(f"| {diff} | FAILED: {r['error'][-300:]} |")
+            continue
+        print(
+            f"| {diff} | {r['mAP']:.3f} | {r['rank1']:.3f} | {r['mINP']:.3f} | "
+            f"{r['before_s']:.3f} | {r['after_s']:.3f} | {r['before_s'] / r['after_s']:.1f}x | "
+            f"{r['max_abs_diff']:.1e} |",
+            flush=True,
+        )
 
 
 # ----------------------------------------------------------------------------- driver
@@ -254,7 +330,27 @@ def main() -> None:
         metavar=("METHOD", "FOLDER", "QUERIES", "THREADS"),
         help=argparse.SUPPRESS,
     )
+    parser.add_argument(
+        "--versus",
+        type=Path,
+        help="difficulty sweep against an earlier rank.py, e.g. made with "
+        "`git show REV:src/partreid/metrics/rank.py > /tmp/rank_before.py`",
+    )
+    parser.add_argument(
+        "--difficulty",
+        default="strong,half,random",
+        help="comma-separated feature qualities for --versus (strong, half, random)",
+    )
     args = parser.parse_args()
+    if args.versus:
+        diffs = [d.strip() for d in args.difficulty.split(",") if d.strip()]
+        unknown = [d for d in diffs if d not in DIFFICULTY]
+        if unknown:
+            parser.error(f"--difficulty: unknown {unknown}; valid: {sorted(DIFFICULTY)}")
+        if not args.versus.is_file():
+            parser.error(f"--versus: {args.versus} is not a file")
+        sweep(args.size, args.seed, args.versus, diffs, args.threads)
+        return
     if args.worker:
         method, folder, queries, threads = args.worker
         print(json.dumps(worker(method, Path(folder), int(queries), int(threads))))

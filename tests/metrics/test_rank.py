@@ -74,13 +74,15 @@ CASES = {
 }
 
 
-@pytest.fixture(params=["auto", "sorting", "bucketing"])
+@pytest.fixture(params=["auto", "sorting", "binned", "searchsorted"])
 def strategy(request, monkeypatch):
-    """Run with the automatic choice and with each of the two rank strategies forced."""
+    """Run with the automatic choice and with each of the three rank strategies forced."""
     if request.param != "auto":
         monkeypatch.setattr(
             rank_module, "_DENSE_FRACTION", 2.0 if request.param == "sorting" else -1.0
         )
+    if request.param == "searchsorted":  # the binned strategy's fallback for crowded bins
+        monkeypatch.setattr(rank_module, "_MAX_TIE_WORK", -1.0)
     return request.param
 
 
@@ -108,6 +110,39 @@ def test_evaluate_rank_matches_reference(case, seed, strategy):
         max_rank=max_rank,
     )
     check(tout, ref, max_rank)
+
+
+def hard_problem(rng, kind, num_q=60, num_g=400):
+    """Weak-model problems: most of the gallery lies before each query's hardest match."""
+    q_pids = rng.integers(1, 6, num_q)  # 5 identities: ~80 true matches per query
+    g_pids = rng.integers(1, 6, num_g)
+    q_cams, g_cams = rng.integers(0, 3, num_q), rng.integers(0, 3, num_g)
+    if kind == "random":  # features without identity information
+        dist = rng.random((num_q, num_g)).astype(np.float32)
+    elif kind == "half":  # matches only slightly closer, on a wide spread of scales per row
+        dist = rng.random((num_q, num_g)) * rng.uniform(0.01, 100, (num_q, 1))
+        dist -= 0.05 * dist.mean(1, keepdims=True) * (q_pids[:, None] == g_pids[None, :])
+    elif kind == "crowded":  # a few distinct values: most items tie with a match distance
+        dist = rng.integers(0, 3, (num_q, num_g)).astype(np.float64)
+    elif kind == "clustered":  # a tight cluster plus far outliers: crowded histogram bins
+        dist = 1.0 + 1e-6 * rng.random((num_q, num_g))
+        dist[rng.random((num_q, num_g)) < 0.05] = 1e6
+        dist[:, :3] = -np.inf
+    elif kind == "infinite":  # some true matches at infinite distance
+        dist = rng.random((num_q, num_g))
+        dist[rng.random((num_q, num_g)) < 0.1] = np.inf
+    else:
+        raise AssertionError(kind)
+    return dist, q_pids, g_pids, q_cams, g_cams
+
+
+@pytest.mark.parametrize("kind", ["random", "half", "crowded", "clustered", "infinite"])
+def test_hard_problems_match_reference(kind, strategy):
+    rng = np.random.default_rng(7)
+    dist, qp, gp, qc, gc = hard_problem(rng, kind)
+    ref = reference_rank(dist, qp, gp, qc, gc, 50)
+    check(evaluate_rank(dist, qp, gp, qc, gc), ref, 50)
+    check(evaluate_rank(dist, qp, gp, qc, gc, chunk_size=7), ref, 50)
 
 
 def test_skipped_queries_are_counted():

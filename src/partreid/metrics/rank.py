@@ -16,8 +16,13 @@ The implementation never sorts the whole query x gallery matrix.  For a chunk of
 keeps only the gallery items not farther than the query's hardest true match (every item
 ranked before some true match is among them), sorts those few items by (distance, index) and
 reads the ranks of the true matches off that order.  When most of the chunk lies before the
-hardest match (a weak model), it instead buckets every item between the query's sorted match
-distances (``searchsorted``) and counts - linear in the chunk, with exact index tie-breaking.
+hardest match (a weak model), it instead histograms every item into fine equal-width bins that
+span the query's match distances (a monotone map, so an item in a lower bin than a match is
+certainly before it), reads "items before the match's bin" off a cumulative count, and compares
+exactly - distance, then gallery index - only the few items that share a bin with a match.
+That is a handful of vectorised passes over the chunk and no sort or binary search per item;
+rows whose bins degenerate (many tied distances) fall back to bucketing every item between the
+query's sorted match distances with ``searchsorted``.
 All work is torch tensor code on the device of ``distmat`` (a CUDA tensor is evaluated on its
 GPU); memory is bounded by the chunk.
 """
@@ -35,8 +40,15 @@ __all__ = ["evaluate_rank", "evaluate_cuhk03_single_gallery_shot"]
 
 # elements of the query x gallery matrix handled at once when chunk_size is not given
 _DEFAULT_CHUNK_ELEMENTS = 1 << 23
+# the binned strategy works through its chunk in blocks of about this many elements (cache)
+_BINNED_BLOCK_ELEMENTS = 1 << 19
 # above this fraction of the chunk lying before the hardest match, bucket instead of sorting
-_DENSE_FRACTION = 0.1
+_DENSE_FRACTION = 0.02
+# binned strategy: bins per gallery item between a query's easiest and hardest match, and the
+# most (selected item x match) comparisons per chunk element before falling back to searchsorted
+_BINS_PER_ITEM = 0.25
+_MAX_TIE_WORK = 2.0
+_LANES = 4
 
 
 @dataclass
@@ -176,7 +188,117 @@ def _match_ranks_dense(
     return rows[real], k[real], rank[real]
 
 
-def _match_ranks(p: _Problem, a: int, b: int):
+def _sorted_matches(ds: torch.Tensor, same: torch.Tensor, match: torch.Tensor, num_g: int):
+    """Each row's true matches sorted by (distance, gallery index); padding (+inf, num_g) last."""
+    inf = torch.tensor(float("inf"), dtype=ds.dtype, device=ds.device)
+    key = torch.where(match, ds, inf)
+    order = torch.argsort(key, dim=1, stable=True)
+    order = order.gather(
+        1, torch.argsort((~match.gather(1, order)).to(torch.int8), dim=1, stable=True)
+    )
+    t_val = key.gather(1, order).contiguous()
+    t_idx = torch.where(match.gather(1, order), same.gather(1, order), torch.full_like(same, num_g))
+    return t_val, t_idx
+
+
+def _junk_before(ds, same, junk, t_val, t_idx) -> torch.Tensor:
+    """(c, m): junk items (same identity, same camera) ordered before each sorted match."""
+    inf = torch.tensor(float("inf"), dtype=ds.dtype, device=ds.device)
+    dj = torch.where(junk, ds, inf).unsqueeze(2)
+    jb = junk.unsqueeze(2) & (
+        (dj < t_val.unsqueeze(1))
+        | ((dj == t_val.unsqueeze(1)) & (same.unsqueeze(2) < t_idx.unsqueeze(1)))
+    )
+    return jb.sum(1)
+
+
+def _match_ranks_binned(
+    dc: torch.Tensor,
+    same: torch.Tensor,
+    match: torch.Tensor,
+    junk: torch.Tensor,
+    n_match: torch.Tensor,
+    work: Dict[str, torch.Tensor] | None = None,
+):
+    """Same result as :func:`_match_ranks`, for chunks where most items precede the hardest match.
+
+    Each row's span [easiest match, hardest match] is cut into ``B`` equal bins (plus one bin
+    below and one above); ``bin(d) = trunc(clamp((d - lo') * s, 0, B + 2.5))`` is built from
+    correctly rounded subtract / multiply / clamp / truncate steps, each monotone, so an item
+    in a lower bin than a match has a smaller distance.  ``before[r, k]`` = items in lower bins
+    (a cumulative histogram) + items in the match's own bin that precede it by (distance,
+    index), compared exactly.  Falls back to :func:`_match_ranks_dense` when a span is not
+    finite or too many items share a bin with a match (heavily tied distances).
+    """
+    c, num_g = dc.shape
+    dev = dc.device
+    ds = dc.gather(1, same)
+    t_val, t_idx = _sorted_matches(ds, same, match, num_g)
+    m = t_val.shape[1]
+    has = n_match > 0
+    last = (n_match - 1).clamp(min=0).unsqueeze(1)
+    zero = torch.zeros((), dtype=dc.dtype, device=dev)
+    lo = torch.where(has, t_val[:, 0], zero)
+    width = torch.where(has, t_val.gather(1, last).squeeze(1), zero) - lo
+    if not bool(torch.isfinite(width).all()):
+        return _match_ranks_dense(dc, same, match, junk, n_match)
+    nb = int(min(max(_BINS_PER_ITEM * num_g, 16), 1 << 16))
+    pos_w = width[width > 0]
+    typical = pos_w.mean() if pos_w.numel() else torch.ones((), dtype=dc.dtype, device=dev)
+    scale = nb / torch.where(width > 0, width, typical)
+    if not bool(torch.isfinite(scale).all()):
+        return _match_ranks_dense(dc, same, match, junk, n_match)
+    lo = lo - 1.5 / scale  # the easiest match lands at ~1.5, the hardest at ~nb + 1.5
+    nbins = nb + 3
+    # key = (row * nbins + bin) * LANES + column % LANES: consecutive items count into different
+    # histogram cells, so crowded bins do not serialise bincount on one counter
+    lanes = _LANES
+    n_keys = c * nbins * lanes
+    idx_dtype = torch.int32 if n_keys < 2**31 - 1 else torch.int64
+    y = _buffer(work, "y", dc.numel(), dc.dtype, dev).view(c, num_g)
+    torch.sub(dc, lo.unsqueeze(1), out=y)
+    y.mul_(scale.unsqueeze(1)).clamp_(0, nb + 2.5)
+    keys = _buffer(work, "keys", dc.numel(), idx_dtype, dev).view(c, num_g)
+    keys.copy_(y)  # truncation toward zero (monotone) on values >= 0
+    keys += (torch.arange(c, device=dev, dtype=idx_dtype) * nbins).unsqueeze(1)
+    keys *= lanes
+    keys += (torch.arange(num_g, device=dev, dtype=idx_dtype) % lanes).unsqueeze(0)
+    counts = torch.bincount(keys.view(-1), minlength=n_keys).view(c, nbins, lanes).sum(2)
+    lower = (torch.cumsum(counts, 1) - counts).view(-1)  # items in lower bins of the same row
+    real = torch.arange(m, device=dev).unsqueeze(0) < n_match.unsqueeze(1)
+    t_key = keys.gather(1, t_idx.clamp(max=num_g - 1)).to(torch.int64) // lanes  # row * nbins + bin
+    flag = torch.zeros(n_keys, dtype=torch.uint8, device=dev)
+    flag[((t_key[real] * lanes).unsqueeze(1) + torch.arange(lanes, device=dev)).view(-1)] = 1
+    # items sharing a bin with some true match of their row
+    shared = _buffer(work, "shared", dc.numel(), torch.uint8, dev)
+    torch.index_select(flag, 0, keys.view(-1), out=shared)
+    sr, sj = torch.nonzero(shared.view(c, num_g), as_tuple=True)
+    if sr.numel() * m > _MAX_TIE_WORK * dc.numel():
+        return _match_ranks_dense(dc, same, match, junk, n_match)
+    before = lower[t_key.clamp(max=c * nbins - 1)]  # (c, m); padding columns are dropped below
+    sv, sk = dc[sr, sj].unsqueeze(1), keys[sr, sj].to(torch.int64).unsqueeze(1) // lanes
+    tv, ti = t_val[sr], t_idx[sr]
+    ahead = (sk == t_key[sr]) & ((sv < tv) | ((sv == tv) & (sj.unsqueeze(1) < ti)))
+    before.index_add_(0, sr, ahead.to(before.dtype))
+    rank = before - _junk_before(ds, same, junk, t_val, t_idx)
+    k = torch.arange(1, m + 1, device=dev).expand(c, m)
+    rows = torch.arange(c, device=dev).unsqueeze(1).expand(c, m)
+    return rows[real], k[real], rank[real]
+
+
+def _buffer(
+    work: Dict[str, torch.Tensor] | None, name: str, n: int, dtype: torch.dtype, dev
+) -> torch.Tensor:
+    """A flat scratch tensor of ``n`` elements, reused across chunks (no fresh pages per chunk)."""
+    if work is None:
+        return torch.empty(n, dtype=dtype, device=dev)
+    buf = work.get(name)
+    if buf is None or buf.numel() < n or buf.dtype != dtype:
+        buf = work[name] = torch.empty(n, dtype=dtype, device=dev)
+    return buf[:n]
+
+
+def _match_ranks(p: _Problem, a: int, b: int, work: Dict[str, torch.Tensor] | None = None):
     """Ranks of the true matches of queries ``a:b``.
 
     Returns ``(rows, k, ranks)`` for every true match, sorted by (row, rank): local query row,
@@ -192,9 +314,27 @@ def _match_ranks(p: _Problem, a: int, b: int):
     neg_inf = torch.tensor(float("-inf"), dtype=dc.dtype, device=dc.device)
     thr = torch.where(match, ds, neg_inf).amax(1)
     # every item ranked before some true match is not farther than the hardest match
+    # (the fraction of items selected, estimated on a sample of columns, picks the strategy)
+    sample = dc[:, :: max(1, num_g // 1024)]
+    if int(torch.count_nonzero(sample <= thr.unsqueeze(1))) > _DENSE_FRACTION * sample.numel():
+        step = max(1, _BINNED_BLOCK_ELEMENTS // num_g)
+        parts = [
+            _match_ranks_binned(
+                dc[i : i + step],
+                same[i : i + step],
+                match[i : i + step],
+                junk[i : i + step],
+                p.n_match[a:b][i : i + step],
+                work,
+            )
+            for i in range(0, c, step)
+        ]
+        return (
+            torch.cat([r + i * step for i, (r, _, _) in enumerate(parts)]),
+            torch.cat([k for _, k, _ in parts]),
+            torch.cat([rk for _, _, rk in parts]),
+        )
     flat = torch.nonzero((dc <= thr.unsqueeze(1)).view(-1)).squeeze(1)
-    if flat.numel() > _DENSE_FRACTION * dc.numel():  # hard problem: most items selected
-        return _match_ranks_dense(dc, same, match, junk, p.n_match[a:b])
     rows = torch.div(flat, num_g, rounding_mode="floor")
     keep = p.n_match[a:b][rows] > 0  # rows without a match select only -inf entries, if any
     flat, rows = flat[keep], rows[keep]
@@ -265,8 +405,9 @@ def _evaluate_rank(
     ap_sum = torch.zeros((), dtype=torch.float64, device=dev)
     inp_sum = torch.zeros((), dtype=torch.float64, device=dev)
     hist = torch.zeros(max_rank + 1, dtype=torch.int64, device=dev)
+    work: Dict[str, torch.Tensor] = {}  # scratch buffers shared by the chunks
     for a, b in chunks(num_q, _chunk_rows(chunk_size, num_g)):
-        rows, k, rank = _match_ranks(p, a, b)
+        rows, k, rank = _match_ranks(p, a, b, work)
         if rows.numel() == 0:
             continue
         n = p.n_match[a:b][rows]
