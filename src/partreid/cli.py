@@ -151,6 +151,51 @@ def cmd_serve(args) -> int:
     )
 
 
+def cmd_index(args) -> int:
+    from .deploy.search import index_command
+
+    index_command(
+        args.features,
+        args.out,
+        kind=args.kind,
+        backend=args.backend,
+        metric=args.metric,
+        normalize=args.normalize,
+        device=args.device,
+        pca=args.pca,
+        nlist=args.nlist,
+        nprobe=args.nprobe,
+        m=args.m,
+        nbits=args.nbits,
+        hnsw_m=args.hnsw_m,
+        ef_construction=args.ef_construction,
+        ef_search=args.ef_search,
+        refine=args.refine,
+    )
+    return 0
+
+
+def cmd_search(args) -> int:
+    from .deploy.search import search_command
+
+    search_command(
+        args.index,
+        args.query,
+        topk=args.topk,
+        checkpoint=args.checkpoint,
+        rerank=args.rerank,
+        out=args.out,
+        skip_same_camera=args.skip_same_camera,
+        backend=args.backend,
+        device=args.device,
+        batch_size=args.batch_size,
+        nprobe=args.nprobe,
+        ef_search=args.ef_search,
+        refine=args.refine,
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="partreid", description="Part-based person re-identification.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -280,6 +325,65 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-topk", type=int, default=100, help="largest top-K a request may ask")
     sv.add_argument("--max-page-size", type=int, default=200, help="largest gallery page")
     sv.set_defaults(func=cmd_serve)
+
+    ix = sub.add_parser("index", help="index a gallery features file for search (faiss or torch)")
+    ix.add_argument("features", help="gallery features file (.npz from `partreid extract`)")
+    ix.add_argument("--out", required=True, help="index folder to write")
+    ix.add_argument(
+        "--kind",
+        choices=["exact", "ivfpq", "ivfflat", "hnsw"],
+        default="exact",
+        help="exact (default) or an approximate index for large galleries: ivfpq (PCA + "
+        "inverted file + product quantisation, refined exactly), ivfflat, hnsw",
+    )
+    ix.add_argument("--backend", choices=["auto", "faiss", "torch"], default="auto")
+    ix.add_argument(
+        "--metric",
+        choices=["euclidean", "cosine"],
+        help="default: the features file's (the training config's eval.distance), as eval ranks",
+    )
+    ix.add_argument(
+        "--normalize",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="L2-normalise before the metric (default: the features file's eval.normalize)",
+    )
+    ix.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda:0")
+    ix.add_argument("--pca", type=int, help="approximate kinds: PCA dims first (0 = none)")
+    ix.add_argument("--nlist", type=int, help="ivf*: number of k-means cells")
+    ix.add_argument("--nprobe", type=int, help="ivf*: cells scanned per query (saved default)")
+    ix.add_argument("--m", type=int, help="ivfpq: bytes per vector (PQ sub-quantisers)")
+    ix.add_argument("--nbits", type=int, help="ivfpq: bits per sub-quantiser code")
+    ix.add_argument("--hnsw-m", type=int, help="hnsw: links per node")
+    ix.add_argument("--ef-construction", type=int, help="hnsw: build beam width")
+    ix.add_argument("--ef-search", type=int, help="hnsw: search beam width (saved default)")
+    ix.add_argument("--refine", type=int, help="approximate kinds: shortlist = refine x topk")
+    ix.set_defaults(func=cmd_index)
+
+    se = sub.add_parser("search", help="top-K gallery matches of query features or images")
+    se.add_argument("index", help="index folder (`partreid index`) or a gallery features .npz")
+    se.add_argument("query", help="query features (.npz), an image, or a folder of images")
+    se.add_argument("--topk", type=int, default=10, help="matches per query (default: 10)")
+    se.add_argument(
+        "--checkpoint",
+        help="model for query images (default: the checkpoint recorded in the gallery's features)",
+    )
+    se.add_argument(
+        "--rerank", action="store_true", help="k-reciprocal re-ranking of each query's shortlist"
+    )
+    se.add_argument("--out", help="write results.json or results.csv instead of printing")
+    se.add_argument(
+        "--skip-same-camera",
+        action="store_true",
+        help="leave out gallery rows of the query's identity and camera (as eval does)",
+    )
+    se.add_argument("--backend", choices=["auto", "faiss", "torch"], default="auto")
+    se.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda:0")
+    se.add_argument("--batch-size", type=int, default=64, help="extraction batch size")
+    se.add_argument("--nprobe", type=int, help="ivf*: cells scanned (default: the index's)")
+    se.add_argument("--ef-search", type=int, help="hnsw: beam width (default: the index's)")
+    se.add_argument("--refine", type=int, help="shortlist = refine x topk (default: the index's)")
+    se.set_defaults(func=cmd_search)
 
     ls = sub.add_parser("list", help="list models (with their options) and data sets")
     ls.set_defaults(func=cmd_list)

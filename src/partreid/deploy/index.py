@@ -67,13 +67,14 @@ class GalleryIndexError(ValueError):
 def faiss_available() -> bool:
     """Whether ``import faiss`` works."""
     try:
-        import faiss  # noqa: F401
-    except ImportError:
+        _faiss("")
+    except GalleryIndexError:
         return False
     return True
 
 
 def _faiss(what: str):
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # no INFO lines on import
     try:
         import faiss
     except ImportError:
