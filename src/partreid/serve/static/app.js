@@ -51,6 +51,11 @@ function card(item, opts) {
   img.src = item.image_url;
   img.alt = item.path;
   img.title = `${item.path}\nclick to search with this image`;
+  img.addEventListener("error", () => {
+    fig.classList.add("missing");
+    thumb.replaceChildren(el("span", "missing-note", "image unavailable"));
+    thumb.title = `${item.path}: the server does not serve this file`;
+  });
   thumb.appendChild(img);
   fig.appendChild(thumb);
   const cap = el("figcaption");
