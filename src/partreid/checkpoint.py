@@ -204,7 +204,7 @@ def load_checkpoint(path: str) -> Dict[str, Any]:
             raise CheckpointError(
                 f"refusing to load {path}: it holds pickled Python objects that could run code "
                 f"when loaded ({globals_[0][:160]}); partreid checkpoints hold only tensors and "
-                "plain values"
+                "plain values, so this file is unsafe (or damaged)"
             ) from exc
         raise CheckpointError(
             f"cannot read checkpoint {path}: the file is corrupted (its pickled structure does "
