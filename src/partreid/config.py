@@ -87,6 +87,27 @@ class TrainConfig:
 
 
 @dataclass
+class RobustnessConfig:
+    """``eval.robustness``: the test repeated with altered queries (partreid.data.occlusion)."""
+
+    enabled: bool = False  # run the sweep after the clean evaluation
+    kinds: List[str] = field(  # alteration kinds (see partreid.data.occlusion.KINDS)
+        default_factory=lambda: [
+            *(f"person_{p}" for p in ("bottom", "top", "side", "random")),
+            *(f"clutter_{p}" for p in ("bottom", "top", "side", "random")),
+            "keep_top",
+            "keep_bottom",
+        ]
+    )
+    severities: List[float] = field(  # fraction of the crop lost (occluded area / height cut)
+        default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5]
+    )
+    seed: int = 0  # alterations are seeded per image from this seed
+    alter_gallery: bool = False  # alter the gallery images too (re-extracted per point)
+    num_examples: int = 2  # queries shown in the strip of altered examples (0 = none)
+
+
+@dataclass
 class EvalConfig:
     batch_size: int = 128
     flip: bool = True  # average with the horizontally flipped image's feature
@@ -102,6 +123,7 @@ class EvalConfig:
     max_rank: int = 50
     num_visualize: int = 8  # queries drawn in the ranked-list picture (0 = none)
     cuhk03_metric: bool = False  # also the classic single-gallery-shot CUHK03 CMC
+    robustness: RobustnessConfig = field(default_factory=RobustnessConfig)  # occlusion sweep
 
 
 @dataclass

@@ -98,10 +98,22 @@ def write_run_report(
             images.append("activations.png")
         except Exception as exc:  # a picture must not lose a finished run's metrics
             log.warning("could not draw activation maps: %s", exc)
+    if cfg.eval.robustness.enabled:
+        from .robustness import robustness_report
+
+        metrics["robustness"], rob_images = robustness_report(
+            cfg, model, ds, test_transform(cfg), device, use_amp, out_dir
+        )
+        images += rob_images
     with open(os.path.join(out_dir, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=2)
     page = write_html(
-        out_dir, f"partreid: {cfg.model['name']} on {cfg.data.name}", metrics, images, notes
+        out_dir,
+        f"partreid: {cfg.model['name']} on {cfg.data.name}",
+        metrics,
+        images,
+        notes,
+        robustness=metrics.get("robustness"),
     )
     log.info("report: %s (metrics.json, pictures)", page)
     return metrics

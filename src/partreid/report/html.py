@@ -15,8 +15,10 @@ def write_html(
     metrics: Dict[str, Any],
     images: List[str],
     notes: Optional[List[str]] = None,
+    robustness: Optional[Dict[str, Any]] = None,
 ) -> str:
-    """A small self-contained page: the metrics table(s) and the pictures of the run."""
+    """A small self-contained page: the metrics table(s) and the pictures of the run (and the
+    robustness tables when ``robustness`` holds a sweep's result)."""
     rows = [(metrics.get("dataset", "test"), metrics)] + list(
         metrics.get("cross_domain", {}).items()
     )
@@ -31,6 +33,10 @@ def write_html(
         for p in images
     )
     extra = "".join(f"<p>{html.escape(n)}</p>" for n in (notes or []))
+    if robustness:
+        from .robustness import robustness_table_html
+
+        pics = robustness_table_html(robustness) + pics
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:4px 10px;text-align:right}}img{{max-width:100%}}</style>

@@ -1,0 +1,228 @@
+"""The occlusion-robustness sweep: the test repeated with altered queries (and gallery).
+
+The gallery's features are extracted once (unless ``alter_gallery``) and the clean queries'
+once; each ``(kind, severity)`` point re-extracts only the altered query images
+(``partreid.data.occlusion``) and ranks them with the run's own ``eval:`` settings (distance,
+normalisation, query expansion, re-ranking), so severity 0 reproduces the clean evaluation.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from .. import metrics as M
+from ..data.io import Item, read_image
+from ..data.loader import build_test_loader, collate_batch
+from ..data.occlusion import (
+    AlteredImageDataset,
+    DonorPool,
+    alter,
+    check_kinds,
+    check_severities,
+    image_key,
+)
+from .evaluator import distances, extract_features
+
+log = logging.getLogger("partreid")
+
+POINT_METRICS = ("rank1", "rank5", "mAP", "mINP")
+
+
+def rank_metrics(distmat, q_pids, g_pids, q_cams, g_cams, max_rank: int = 50) -> Dict[str, float]:
+    """rank-1/5, mAP and mINP (fractions) and the number of valid queries of a distance matrix."""
+    r = M.evaluate_rank(distmat, q_pids, g_pids, q_cams, g_cams, max_rank=max_rank)
+    if r["num_valid_queries"] == 0:
+        raise ValueError("no query has a valid match in the gallery (same identity, other camera)")
+    cmc = np.asarray(r["cmc"])
+    return {
+        "rank1": float(cmc[0]),
+        "rank5": float(cmc[min(5, len(cmc)) - 1]),
+        "mAP": float(r["mAP"]),
+        "mINP": float(r["mINP"]),
+        "num_valid_queries": int(r["num_valid_queries"]),
+    }
+
+
+def _features(model, dataset, eval_cfg, device, num_workers: int, amp: bool):
+    loader = DataLoader(
+        dataset,
+        batch_size=int(eval_cfg.batch_size),
+        shuffle=False,
+        num_workers=int(num_workers),
+        collate_fn=collate_batch,
+    )
+    return extract_features(model, loader, device, flip=eval_cfg.flip, amp=amp)
+
+
+def robustness_sweep(
+    model,
+    query: Sequence[Item],
+    gallery: Sequence[Item],
+    transform,
+    eval_cfg,
+    device: torch.device,
+    kinds: Sequence[str],
+    severities: Sequence[float],
+    seed: int = 0,
+    donors: Optional[DonorPool] = None,
+    alter_gallery: bool = False,
+    num_workers: int = 0,
+    amp: bool = False,
+    name: str = "test",
+) -> Dict[str, Any]:
+    """Evaluate ``model`` with the query images altered by each kind at each severity.
+
+    Returns the robustness dict stored in ``metrics.json`` (see ``partreid.report.robustness``):
+    ``clean`` metrics, and ``results[kind]`` = one ``{severity, rank1, rank5, mAP, mINP}`` per
+    severity. ``donors`` lends the ``person_*`` occluders their content (training images of
+    other identities); it is required when such a kind is asked.
+    """
+    kinds = check_kinds(kinds)
+    severities = check_severities(severities)
+    if any(k.startswith("person_") for k in kinds) and donors is None:
+        raise ValueError("person_* kinds need a DonorPool of training images (donors=...)")
+    t0 = time.time()
+    gal = build_test_loader(gallery, transform, eval_cfg.batch_size, num_workers, pin_memory=False)
+    gf, g_pids, g_cams = extract_features(model, gal, device, flip=eval_cfg.flip, amp=amp)
+    qry = build_test_loader(query, transform, eval_cfg.batch_size, num_workers, pin_memory=False)
+    qf, q_pids, q_cams = extract_features(model, qry, device, flip=eval_cfg.flip, amp=amp)
+    clean = rank_metrics(distances(qf, gf, eval_cfg), q_pids, g_pids, q_cams, g_cams)
+    results: Dict[str, List[Dict[str, float]]] = {}
+    for kind in kinds:
+        results[kind] = []
+        for s in severities:
+            ds = AlteredImageDataset(query, kind, s, seed, donors, transform, prefix="query:")
+            aq = _features(model, ds, eval_cfg, device, num_workers, amp)[0]
+            ag = gf
+            if alter_gallery and s > 0:
+                ds = AlteredImageDataset(gallery, kind, s, seed, donors, transform, "gallery:")
+                ag = _features(model, ds, eval_cfg, device, num_workers, amp)[0]
+            m = rank_metrics(distances(aq, ag, eval_cfg), q_pids, g_pids, q_cams, g_cams)
+            results[kind].append({"severity": s, **{k: m[k] for k in POINT_METRICS}})
+        log.info(
+            "%s robustness %s: %s",
+            name,
+            kind,
+            "  ".join(
+                f"{r['severity']:g}: R1 {100 * r['rank1']:.1f} mAP {100 * r['mAP']:.1f}"
+                for r in results[kind]
+            ),
+        )
+    return {
+        "dataset": name,
+        "seed": int(seed),
+        "alter_gallery": bool(alter_gallery),
+        "kinds": list(kinds),
+        "severities": list(severities),
+        "clean": {k: clean[k] for k in POINT_METRICS},
+        "results": results,
+        "num_query": len(query),
+        "num_gallery": len(gallery),
+        "num_valid_queries": clean["num_valid_queries"],
+        "donors": None
+        if donors is None
+        else {"images": len(donors), "excluded": donors.num_excluded},
+        "seconds": round(time.time() - t0, 1),
+    }
+
+
+def example_rows(
+    query: Sequence[Item],
+    kinds: Sequence[str],
+    severities: Sequence[float],
+    seed: int,
+    donors: Optional[DonorPool],
+    num: int = 2,
+) -> Tuple[List[Tuple[str, list]], List[str]]:
+    """Rows ``(label, [clean, altered at each severity])`` for ``num`` evenly spread queries,
+    exactly as the sweep altered them; and the column titles."""
+    idx = np.linspace(0, len(query) - 1, num=min(num, len(query))).round().astype(int)
+    rows = []
+    for qi in sorted(set(idx.tolist())):
+        path, pid, _ = query[qi]
+        img = read_image(path)
+        key = "query:" + image_key(path)
+        for kind in kinds:
+            alt = [alter(img, kind, s, seed, key, donors, pid) for s in severities]
+            rows.append((f"{kind} #{qi}", [img] + alt))
+    return rows, ["clean"] + [f"{s:g}" for s in severities]
+
+
+def robustness_report(
+    cfg, model, ds, transform, device, use_amp: bool = False, out_dir: Optional[str] = None
+) -> Tuple[Dict[str, Any], List[str]]:
+    """Run the ``eval.robustness`` sweep on ``ds``'s query/gallery, log one table, draw the
+    curves (``robustness.png``) and the altered examples (``robustness_examples.png``) into
+    ``out_dir``; return the robustness dict and the picture names."""
+    from ..report.robustness import (
+        draw_example_strip,
+        draw_robustness_curves,
+        format_robustness_table,
+    )
+
+    rc = cfg.eval.robustness
+    kinds = check_kinds(rc.kinds)
+    severities = check_severities(rc.severities)
+    donors = None
+    if any(k.startswith("person_") for k in kinds):
+        donors = DonorPool.from_dataset(ds)
+        log.info(
+            "robustness: person occluders from %d training images of other identities "
+            "(%d images of test identities or test images left out)",
+            len(donors),
+            donors.num_excluded,
+        )
+    log.info(
+        "robustness sweep: %d kinds x %d severities, %s altered, seed %d",
+        len(kinds),
+        len(severities),
+        "query and gallery" if rc.alter_gallery else "query",
+        rc.seed,
+    )
+    rob = robustness_sweep(
+        model,
+        ds.query,
+        ds.gallery,
+        transform,
+        cfg.eval,
+        device,
+        kinds,
+        severities,
+        seed=rc.seed,
+        donors=donors,
+        alter_gallery=rc.alter_gallery,
+        num_workers=cfg.sampler.num_workers,
+        amp=use_amp,
+        name=cfg.data.name,
+    )
+    log.info(
+        "robustness (%s, %.0f s):\n%s", cfg.data.name, rob["seconds"], format_robustness_table(rob)
+    )
+    images: List[str] = []
+    if out_dir:
+        try:
+            draw_robustness_curves(
+                {cfg.model["name"]: rob}, os.path.join(out_dir, "robustness.png")
+            )
+            images.append("robustness.png")
+            if rc.num_examples > 0:
+                rows, header = example_rows(
+                    ds.query, kinds, severities, rc.seed, donors, rc.num_examples
+                )
+                draw_example_strip(
+                    rows,
+                    header,
+                    os.path.join(out_dir, "robustness_examples.png"),
+                    tile=(128, max(32, 128 * cfg.input.width // cfg.input.height)),
+                )
+                images.append("robustness_examples.png")
+        except Exception as exc:  # a picture must not lose the measured numbers
+            log.warning("could not draw the robustness pictures: %s", exc)
+    return rob, images
