@@ -3,6 +3,23 @@
 A data set is three lists of ``(image_path, pid, camid)`` items: ``train`` (pids relabelled to
 ``0..N-1``), ``query`` and ``gallery`` (original pids kept, so that query and gallery pids can be
 compared). ``camid`` is 0-based for the standard sets; ``-1`` means "camera unknown".
+
+Bad data, decided per case (a real data set folder has all of these):
+
+* **names that do not parse** (folder loaders): skipped; count and examples in a WARNING and in
+  the data set's ``notes`` (summary table). A subset left with no parsable name is refused.
+* **empty (0-byte) files**: skipped at listing time (a cheap ``stat``, no decoding); count and
+  examples logged and noted.
+* **unreadable content** (truncated, corrupt, not an image): refused, naming the file -- all of
+  them at once before training with ``verify=True`` / ``data.verify_images=true`` (decodes every
+  image), otherwise when the loader first reads it (also from loader worker processes; the
+  training run then stops with its last checkpoint intact, to be resumed once the file is
+  fixed). Such files are never silently dropped or replaced.
+* **grayscale, palette, RGBA, CMYK, 16-bit or float images**: read as RGB 8-bit
+  (:func:`partreid.data.io.read_image`).
+* **identities with a single image**: kept. In ``train`` the P x K sampler repeats the image to
+  fill its K slots (counted in the notes); a query whose identity has no other-camera gallery
+  image is left out of the scores by the evaluation, which counts it.
 """
 
 from __future__ import annotations
@@ -12,7 +29,7 @@ import logging
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, List, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -194,21 +211,35 @@ def find_dataset_dir(
     )
 
 
+def skip_empty_files(folder: str, names: Sequence[str], notes: Optional[List[str]]) -> List[str]:
+    """``names`` without the empty (0-byte) files of ``folder``; those are logged and noted."""
+    empty = [n for n in names if os.path.getsize(os.path.join(folder, n)) == 0]
+    if empty:
+        examples = ", ".join(empty[:5]) + (", ..." if len(empty) > 5 else "")
+        msg = f"skipped {len(empty)} empty (0-byte) image file(s) in {folder} (e.g. {examples})"
+        logger.warning(msg)
+        if notes is not None:
+            notes.append(msg)
+    return [n for n in names if n not in set(empty)]
+
+
 def parse_folder(
     folder: str,
     pattern: re.Pattern[str],
     camid_base: int = 1,
     drop_junk: bool = True,
+    notes: Optional[List[str]] = None,
 ) -> Tuple[List[Item], int, List[str]]:
     """Parse ``pid`` and ``camid`` out of the image names of ``folder`` with ``pattern``.
 
     ``pattern`` has two groups: pid and camera number; camid = camera - ``camid_base``.
     Returns ``(items, num_junk, unmatched_names)``; pid -1 (junk) is dropped when ``drop_junk``.
+    Empty (0-byte) files are skipped, logged and added to ``notes``.
     """
     items: List[Item] = []
     unmatched: List[str] = []
     junk = 0
-    for name in list_images(folder):
+    for name in skip_empty_files(folder, list_images(folder), notes):
         m = pattern.search(name)
         if m is None:
             unmatched.append(name)
@@ -378,10 +409,28 @@ def build_dataset(name: str, root: str | os.PathLike[str], **options: object) ->
         )
     verify = bool(options.pop("verify", False))
     dataset = entry.loader(os.path.abspath(os.fspath(root)), **entry.fixed, **options)
+    note_single_image_ids(dataset)
     if verify:
         dataset.verify()
     logger.info("%s", dataset.summary())
     return dataset
+
+
+def note_single_image_ids(dataset: ReIDDataset) -> None:
+    """Note (and log) the training identities that have a single image."""
+    counts: Dict[int, int] = {}
+    for _, pid, _ in dataset.train:
+        counts[pid] = counts.get(pid, 0) + 1
+    single = sorted(pid for pid, n in counts.items() if n == 1)
+    if single:
+        orig = {label: pid for pid, label in dataset.train_pid_map.items()}
+        examples = ", ".join(str(orig.get(p, p)) for p in single[:5])
+        msg = (
+            f"{len(single)} training identities have a single image (e.g. pid {examples}); the "
+            "P x K sampler repeats it to fill their K slots"
+        )
+        logger.warning(msg)
+        dataset.notes.append(msg)
 
 
 def check_choice(option: str, value: object, choices: Iterable[object]) -> None:

@@ -56,7 +56,7 @@ def load_market_layout(
 
     def load(subdir: str):
         folder = os.path.join(data_dir, subdir)
-        items, junk, unmatched = parse_folder(folder, pattern)
+        items, junk, unmatched = parse_folder(folder, pattern, notes=notes)
         report_unmatched(folder, unmatched, expected, notes)
         if not items:
             why = "has no image files" if not unmatched else "has no image with a parsable name"
