@@ -133,17 +133,18 @@ def onnx_metadata(info, flip: bool) -> Dict[str, str]:
     }
 
 
-def export_onnx(model: nn.Module, out: str, flip: bool = True) -> str:
-    """Write ``model`` (from :func:`partreid.load_model`) as ONNX with a dynamic batch axis."""
+def export_graph(
+    net: nn.Module, example: torch.Tensor, out: str, metadata: Optional[Dict[str, str]] = None
+) -> str:
+    """Write ``net`` (input ``images`` -> output ``features``) as ONNX, batch axis dynamic.
+
+    ``torch.export`` traces it; ``cummax`` (ABP) is decomposed into ONNX-able ops first.
+    """
     onnx = _need("onnx")
     _need("onnxscript")
-    info = model.info
-    model = model.cpu().eval()
-    net = FlipAveraged(model) if flip else model
-    example = torch.randn(2, 3, info.height, info.width)
     batch = torch.export.Dim("batch", min=1, max=65536)
     with torch.no_grad():
-        program = torch.export.export(net, (example,), dynamic_shapes=({0: batch},))
+        program = torch.export.export(net.eval(), (example,), dynamic_shapes=({0: batch},))
         program = program.run_decompositions({torch.ops.aten.cummax.default: cummax_decomposition})
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     tmp = f"{out}.tmp{os.getpid()}.onnx"
@@ -159,7 +160,7 @@ def export_onnx(model: nn.Module, out: str, flip: bool = True) -> str:
         )
         proto = onnx.load(tmp)
         del proto.metadata_props[:]
-        for key, value in onnx_metadata(info, flip).items():
+        for key, value in (metadata or {}).items():
             entry = proto.metadata_props.add()
             entry.key, entry.value = key, value
         onnx.save(proto, tmp)
@@ -168,6 +169,16 @@ def export_onnx(model: nn.Module, out: str, flip: bool = True) -> str:
         if os.path.exists(tmp):
             os.remove(tmp)
     return out
+
+
+def export_onnx(model: nn.Module, out: str, flip: bool = True) -> str:
+    """Write ``model`` (from :func:`partreid.load_model`) as ONNX with a dynamic batch axis,
+    flip-averaging in the graph unless ``flip=False``, preprocessing in its metadata."""
+    info = model.info
+    model = model.cpu().eval()
+    net = FlipAveraged(model) if flip else model
+    example = torch.randn(2, 3, info.height, info.width)
+    return export_graph(net, example, out, onnx_metadata(info, flip))
 
 
 class OnnxModel:
