@@ -111,7 +111,11 @@ def bad_market(tiny_synthetic, tmp_path, odd_images):
     return root
 
 
-def test_folder_defects_are_skipped_counted_or_converted(bad_market, caplog):
+def test_folder_defects_are_skipped_counted_or_converted(bad_market, caplog, monkeypatch):
+    import logging
+
+    # (a training run earlier in this process stops "partreid" propagating to caplog's handler)
+    monkeypatch.setattr(logging.getLogger("partreid"), "propagate", True)
     caplog.set_level("WARNING", logger="partreid.data")
     ds = build_dataset("market1501", bad_market)
     notes = "\n".join(ds.notes)

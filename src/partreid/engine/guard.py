@@ -299,7 +299,11 @@ def _keep_rows_until(path: str, step: int) -> None:
         return
     with open(path, newline="") as f:
         rows = list(csv.reader(f))
-    if not rows or "step" not in rows[0]:
+    if not rows:
+        return
+    if "step" not in rows[0]:  # written by an older partreid: keep it aside, start a new one
+        os.replace(path, path + ".before-resume")
+        log.info("train_log.csv has no step column; moved to %s.before-resume", path)
         return
     col = rows[0].index("step")
     kept = [rows[0]] + [r for r in rows[1:] if _row_step(r, col, len(rows[0])) <= step]
