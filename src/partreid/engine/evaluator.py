@@ -13,6 +13,7 @@ from torch import nn
 from .. import metrics as M
 from ..data.io import Item
 from ..data.loader import build_test_loader
+from . import distributed as D
 
 log = logging.getLogger("partreid")
 
@@ -41,6 +42,36 @@ def extract_features(
         camids.append(camid.numpy())
     model.train(was_training)
     return torch.cat(feats), np.concatenate(pids), np.concatenate(camids)
+
+
+def extract_features_sharded(
+    model: nn.Module,
+    items: Sequence[Item],
+    transform,
+    device: torch.device,
+    batch_size: int = 128,
+    num_workers: int = 2,
+    flip: bool = True,
+    amp: bool = False,
+) -> Tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """:func:`extract_features` over ``items``; under DDP every process extracts its contiguous
+    block (:func:`partreid.engine.distributed.shard_bounds`) and all processes receive all ``N``
+    features, in the order of ``items``, each image computed exactly once."""
+    lo, hi = D.shard_bounds(len(items))
+    mine = list(items[lo:hi])
+    if mine:
+        loader = build_test_loader(mine, transform, batch_size=batch_size, num_workers=num_workers)
+        f, pids, camids = extract_features(model, loader, device, flip=flip, amp=amp)
+    else:  # more processes than items: this one contributes nothing
+        f = torch.zeros((0, 0), device=device)
+        pids = camids = np.zeros(0, dtype=np.int64)
+    if not D.is_distributed():
+        return f, pids, camids
+    n = len(items)
+    f = D.gather_in_order(f, n)
+    pids = D.gather_in_order(torch.as_tensor(pids, dtype=torch.int64), n).numpy()
+    camids = D.gather_in_order(torch.as_tensor(camids, dtype=torch.int64), n).numpy()
+    return f, pids, camids
 
 
 def distances(qf: torch.Tensor, gf: torch.Tensor, cfg) -> torch.Tensor:
@@ -77,6 +108,10 @@ def evaluate(
 ) -> Tuple[Dict[str, float], torch.Tensor]:
     """Evaluate ``model`` on a query/gallery split; return ``(metrics, distmat)``.
 
+    Under DDP (a running process group) every process must call it: feature extraction is split
+    across the processes and gathered, then every process computes the same metrics.  Pass the
+    bare model (``ddp_model.module``): evaluation needs no gradient synchronisation.
+
     ``metrics`` holds ``rank1``, ``rank5``, ``rank10``, ``mAP`` and ``mINP`` as fractions in
     [0, 1], the query/gallery sizes and how many queries had no valid match (skipped).
     """
@@ -87,10 +122,10 @@ def evaluate(
     t0 = time.time()
     feats = {}
     for split, items in (("query", query), ("gallery", gallery)):
-        loader = build_test_loader(
-            items, transform, batch_size=cfg.batch_size, num_workers=num_workers
+        # under DDP each process extracts its share and all receive every feature, in order
+        feats[split] = extract_features_sharded(
+            model, items, transform, device, cfg.batch_size, num_workers, flip=cfg.flip, amp=amp
         )
-        feats[split] = extract_features(model, loader, device, flip=cfg.flip, amp=amp)
     t1 = time.time()
     (qf, q_pids, q_cams), (gf, g_pids, g_cams) = feats["query"], feats["gallery"]
     distmat = distances(qf, gf, cfg)
