@@ -43,6 +43,8 @@ def _eval_overrides(args) -> List[str]:
         over.append(f"eval.distance={args.distance}")
     if args.qe:
         over.append(f"eval.query_expansion={args.qe}")
+    if getattr(args, "robustness", False):
+        over.append("eval.robustness.enabled=true")
     if args.test:
         from .data.datasets import CLASSIC_PROTOCOLS
 
@@ -74,6 +76,13 @@ def cmd_eval(args) -> int:
     evaluate_checkpoint(
         args.checkpoint, args.config, _eval_overrides(args), out=args.out, only_test=args.only_test
     )
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from .report.compare import compare_runs
+
+    print(compare_runs(args.runs, args.out)["markdown"])
     return 0
 
 
@@ -235,8 +244,20 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="evaluate only the --test sets, not the config's own data set",
     )
+    e.add_argument(
+        "--robustness",
+        action="store_true",
+        help="also repeat the test with occluded / cut-off queries (eval.robustness.* settings)",
+    )
     e.add_argument("overrides", nargs="*")
     e.set_defaults(func=cmd_eval)
+
+    cp = sub.add_parser("compare", help="one table (and robustness figure) of several runs")
+    cp.add_argument(
+        "runs", nargs="+", metavar="RUN", help="run folder (or metrics.json), or LABEL=RUN"
+    )
+    cp.add_argument("--out", default="compare", help="output folder (default: ./compare)")
+    cp.set_defaults(func=cmd_compare)
 
     d = sub.add_parser("demo", help="generate a synthetic data set, train on the CPU, report")
     d.add_argument("--out", default="partreid_demo", help="output folder (default: partreid_demo)")
