@@ -184,7 +184,7 @@ def export_onnx(model: nn.Module, out: str, flip: bool = True) -> str:
 class OnnxModel:
     """An exported partreid ONNX file run with ONNX Runtime; ``info`` from its metadata."""
 
-    def __init__(self, path: str, device: str = "auto"):
+    def __init__(self, path: str, device: str = "auto", threads: int = 0):
         from ..inference import ModelInfo
 
         ort = _need("onnxruntime")
@@ -194,7 +194,9 @@ class OnnxModel:
         if str(device) != "cpu" and "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")
         try:
-            self.session = ort.InferenceSession(path, providers=providers)
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = int(threads)  # 0: ONNX Runtime's default (all cores)
+            self.session = ort.InferenceSession(path, opts, providers=providers)
         except Exception as exc:
             raise ValueError(f"cannot load ONNX model {path}: {exc}") from None
         props = self.session.get_modelmeta().custom_metadata_map
