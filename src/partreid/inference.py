@@ -208,7 +208,9 @@ class Extractor:
         if self.onnx is not None:
             return self.onnx.run(images.numpy(), flip=self.flip)
         x = images.to(self.device, non_blocking=True)
-        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        amp_dtype = None
+        if self.amp:  # CUDA only (set in __init__): bf16 where the GPU has it, else fp16
+            amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         with torch.autocast(self.device.type, dtype=amp_dtype, enabled=self.amp):
             f = self.model(x).float()
             if self.flip:
