@@ -259,9 +259,26 @@ def test_truncated_image_is_400(client, serve_setup):
     )
 
 
+def _bomb_png(w, h):
+    """A valid grey PNG of w x h black pixels, built directly with zlib (fast, tiny)."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    raw = zlib.compress(b"\x00" * ((w + 1) * h), 9)
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", raw) + chunk(b"IEND", b"")
+
+
 def test_decompression_bomb_is_413_without_decoding(client, small_client):
-    bomb = _png(5000, 5000)  # 25 megapixels in a few kilobytes
-    assert len(bomb) < 200_000
+    from PIL import Image
+
+    bomb = _bomb_png(6000, 6000)  # 36 megapixels in a few tens of kilobytes
+    assert len(bomb) < 100_000
+    assert Image.open(io.BytesIO(bomb)).size == (6000, 6000)  # a real PNG, as PIL sees it
     r = client.post("/api/search", files={"image": ("bomb.png", bomb, "image/png")})
     assert r.status_code == 413 and "pixels" in r.json()["detail"]
     r = small_client.post("/api/search", files={"image": ("b.png", _png(200, 100), "image/png")})
