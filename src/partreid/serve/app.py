@@ -389,6 +389,43 @@ def serve(
         port,
     )
     try:
-        uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_keep_alive=5)
+        uvicorn.run(
+            app,
+            host=host,
+            port=port,
+            log_level=log_level,
+            timeout_keep_alive=5,
+            limit_concurrency=128,  # beyond that: 503 at once, not unbounded buffered uploads
+        )
     finally:
         engine.close()
+
+
+def serve_command(
+    checkpoint: str,
+    gallery: str,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    cache: Optional[str] = None,
+    device: str = "auto",
+    batch_size: int = 64,
+    max_upload_mb: float = 8.0,
+    max_pixels: int = 16_777_216,
+    max_topk: int = 100,
+    max_page_size: int = 200,
+) -> int:
+    """What ``partreid serve`` runs: the limits from the options, then :func:`serve`."""
+    if not 0 < port < 65536:
+        raise ValueError(f"--port must be 1..65535, got {port}")
+    if max_upload_mb <= 0:
+        raise ValueError(f"--max-upload-mb must be positive, got {max_upload_mb}")
+    limits = ServeLimits(
+        max_upload_bytes=int(max_upload_mb * 1024 * 1024),
+        max_pixels=max_pixels,
+        max_topk=max_topk,
+        default_topk=min(10, max_topk),
+        max_page_size=max_page_size,
+        default_page_size=min(48, max_page_size),
+    )
+    serve(checkpoint, gallery, host, port, cache, limits, device, batch_size)
+    return 0

@@ -114,6 +114,10 @@ class ServedGallery:
         self._by_rel = {r: i for i, r in enumerate(rels)}
         self.pids = np.asarray(feats.pids, dtype=np.int64)
         self.camids = np.asarray(feats.camids, dtype=np.int64)
+        cams = np.unique(self.camids)
+        pids = np.unique(self.pids)
+        self._cameras = [int(c) for c in cams if c >= 0]
+        self._num_identities = int((pids >= 0).sum())
 
     def __len__(self) -> int:
         return len(self.index)
@@ -125,8 +129,6 @@ class ServedGallery:
 
     def summary(self) -> Dict[str, Any]:
         """Size, metric, index kind, cameras and identities (JSON-ready)."""
-        cams = np.unique(self.camids)
-        pids = np.unique(self.pids)
         return {
             "size": len(self),
             "source": self.source,
@@ -135,9 +137,9 @@ class ServedGallery:
             "kind": getattr(self.index, "kind", None),
             "backend": getattr(self.index, "backend", None),
             "feature_dim": int(self.features.dim) if len(self) else 0,
-            "cameras": [int(c) for c in cams if c >= 0],
-            "num_identities": int((pids >= 0).sum()),
-            "identities_known": bool((self.pids >= 0).any()),
+            "cameras": self._cameras,
+            "num_identities": self._num_identities,
+            "identities_known": self._num_identities > 0,
             "images_served": self.root is not None,
             "cached": self.cached,
         }
