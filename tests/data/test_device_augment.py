@@ -9,6 +9,7 @@ import torchvision.transforms as T
 import torchvision.transforms.functional as TF
 
 from partreid.data.device_augment import (
+    CachedImageDataset,
     DeviceAugment,
     RSAParams,
     adjust_brightness,
@@ -214,6 +215,9 @@ def test_test_mode_equals_per_image_test_transform_and_cache(tmp_path):
     ref = torch.stack([build_test_transform(H, W)(Image.open(p).convert("RGB")) for p in paths])
     got = DeviceAugment(TransformsConfig(), H, W, train=False)(cache)
     torch.testing.assert_close(got, ref, atol=1e-6, rtol=0)
+    ds = CachedImageDataset(items, cache, build_test_transform(H, W))
+    torch.testing.assert_close(torch.stack([ds[i][0] for i in range(3)]), ref, atol=1e-6, rtol=0)
+    assert ds[2][1:] == (2, 0, 2)
     pids, cams = torch.arange(3), torch.zeros(3, dtype=torch.long)
     batches = list(cached_batches(cache, pids, cams, [2, 0, 1, 2], 2, torch.device("cpu")))
     assert len(batches) == 2 and torch.equal(batches[0][0][0], cache[2])

@@ -36,12 +36,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .io import Item, read_image
+from .io import ImageDataset, Item, read_image
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, TransformsConfig
 
 log = logging.getLogger("partreid")
 
 __all__ = [
+    "CachedImageDataset",
     "DeviceAugment",
     "ErasingParams",
     "RSAParams",
@@ -86,6 +87,28 @@ def build_image_cache(
             out[i] = torch.from_numpy(arr)
     log.info("image cache: %d images at %dx%d (%.2f GB)", n, height, width, out.numel() / 2**30)
     return out
+
+
+class CachedImageDataset(ImageDataset):
+    """:class:`~partreid.data.io.ImageDataset` that reads the decoded uint8 cache instead of the
+    files (``train.cache_images`` without ``train.device_augment``): the per-image transforms
+    then run on the cached H x W image (their first ``Resize`` becomes a no-op)."""
+
+    def __init__(self, items: Sequence[Item], cache: torch.Tensor, transform=None):
+        super().__init__(items, transform)
+        if cache.shape[0] != len(self.items):
+            raise ValueError(
+                f"CachedImageDataset: the cache holds {cache.shape[0]} images for "
+                f"{len(self.items)} items"
+            )
+        self.cache = cache
+
+    def __getitem__(self, index: int):
+        _, pid, camid = self.items[index]
+        img = Image.fromarray(self.cache[index].permute(1, 2, 0).numpy())
+        if self.transform is not None:
+            img = self.transform(img)
+        return img, pid, camid, index
 
 
 def cached_batches(
