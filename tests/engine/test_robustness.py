@@ -137,3 +137,4 @@ def test_unknown_kind_in_config_is_named(setup, tmp_path):
     cfg.eval.robustness.kinds = ["person_left"]
     with pytest.raises(ValueError, match="eval.robustness.kinds.*person_left"):
         write_run_report(cfg, model, ds, torch.device("cpu"), out_dir=str(tmp_path / "r"))
+    assert not (tmp_path / "r" / "metrics.json").exists()  # failed before the clean test

@@ -81,6 +81,10 @@ def write_run_report(
     ``report.html`` into the run folder; return the metrics."""
     out_dir = out_dir or cfg.output_dir
     os.makedirs(out_dir, exist_ok=True)
+    if cfg.eval.robustness.enabled:  # a wrong kind or severity fails before the clean test
+        from .robustness import check_robustness_config
+
+        check_robustness_config(cfg.eval.robustness)
     metrics = evaluate_run(cfg, model, ds, device, use_amp, out_dir=out_dir)
     metrics["model"] = cfg.model["name"]
     images = [metrics[k] for k in ("ranked_list",) if k in metrics]

@@ -155,6 +155,14 @@ def example_rows(
     return rows, ["clean"] + [f"{s:g}" for s in severities]
 
 
+def check_robustness_config(rc) -> None:
+    """Raise ValueError naming the ``eval.robustness`` key whose value cannot be used."""
+    check_kinds(rc.kinds)
+    check_severities(rc.severities)
+    if rc.num_examples < 0:
+        raise ValueError(f"eval.robustness.num_examples: expected >= 0, got {rc.num_examples}")
+
+
 def robustness_report(
     cfg, model, ds, transform, device, use_amp: bool = False, out_dir: Optional[str] = None
 ) -> Tuple[Dict[str, Any], List[str]]:
@@ -168,6 +176,7 @@ def robustness_report(
     )
 
     rc = cfg.eval.robustness
+    check_robustness_config(rc)
     kinds = check_kinds(rc.kinds)
     severities = check_severities(rc.severities)
     donors = None
