@@ -48,7 +48,14 @@ def _launch(cfg_file, overrides, resume):
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     cmd = [sys.executable, "-m", "partreid", "train", "-c", str(cfg_file)]
     cmd += overrides + (["--resume"] if resume else [])  # last: --resume takes an optional path
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(  # its own process group: signals reach the loader workers too
+        cmd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def _csv_steps(path):
@@ -106,7 +113,7 @@ def test_killed_and_resumed_runs_match_the_uninterrupted_run(tiny_overrides, tmp
         proc = _launch(cfg_file, overrides, resume=n > 0)
         seen = _wait_for_step(proc, csv_path, target)
         assert seen is not None, proc.communicate()[1][-2000:]
-        proc.send_signal(sig)
+        os.killpg(proc.pid, sig)  # like a scheduler pre-empting the job: every process
         _, err = proc.communicate(timeout=120)
         last = run_out / "last.pth"  # absent when killed before the first checkpoint
         saved = load_checkpoint(str(last))["train_state"]["step"] if last.exists() else None
@@ -137,6 +144,8 @@ def test_killed_and_resumed_runs_match_the_uninterrupted_run(tiny_overrides, tmp
     ref_rows, run_rows = _csv_steps(str(ref_out / "train_log.csv")), _csv_steps(csv_path)
     assert [int(r["step"]) for r in run_rows] == list(range(1, STEPS + 1))
     assert [r["loss"] for r in run_rows] == [r["loss"] for r in ref_rows]
+    # no half-written file of a killed write is left behind
+    assert not [f for d in (run_out, run_out / "checkpoints") for f in os.listdir(d) if ".tmp" in f]
     # keep_checkpoints=2: only the two newest step checkpoints are left
     left = sorted(os.listdir(run_out / "checkpoints"))
     assert left == ["step_00000015.pth", "step_00000016.pth"], left
@@ -146,7 +155,7 @@ def test_killed_and_resumed_runs_match_the_uninterrupted_run(tiny_overrides, tmp
         assert sum(step_line in ln for ln in log_lines) == EPOCHS, step_line
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_writes_a_checkpoint_in_the_middle_of_an_epoch(tiny_overrides, tmp_path, sig):
     from partreid.config import load_config
     from partreid.engine import train

@@ -9,8 +9,11 @@ and ``numpy.random`` with that seed right before loading and transforming the im
 main process, restores their previous states afterwards). Hence the images and labels of an
 epoch depend only on ``(seed, epoch)`` -- not on ``num_workers``, worker scheduling, persistent
 workers or the history of earlier epochs -- which is what an exact ``--resume`` needs. Loader
-workers need no seeding of their own (no ``worker_init_fn``), and the loader never consumes
-the global torch RNG (it has its own generator).
+workers need no seeding of their own (their ``worker_init_fn`` only leaves SIGINT/SIGTERM to
+the main process, which checkpoints on them), and the loader never consumes the global torch
+RNG (it has its own generator). A resumed epoch starts at its batch ``n`` with
+``seed_epoch(..., start_batch=n)``: the sampler skips the positions already done, keeping the
+seeds of the rest.
 
 What the engine calls at the start of every epoch::
 
@@ -126,6 +129,20 @@ def _seed_cpu_rngs(seed: int) -> None:
     np.random.seed(seed % 2**32)
 
 
+def _workers_ignore_stop_signals(worker_id: int) -> None:
+    """Loader workers leave SIGINT/SIGTERM to the main process.
+
+    A Ctrl-C in a terminal or a scheduler's pre-emption SIGTERM reaches the whole process
+    group; the main process then finishes its step and checkpoints (engine/guard.py), which it
+    could not do if the workers feeding it had died first. Workers still exit with the main
+    process (DataLoader shutdown, or its watchdog when the main process is gone).
+    """
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def _pids(items: Sequence[Item]) -> List[int]:
     try:
         return [int(item[1]) for item in items]
@@ -168,6 +185,7 @@ def build_train_loader(
         collate_fn=collate_batch,
         pin_memory=torch.cuda.is_available() if pin_memory is None else bool(pin_memory),
         persistent_workers=num_workers > 0,
+        worker_init_fn=_workers_ignore_stop_signals if num_workers > 0 else None,
         generator=torch.Generator().manual_seed(int(seed)),
     )
 
