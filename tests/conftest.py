@@ -50,3 +50,17 @@ def tiny_overrides(tiny_synthetic, tmp_path):
         "eval.num_visualize=2",
         "eval.batch_size=32",
     ]
+
+
+@pytest.fixture(autouse=True)
+def _reset_partreid_logger():
+    """Each test starts with the library logger as imported: a run's ``setup_logging`` (console +
+    log.txt handlers, no propagation) must not hide later tests' records from ``caplog``."""
+    import logging
+
+    yield
+    log = logging.getLogger("partreid")
+    for h in list(log.handlers):
+        log.removeHandler(h)
+        h.close()
+    log.propagate = True
