@@ -115,7 +115,15 @@ def load_queries(
             f"{ckpt} makes {ext.feature_dim}-d features but the gallery index holds "
             f"{index.dim}-d features; use the checkpoint the gallery was extracted with"
         )
-    return ext.extract(query)
+    q = ext.extract(query)
+    if os.path.isfile(query) and (q.pids < 0).all():
+        # a single image: identity and camera from a Market-style name, as extract does for folders
+        from .sources import market_labels
+
+        labels = market_labels([query])
+        if labels:
+            q.pids[:], q.camids[:] = labels[0][0], labels[1][0]
+    return q
 
 
 def search_rows(
