@@ -181,3 +181,19 @@ def test_onnx_parity_every_model(tmp_path, name):
         no_abp = Extractor(load_model(ckpt, overrides={"abp": False}), progress=False)(x)
         assert np.abs(_norm(no_abp) - _norm(want)).max() > 1e-3
         assert np.abs(_norm(got) - _norm(no_abp)).max() > 1e-3
+
+
+def test_parity_images_fall_back_to_synthetic_with_a_note(tmp_path, capsys):
+    ckpt = make_checkpoint(tmp_path / "m.pth", "bot", overrides=[f"data.root={tmp_path}/gone"])
+    info = load_model(ckpt).info
+    images, origin = E.check_images_for(info, None)
+    assert origin == "16 synthetic images" and len(images) == 16
+    assert images[0].shape == (64, 32, 3) and images[0].dtype == np.uint8
+    assert "data set folder is not here" in capsys.readouterr().out
+    (tmp_path / "d" / "s").mkdir(parents=True)
+    from PIL import Image
+
+    for i in range(3):
+        Image.new("RGB", (20, 40), (i, 0, 0)).save(tmp_path / "d" / "s" / f"{i}.jpg")
+    images, origin = E.check_images_for(info, str(tmp_path / "d"))
+    assert len(images) == 3 and origin.startswith("3 images from")
