@@ -179,7 +179,7 @@ class Extractor:
                 resolve_device(str(device)) if str(device) == "auto" else torch.device(device)
             )
             self.model = model.to(self.device).eval()
-            self.source_path = model.info.path
+            self.source_path = os.path.abspath(model.info.path) if model.info.path else ""
         elif str(model).lower().endswith(".onnx"):
             from .deploy.export import OnnxModel
 
