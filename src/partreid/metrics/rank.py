@@ -46,7 +46,7 @@ _BINNED_BLOCK_ELEMENTS = 1 << 19
 _DENSE_FRACTION = 0.02
 # binned strategy: bins per gallery item between a query's easiest and hardest match, and the
 # most (selected item x match) comparisons per chunk element before falling back to searchsorted
-_BINS_PER_ITEM = 0.25
+_BINS_PER_ITEM = 0.125
 _MAX_TIE_WORK = 2.0
 _LANES = 4
 
@@ -218,7 +218,7 @@ def _match_ranks_binned(
     match: torch.Tensor,
     junk: torch.Tensor,
     n_match: torch.Tensor,
-    work: Dict[str, torch.Tensor] | None = None,
+    work: Dict[Any, torch.Tensor] | None = None,
 ):
     """Same result as :func:`_match_ranks`, for chunks where most items precede the hardest match.
 
@@ -260,9 +260,8 @@ def _match_ranks_binned(
     y.mul_(scale.unsqueeze(1)).clamp_(0, nb + 2.5)
     keys = _buffer(work, "keys", dc.numel(), idx_dtype, dev).view(c, num_g)
     keys.copy_(y)  # truncation toward zero (monotone) on values >= 0
-    keys += (torch.arange(c, device=dev, dtype=idx_dtype) * nbins).unsqueeze(1)
     keys *= lanes
-    keys += (torch.arange(num_g, device=dev, dtype=idx_dtype) % lanes).unsqueeze(0)
+    keys += _lane_base(work, c, num_g, nbins, lanes, idx_dtype, dev)
     counts = torch.bincount(keys.view(-1), minlength=n_keys).view(c, nbins, lanes).sum(2)
     lower = (torch.cumsum(counts, 1) - counts).view(-1)  # items in lower bins of the same row
     real = torch.arange(m, device=dev).unsqueeze(0) < n_match.unsqueeze(1)
@@ -286,8 +285,21 @@ def _match_ranks_binned(
     return rows[real], k[real], rank[real]
 
 
+def _lane_base(work, c: int, num_g: int, nbins: int, lanes: int, dtype, dev) -> torch.Tensor:
+    """``row * nbins * lanes + column % lanes`` for a (c, num_g) block (cached across blocks)."""
+    key = ("lane_base", c, num_g, nbins, lanes, dtype)
+    base = None if work is None else work.get(key)
+    if base is None:
+        base = (torch.arange(c, device=dev, dtype=dtype) * (nbins * lanes)).unsqueeze(1) + (
+            torch.arange(num_g, device=dev, dtype=dtype) % lanes
+        ).unsqueeze(0)
+        if work is not None:
+            work[key] = base
+    return base
+
+
 def _buffer(
-    work: Dict[str, torch.Tensor] | None, name: str, n: int, dtype: torch.dtype, dev
+    work: Dict[Any, torch.Tensor] | None, name: str, n: int, dtype: torch.dtype, dev
 ) -> torch.Tensor:
     """A flat scratch tensor of ``n`` elements, reused across chunks (no fresh pages per chunk)."""
     if work is None:
@@ -298,7 +310,7 @@ def _buffer(
     return buf[:n]
 
 
-def _match_ranks(p: _Problem, a: int, b: int, work: Dict[str, torch.Tensor] | None = None):
+def _match_ranks(p: _Problem, a: int, b: int, work: Dict[Any, torch.Tensor] | None = None):
     """Ranks of the true matches of queries ``a:b``.
 
     Returns ``(rows, k, ranks)`` for every true match, sorted by (row, rank): local query row,
@@ -405,7 +417,7 @@ def _evaluate_rank(
     ap_sum = torch.zeros((), dtype=torch.float64, device=dev)
     inp_sum = torch.zeros((), dtype=torch.float64, device=dev)
     hist = torch.zeros(max_rank + 1, dtype=torch.int64, device=dev)
-    work: Dict[str, torch.Tensor] = {}  # scratch buffers shared by the chunks
+    work: Dict[Any, torch.Tensor] = {}  # scratch buffers shared by the chunks
     for a, b in chunks(num_q, _chunk_rows(chunk_size, num_g)):
         rows, k, rank = _match_ranks(p, a, b, work)
         if rows.numel() == 0:
