@@ -247,6 +247,9 @@ function wire() {
     drop.addEventListener(ev, (e) => { e.preventDefault(); drop.classList.remove("over"); });
   }
   drop.addEventListener("drop", (e) => searchUpload(e.dataTransfer.files[0]));
+  drop.addEventListener("keydown", (e) => {
+    if (e.key === "Enter" || e.key === " ") { e.preventDefault(); $("file").click(); }
+  });
   $("topk").addEventListener("change", run);
   $("rerank").addEventListener("change", run);
   $("heat").addEventListener("change", run);
