@@ -415,6 +415,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     from .checkpoint import CheckpointError
     from .config import ConfigError
     from .data.io import UnreadableImageError
+    from .engine.distributed import DistributedError
     from .models.backbones import PretrainedWeightsError
 
     args = build_parser().parse_args(argv)
@@ -425,6 +426,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         CheckpointError,
         UnreadableImageError,
         PretrainedWeightsError,
+        DistributedError,  # a dead or stuck peer process (torchrun)
         FileNotFoundError,
         KeyError,
         ValueError,

@@ -162,6 +162,7 @@ def build_train_loader(
     pin_memory: Optional[bool] = None,
     num_replicas: Optional[int] = None,
     rank: Optional[int] = None,
+    dataset: Optional[Dataset] = None,
 ) -> DataLoader:
     """P x K training loader: batches of ``P*K`` images, ``drop_last``, yielding
     ``(images, pids, camids, indices)``.
@@ -170,6 +171,8 @@ def build_train_loader(
     (``loader.sampler.sampler``); call :func:`seed_epoch` (or at least
     ``loader.sampler.set_epoch(epoch)``) before each epoch. ``pin_memory=None`` pins when CUDA is
     available. ``num_replicas``/``rank`` default to the torch.distributed world when initialised.
+    ``dataset``: what to load instead of ``ImageDataset(items, transform)`` (same order as
+    ``items``, e.g. the decoded-image cache's ``CachedImageDataset``).
     """
     if len(items) == 0:
         raise ValueError("build_train_loader: the training item list is empty")
@@ -177,7 +180,7 @@ def build_train_loader(
     sampler = SeededSampler(pk, seed=seed)
     num_workers = int(num_workers)
     return DataLoader(
-        SeededDataset(ImageDataset(items, transform)),
+        SeededDataset(ImageDataset(items, transform) if dataset is None else dataset),
         batch_size=pk.p * pk.k,
         sampler=sampler,
         drop_last=True,

@@ -1,0 +1,269 @@
+"""The trainer under torchrun (2 CPU processes, gloo) and the fast input path on the CPU.
+
+The DDP runs are real subprocesses (``python -m torch.distributed.run ... -m partreid train``)
+on the tiny synthetic set; ``sampler.p=4`` is the GLOBAL number of identities per step, so each
+of the 2 processes trains on 2 identities x K=2 images.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from partreid.checkpoint import load_checkpoint
+from partreid.config import load_config
+from partreid.data import build_dataset
+from partreid.data.sampler import PKSampler
+from partreid.engine import train
+from partreid.engine.reporting import evaluate_checkpoint
+
+WORLD = 2
+
+
+def _overrides(root: Path, out: Path) -> list:
+    return [
+        f"data.root={root}",
+        "data.name=market1501",
+        f"output_dir={out}",
+        "input.height=64",
+        "input.width=32",
+        "sampler.p=4",
+        "sampler.k=2",
+        "sampler.num_workers=0",
+        "model.name=bot",
+        "model.backbone=resnet18",
+        "model.pretrained=false",
+        "optim.lr=0.01",
+        "schedule.epochs=2",
+        "schedule.milestones=[1]",
+        "train.max_iters_per_epoch=2",
+        "train.progress=false",
+        "train.tensorboard=false",
+        "train.log_period=1",
+        "train.dist_timeout_s=20",
+        "eval.num_visualize=0",
+        "eval.batch_size=8",
+    ]
+
+
+def _config_file(tmp_path: Path) -> Path:
+    path = tmp_path / "cfg.yaml"
+    path.write_text("seed: 0\n")
+    return path
+
+
+def _env() -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env.pop("PARTREID_DEBUG", None)
+    return env
+
+
+def _torchrun(cfg: Path, overrides: list, *extra: str, limit: float = 150):
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        str(WORLD),
+        "-m",
+        "partreid",
+        "train",
+        "-c",
+        str(cfg),
+        *overrides,
+        *extra,  # (after the overrides: `--resume` takes an optional value)
+    ]
+    try:
+        return subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=limit)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the torchrun training hung")
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tiny_synthetic, tmp_path_factory):
+    """One 2-process training run (2 epochs x 2 steps, evaluation after epoch 1 and at the end)."""
+    tmp = tmp_path_factory.mktemp("ddp")
+    cfg = _config_file(tmp)
+    over = _overrides(tiny_synthetic, tmp / "run") + ["train.eval_period=1"]
+    res = _torchrun(cfg, over)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return tmp, cfg, over
+
+
+def test_ddp_run_writes_once_and_logs_the_per_process_batch(ddp_run, tiny_synthetic):
+    tmp, _, _ = ddp_run
+    run = tmp / "run"
+    assert (run / "last.pth").is_file()
+    # one checkpoint per save (epoch ends: steps 2 and 4), no leftovers of concurrent writers
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
+        "step_00000002.pth",
+        "step_00000004.pth",
+    ]
+    assert sorted(p.name for p in run.iterdir() if p.is_file()) == [
+        "best.pth",
+        "config.yaml",
+        "last.pth",
+        "log.txt",
+        "metrics.json",
+        "report.html",
+        "train_log.csv",
+    ]
+    assert len((run / "train_log.csv").read_text().splitlines()) == 1 + 4  # header + 4 steps
+    log = (run / "log.txt").read_text()
+    # rank 0 alone writes the log: every step logged once, the run config logged once
+    for step in ("epoch 1 iter 1/2", "epoch 1 iter 2/2", "epoch 2 iter 2/2"):
+        assert log.count(step) == 1, step
+    assert "2 processes (gloo" in log
+    assert "global batch P=4 x K=2 = 8 images per step, each process P=2 x K=2 = 4 images" in log
+    # the first step: each process 2 identities x 2 images, none shared, exactly the PK
+    # sampler's global batches 0 and 1 (computed here independently of the trainer)
+    ds = build_dataset("market1501", str(tiny_synthetic))
+    pids = [int(it[1]) for it in ds.train]
+    seen = []
+    for r in range(WORLD):
+        m = re.search(rf"first step, rank {r}: (\d+) images of (\d+) identities \[([\d, ]*)\]", log)
+        assert m, log[-2000:]
+        assert (int(m.group(1)), int(m.group(2))) == (4, 2)
+        got = sorted(int(x) for x in m.group(3).split(","))
+        sampler = PKSampler(pids, 2, 2, seed=0, num_replicas=WORLD, rank=r)
+        sampler.set_epoch(0)
+        expected = sorted({pids[i] for i in list(sampler)[:4]})
+        assert got == expected
+        seen.append(set(got))
+    assert not seen[0] & seen[1]
+    assert "first step: 0 identities shared between processes" in log
+
+
+def test_ddp_evaluation_sees_every_image_once_in_order(ddp_run, tiny_synthetic):
+    tmp, _, _ = ddp_run
+    run = tmp / "run"
+    ds = build_dataset("market1501", str(tiny_synthetic))
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert (metrics["num_query"], metrics["num_gallery"]) == (len(ds.query), len(ds.gallery))
+    # the gathered features are in the data set's order: a single process evaluating the
+    # same checkpoint gets the same numbers
+    single = evaluate_checkpoint(str(run / "last.pth"), out=str(tmp / "single"))
+    for key in ("rank1", "rank5", "mAP", "mINP", "num_valid_queries"):
+        assert metrics[key] == pytest.approx(single[key], abs=1e-6), key
+    # the mid-run evaluation after epoch 1 ran on both processes too (and was logged once)
+    log = (run / "log.txt").read_text()
+    assert log.count("epoch 1  market1501: rank-1") == 1
+
+
+def test_ddp_resume_continues_the_run(ddp_run):
+    tmp, cfg, over = ddp_run
+    run = tmp / "run"
+    before = load_checkpoint(str(run / "last.pth"))
+    assert before["train_state"]["step"] == 4
+    res = _torchrun(cfg, over + ["schedule.epochs=3"], "--resume")
+    assert res.returncode == 0, res.stderr[-3000:]
+    after = load_checkpoint(str(run / "last.pth"))
+    assert (after["train_state"]["epoch"], after["train_state"]["step"]) == (3, 6)
+    log = (run / "log.txt").read_text()
+    assert log.count("resumed from") == 1 and "at step 4" in log
+    assert log.count("epoch 3 iter 2/2") == 1
+    changed = [k for k, v in after["model"].items() if not torch.equal(v, before["model"][k])]
+    assert changed  # it trained on
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_killed_process_stops_the_other_with_a_message(tiny_synthetic, tmp_path):
+    """Two processes started as torchrun starts them; rank 1 is killed mid-run; rank 0 must
+    exit on its own, with the collective's failure in one error line, not hang."""
+    run = tmp_path / "run"
+    cfg = _config_file(tmp_path)
+    over = _overrides(tiny_synthetic, run) + ["schedule.epochs=100", "train.dist_timeout_s=10"]
+    port = _free_port()
+    procs = []
+    for r in range(WORLD):
+        env = _env()
+        env.update(
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(port),
+            RANK=str(r),
+            LOCAL_RANK=str(r),
+            WORLD_SIZE=str(WORLD),
+        )
+        cmd = [sys.executable, "-m", "partreid", "train", "-c", str(cfg), *over]
+        procs.append(
+            subprocess.Popen(
+                cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
+        )
+    try:
+        t0 = time.time()
+        log = run / "log.txt"
+        while not (log.is_file() and "epoch 1 iter 2/2" in log.read_text()):
+            assert procs[0].poll() is None, procs[0].communicate()[1][-2000:]
+            assert time.time() - t0 < 120, "the run did not start"
+            time.sleep(0.2)
+        procs[1].send_signal(signal.SIGKILL)
+        try:
+            _, err = procs[0].communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            pytest.fail("rank 0 hung after rank 1 was killed")
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.communicate()
+    assert procs[0].returncode == 2, err[-2000:]
+    assert "partreid train: error: rank 0/2:" in err, err[-2000:]
+    assert "another process stopped or did not answer" in err
+    assert "Traceback" not in err
+
+
+def test_cached_images_and_device_augmentation_on_the_cpu(tiny_overrides, tmp_path):
+    """train.cache_images + train.device_augment train on the CPU and resume bit-exactly
+    (the device augmentation is seeded per process and step); CUDA-only switches are ignored
+    with one log line."""
+    fast = [
+        "train.cache_images=true",
+        "train.device_augment=true",
+        "train.channels_last=true",
+        "train.checkpoint_every_iters=1",
+        "train.keep_checkpoints=5",
+        "train.eval_period=0",
+        "eval.num_visualize=0",
+    ]
+    torch.set_num_threads(1)
+    a = load_config(None, tiny_overrides + fast + [f"output_dir={tmp_path / 'a'}"])
+    train(a)
+    log = (tmp_path / "a" / "log.txt").read_text()
+    assert "image cache:" in log
+    assert log.count("ignoring the CUDA-only switches train.amp, train.channels_last") == 1
+    # resume from the step-1 checkpoint (middle of epoch 1) into another folder
+    b = load_config(None, tiny_overrides + fast + [f"output_dir={tmp_path / 'b'}"])
+    train(b, resume=str(tmp_path / "a" / "checkpoints" / "step_00000001.pth"))
+    wa = load_checkpoint(str(tmp_path / "a" / "last.pth"))["model"]
+    wb = load_checkpoint(str(tmp_path / "b" / "last.pth"))["model"]
+    assert wa.keys() == wb.keys()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_cached_images_with_the_per_image_transforms(tiny_overrides, tmp_path):
+    """train.cache_images alone: the loader reads the uint8 cache, the transforms run per image."""
+    torch.set_num_threads(1)
+    cfg = load_config(
+        None,
+        tiny_overrides + ["train.cache_images=true", "schedule.epochs=1", "eval.num_visualize=0"],
+    )
+    metrics = train(cfg)
+    assert metrics["num_query"] > 0
+    assert "image cache:" in (Path(cfg.output_dir) / "log.txt").read_text()
