@@ -92,10 +92,15 @@ def _torchrun(cfg: Path, overrides: list, *extra: str, limit: float = 150):
 
 @pytest.fixture(scope="module")
 def ddp_run(tiny_synthetic, tmp_path_factory):
-    """One 2-process training run (2 epochs x 2 steps, evaluation after epoch 1 and at the end)."""
+    """One 2-process training run (2 epochs x 2 steps, evaluation after epoch 1 and at the end,
+    a checkpoint after every step)."""
     tmp = tmp_path_factory.mktemp("ddp")
     cfg = _config_file(tmp)
-    over = _overrides(tiny_synthetic, tmp / "run") + ["train.eval_period=1"]
+    over = _overrides(tiny_synthetic, tmp / "run") + [
+        "train.eval_period=1",
+        "train.checkpoint_every_iters=1",
+        "train.keep_checkpoints=5",
+    ]
     res = _torchrun(cfg, over)
     assert res.returncode == 0, res.stderr[-3000:]
     return tmp, cfg, over
@@ -105,10 +110,9 @@ def test_ddp_run_writes_once_and_logs_the_per_process_batch(ddp_run, tiny_synthe
     tmp, _, _ = ddp_run
     run = tmp / "run"
     assert (run / "last.pth").is_file()
-    # one checkpoint per save (epoch ends: steps 2 and 4), no leftovers of concurrent writers
+    # one checkpoint per step, no leftovers of concurrent writers
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
-        "step_00000002.pth",
-        "step_00000004.pth",
+        f"step_0000000{s}.pth" for s in (1, 2, 3, 4)
     ]
     assert sorted(p.name for p in run.iterdir() if p.is_file()) == [
         "best.pth",
@@ -161,20 +165,23 @@ def test_ddp_evaluation_sees_every_image_once_in_order(ddp_run, tiny_synthetic):
     assert log.count("epoch 1  market1501: rank-1") == 1
 
 
-def test_ddp_resume_continues_the_run(ddp_run):
-    tmp, cfg, over = ddp_run
+def test_ddp_resume_matches_the_uninterrupted_run(ddp_run, tiny_synthetic):
+    """`--resume` under torchrun from the middle of epoch 2 (step 3 of 4), into another folder:
+    the final weights equal the uninterrupted 2-process run's bit for bit."""
+    tmp, cfg, _ = ddp_run
     run = tmp / "run"
-    before = load_checkpoint(str(run / "last.pth"))
-    assert before["train_state"]["step"] == 4
-    res = _torchrun(cfg, over + ["schedule.epochs=3"], "--resume")
+    over = _overrides(tiny_synthetic, tmp / "resumed") + ["train.eval_period=1"]
+    res = _torchrun(cfg, over, "--resume", str(run / "checkpoints" / "step_00000003.pth"))
     assert res.returncode == 0, res.stderr[-3000:]
-    after = load_checkpoint(str(run / "last.pth"))
-    assert (after["train_state"]["epoch"], after["train_state"]["step"]) == (3, 6)
-    log = (run / "log.txt").read_text()
-    assert log.count("resumed from") == 1 and "at step 4" in log
-    assert log.count("epoch 3 iter 2/2") == 1
-    changed = [k for k, v in after["model"].items() if not torch.equal(v, before["model"][k])]
-    assert changed  # it trained on
+    log = (tmp / "resumed" / "log.txt").read_text()
+    assert log.count("resumed from") == 1 and "at step 3 (epoch 2, 1 batches into it)" in log
+    assert "epoch 2 iter 1/2" not in log and log.count("epoch 2 iter 2/2") == 1
+    got = load_checkpoint(str(tmp / "resumed" / "last.pth"))
+    ref = load_checkpoint(str(run / "last.pth"))
+    assert got["train_state"]["step"] == ref["train_state"]["step"] == 4
+    assert got["model"].keys() == ref["model"].keys()
+    diff = [k for k in ref["model"] if not torch.equal(got["model"][k], ref["model"][k])]
+    assert not diff, diff[:5]
 
 
 def _free_port() -> int:
@@ -267,3 +274,56 @@ def test_cached_images_with_the_per_image_transforms(tiny_overrides, tmp_path):
     metrics = train(cfg)
     assert metrics["num_query"] > 0
     assert "image cache:" in (Path(cfg.output_dir) / "log.txt").read_text()
+
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@CUDA
+@pytest.mark.parametrize("amp_dtype", ["bfloat16", "float16"])
+def test_cuda_fast_path_trains(tiny_overrides, tmp_path, amp_dtype):
+    """On a GPU: autocast (bf16, or fp16 with the GradScaler), channels_last, cudnn.benchmark,
+    the uint8 cache and device augmentation together train with finite losses."""
+    cfg = load_config(
+        None,
+        tiny_overrides
+        + [
+            "train.device=cuda",
+            "train.amp=true",
+            f"train.amp_dtype={amp_dtype}",
+            "train.channels_last=true",
+            "train.cudnn_benchmark=true",
+            "train.cache_images=true",
+            "train.device_augment=true",
+            "train.log_period=1",
+            "eval.num_visualize=0",
+        ],
+    )
+    metrics = train(cfg)
+    assert metrics["num_query"] > 0
+    log = (Path(cfg.output_dir) / "log.txt").read_text()
+    assert "ignoring the CUDA-only" not in log
+    losses = [float(x) for x in re.findall(r"iter \d+/\d+  loss ([-\d.naif]+)", log)]
+    assert losses and all(torch.isfinite(torch.tensor(losses)))
+    state = load_checkpoint(str(Path(cfg.output_dir) / "last.pth"))["train_state"]
+    assert bool(state["scaler"]) == (amp_dtype == "float16")  # a GradScaler only for fp16
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA devices")
+def test_two_gpu_ddp_run(tiny_synthetic, tmp_path):
+    """torchrun on 2 GPUs (nccl) with SyncBatchNorm and the fast path runs to the end."""
+    cfg = _config_file(tmp_path)
+    over = _overrides(tiny_synthetic, tmp_path / "run") + [
+        "train.device=cuda",
+        "train.sync_bn=true",
+        "train.channels_last=true",
+        "train.cache_images=true",
+        "train.device_augment=true",
+    ]
+    res = _torchrun(cfg, over)
+    assert res.returncode == 0, res.stderr[-3000:]
+    log = (tmp_path / "run" / "log.txt").read_text()
+    assert "2 processes (nccl" in log
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    ds = build_dataset("market1501", str(tiny_synthetic))
+    assert (metrics["num_query"], metrics["num_gallery"]) == (len(ds.query), len(ds.gallery))
