@@ -127,4 +127,7 @@ def run_demo(
     print(f"untrained: mAP {100 * m0['mAP']:.1f}%  rank-1 {100 * m0['rank1']:.1f}%")
     print(f"trained:   mAP {100 * metrics['mAP']:.1f}%  rank-1 {100 * metrics['rank1']:.1f}%")
     print(f"demo finished in {metrics['demo_seconds']:.0f} s; report: {os.path.abspath(page)}")
+    print(
+        f"search it in a browser: partreid serve {os.path.join(run, 'last.pth')} --gallery {os.path.join(cfg.data.root, 'bounding_box_test')}"
+    )
     return metrics
