@@ -327,3 +327,36 @@ def test_two_gpu_ddp_run(tiny_synthetic, tmp_path):
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     ds = build_dataset("market1501", str(tiny_synthetic))
     assert (metrics["num_query"], metrics["num_gallery"]) == (len(ds.query), len(ds.gallery))
+
+
+@pytest.mark.slow
+def test_sigterm_to_torchrun_checkpoints_and_resumes(tiny_synthetic, tmp_path):
+    """A scheduler's SIGTERM to torchrun reaches both processes: they stop after the same step,
+    rank 0 writes the checkpoint, and `--resume` under torchrun continues from it."""
+    cfg = _config_file(tmp_path)
+    run = tmp_path / "run"
+    over = _overrides(tiny_synthetic, run) + ["schedule.epochs=50"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]
+    cmd += [str(WORLD), "-m", "partreid", "train", "-c", str(cfg), *over]
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        t0 = time.time()
+        while not ((run / "log.txt").is_file() and "iter 1/2" in (run / "log.txt").read_text()):
+            assert proc.poll() is None and time.time() - t0 < 120, "the run did not start"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    err = err.decode()
+    stopped = re.findall(r"stopped by signal 15 after step (\d+)", err)
+    assert len(stopped) == WORLD and len(set(stopped)) == 1, err[-3000:]
+    saved = load_checkpoint(str(run / "last.pth"))["train_state"]["step"]
+    assert saved == int(stopped[0])
+    res = _torchrun(cfg, over[:-1] + [f"schedule.epochs={saved // 2 + 2}"], "--resume")
+    assert res.returncode == 0, res.stderr[-3000:]
+    log = (run / "log.txt").read_text()
+    assert f"at step {saved}" in log
+    assert load_checkpoint(str(run / "last.pth"))["train_state"]["step"] == 2 * (saved // 2 + 2)

@@ -80,7 +80,11 @@ def train(cfg: Config, resume: Optional[str] = None) -> Dict[str, Any]:
     try:
         result = _train(cfg, resume, device)
     except RuntimeError as exc:  # a collective failed: say so instead of a raw backend error
-        if D.is_distributed() and _is_comm_error(exc) and not isinstance(exc, DistributedError):
+        if (
+            D.is_distributed()
+            and not isinstance(exc, (DistributedError, TrainingInterrupted))
+            and _is_comm_error(exc)
+        ):
             raise DistributedError(
                 f"rank {D.rank()}/{D.world_size()}: a collective failed during training - "
                 "another process stopped or did not answer within train.dist_timeout_s="
