@@ -13,6 +13,17 @@ from partreid.inference import Extractor, load_model
 from partreid.models import build_model
 
 MODELS = ["bot", "mgn", "pcb", "cgpn", "rmgl"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: one intra-op thread is as fast and avoids contention on shared CPUs."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 SIZES = {"pcb": (128, 64)}  # PCB cuts 6 stripes: needs a taller map than 64 x 32 gives
 
 
@@ -62,7 +73,7 @@ def test_extractor_inputs_agree_and_match_eval(tmp_path):
     from partreid.engine.evaluator import extract_features
 
     make_checkpoint(tmp_path / "m.pth", "bot")
-    arrays = _images(5)
+    arrays = _images(3)
     paths = []
     for i, a in enumerate(arrays):
         paths.append(str(tmp_path / f"{i}.png"))
@@ -75,11 +86,11 @@ def test_extractor_inputs_agree_and_match_eval(tmp_path):
     tensors = [ext.transform(Image.fromarray(a)) for a in arrays]
     from_tensors = ext(tensors)
     from_batch = ext(torch.stack(tensors))
-    assert from_paths.shape == (5, 512) and from_paths.dtype == np.float32
+    assert from_paths.shape == (3, 512) and from_paths.dtype == np.float32
     for other in (from_pil, from_arrays, from_tensors, from_batch):
         np.testing.assert_array_equal(other, from_paths)
     # the numbers `partreid eval` computes (flip-averaged, its own loader and batches)
-    loader = build_test_loader([(p, 0, 0) for p in paths], ext.transform, 5, num_workers=0)
+    loader = build_test_loader([(p, 0, 0) for p in paths], ext.transform, 3, num_workers=0)
     ref, _, _ = extract_features(ext.model, loader, torch.device("cpu"), flip=True)
     np.testing.assert_allclose(from_paths, ref.numpy(), rtol=1e-5, atol=1e-5)
     # flip=False is the bare model

@@ -23,6 +23,15 @@ from partreid.inference import Extractor
 from partreid.models import build_model
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: one intra-op thread is as fast and avoids contention on shared CPUs."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
     """A resnet18 BoT (random weights, 64 x 32 input) saved as a partreid checkpoint."""
