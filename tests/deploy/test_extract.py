@@ -18,6 +18,7 @@ from partreid.cli import main
 from partreid.config import load_config
 from partreid.deploy.extract import run_items
 from partreid.deploy.sources import SourceError, open_source, read_mot_boxes
+from partreid.engine.distributed import shard_bounds
 from partreid.features import Features
 from partreid.inference import Extractor
 from partreid.models import build_model
@@ -196,7 +197,7 @@ def test_sharded_runs_merge_to_the_single_run(tmp_path, ext):
     src = open_source(str(tmp_path / "g"))
     full, kept, _ = run_items(ext, src, 0, len(src))
     for world in (2, 3):
-        ranges = [src.shard(r, world) for r in range(world)]
+        ranges = [shard_bounds(len(src), r, world) for r in range(world)]
         assert ranges[0][0] == 0 and ranges[-1][1] == 5
         assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
         parts = [run_items(ext, src, a, b) for a, b in ranges]

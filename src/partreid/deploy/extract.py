@@ -16,39 +16,13 @@ import time
 from typing import List, Optional, Tuple
 
 import numpy as np
-import torch
 from torch.utils.data import DataLoader
 
+from ..engine import distributed as D
 from ..features import Features
 from .sources import SourceError, collate_items, open_source
 
 log = logging.getLogger("partreid")
-
-
-def dist_world() -> Tuple[int, int]:
-    """``(rank, world size)`` of an initialised torch.distributed group, else ``(0, 1)``."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def init_distributed_from_env(device: str = "auto") -> Optional[str]:
-    """Join the process group torchrun describes (``WORLD_SIZE`` > 1); return the device each
-    process should use (``cuda:LOCAL_RANK`` on CUDA), or None when not under torchrun."""
-    import torch.distributed as dist
-
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return None
-    cuda = torch.cuda.is_available() and not str(device).startswith("cpu")
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if cuda else "gloo")
-    if cuda:
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        torch.cuda.set_device(local)
-        return f"cuda:{local}"
-    return "cpu"
 
 
 def _loader(extractor, dataset, video: bool) -> DataLoader:
@@ -70,12 +44,11 @@ def run_items(extractor, src, start: int, stop: int) -> Tuple[np.ndarray, np.nda
 
     dataset = src.dataset(extractor.transform, start, stop)
     feats, kept, failed = [], [], []
-    rank, _ = dist_world()
     bar = tqdm(
         total=stop - start,
         unit="img",
         desc=f"extract {os.path.basename(src.location.rstrip('/'))}",
-        disable=not extractor.progress or rank != 0,
+        disable=not extractor.progress or not D.is_main(),
         dynamic_ncols=True,
     )
     with bar:
@@ -99,8 +72,8 @@ def extract_source(extractor, source: str, boxes: Optional[str] = None, out: Opt
 
     t0 = time.time()
     src = open_source(source, boxes)
-    rank, world = dist_world()
-    start, stop = src.shard(rank, world)
+    rank, world = D.rank(), D.world_size()
+    start, stop = D.shard_bounds(len(src), rank, world)
     feats, kept, failed = run_items(extractor, src, start, stop)
     if world > 1:
         parts = [None] * world
@@ -154,8 +127,7 @@ def extract_source(extractor, source: str, boxes: Optional[str] = None, out: Opt
             seconds,
             len(result) / max(seconds, 1e-9),
         )
-    if world > 1:
-        dist.barrier()
+    D.barrier()
     return result
 
 
@@ -172,8 +144,6 @@ def extract_command(
     progress: bool = True,
 ) -> Features:
     """``partreid extract MODEL INPUT --out FEATS``: the whole command (torchrun-aware)."""
-    import torch.distributed as dist
-
     from ..inference import Extractor
 
     if not logging.getLogger("partreid").handlers:
@@ -181,11 +151,11 @@ def extract_command(
             level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S"
         )
         log.setLevel(logging.INFO)
-    dist_device = init_distributed_from_env(device)
+    info = D.init_distributed(device)  # under torchrun: join the group, take cuda:LOCAL_RANK
     try:
         ext = Extractor(
             model,
-            device=dist_device or device,
+            device=info.device,
             batch_size=batch_size,
             num_workers=num_workers,
             flip=flip,
@@ -194,5 +164,4 @@ def extract_command(
         )
         return ext.extract(source, boxes=boxes, out=out)
     finally:
-        if dist_device is not None and dist.is_initialized():
-            dist.destroy_process_group()
+        D.cleanup()

@@ -49,11 +49,6 @@ class Source:
     def __len__(self) -> int:
         return len(self.paths)
 
-    def shard(self, rank: int, world: int) -> Tuple[int, int]:
-        """The contiguous ``[start, stop)`` range of items process ``rank`` of ``world`` takes."""
-        n = len(self)
-        return (n * rank) // world, (n * (rank + 1)) // world
-
     def dataset(self, transform: Callable, start: int = 0, stop: Optional[int] = None) -> Dataset:
         """A dataset over items ``start..stop`` yielding ``(tensor | None, index, error)``."""
         stop = len(self) if stop is None else stop
