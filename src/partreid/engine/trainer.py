@@ -241,7 +241,7 @@ def _train(cfg: Config, resume: Optional[str], device: torch.device) -> Dict[str
         log.info("checkpoint at step %d -> %s", step, path)
 
     # -- epochs
-    with StopOnSignal() as stop:  # under DDP: agree on stop.requested across ranks
+    with StopOnSignal() as stop:  # (under DDP the processes agree on it every step: _agree)
         for epoch in range(start_epoch, cfg.schedule.epochs):
             first = start_iter if epoch == start_epoch else 0
             seed_epoch(loader, cfg.seed, epoch, start_batch=first)
@@ -267,9 +267,10 @@ def _train(cfg: Config, resume: Optional[str], device: torch.device) -> Dict[str
                 if it == iters:
                     break
                 step = epoch * iters + it + 1  # steps done once this one is
-                images = images.to(device, non_blocking=True, memory_format=memory_format)
                 pids = pids.to(device, non_blocking=True)
-                if augment is not None:  # a seed per (process, step): exact on resume
+                if augment is None:
+                    images = images.to(device, non_blocking=True, memory_format=memory_format)
+                else:  # uint8 on the device -> augmented; a seed per (process, step)
                     aug_gen.manual_seed(D.process_seed(epoch_seed(cfg.seed, epoch) + it))
                     images = augment(images)
                 if world > 1 and it == first and epoch == start_epoch:
@@ -313,9 +314,10 @@ def _train(cfg: Config, resume: Optional[str], device: torch.device) -> Dict[str
                 seen += images.shape[0] * world
                 bar.update(1)
                 lr = optimizer.param_groups[0]["lr"] / optimizer.param_groups[0].get("lr_mult", 1.0)
-                if (it + 1) % cfg.train.log_period == 0 or it + 1 == iters:
+                log_now = (it + 1) % cfg.train.log_period == 0 or it + 1 == iters
+                if log_now:  # (a collective under DDP: every process takes part)
                     loss, parts = _mean_over_processes(loss, parts)  # the global batch's
-                if is_main and ((it + 1) % cfg.train.log_period == 0 or it + 1 == iters):
+                if is_main and log_now:
                     rate = seen / max(time.time() - t0, 1e-9)
                     terms = "  ".join(f"{k} {v:.4f}" for k, v in parts.items())
                     bar.set_postfix_str(f"loss {loss.item():.3f}")
