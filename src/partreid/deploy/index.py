@@ -109,7 +109,10 @@ def default_params(kind: str, n: int, dim: int, **given: Any) -> Dict[str, Any]:
     IVF: ``nlist`` ~ 4 sqrt(n) (a power of two, at least 39 training points per cell),
     ``nprobe`` = nlist / 32; PCA to 256 dims when ``dim`` > 512 (Re-ID features are highly
     correlated; the exact refinement restores the full-dimensional order); PQ ``m`` bytes with
-    sub-vectors of at least 4 dims (64 bytes at 256 dims); shortlist ``refine`` = 10 x K.
+    sub-vectors of at least 8 dims (32 bytes at 256 dims: faiss trains one k-means per byte,
+    which dominates the build); shortlist ``refine`` = 10 x K.  For 1M x 3,072-d galleries
+    ``ivfflat`` (PCA-256, IVF, exact refinement) is the measured choice, see
+    benchmarks/search_speed.py.
     """
     if kind not in KINDS:
         raise GalleryIndexError(f"index kind: expected one of {KINDS}, got {kind!r}")
@@ -140,7 +143,7 @@ def default_params(kind: str, n: int, dim: int, **given: Any) -> Dict[str, Any]:
             given.get("train_size") or min(n, max(40 * p["nlist"], 20000), 200000)
         )
     if kind == "ivfpq":
-        p["m"] = int(given.get("m") or _largest_divisor(d, min(64, d // 4 or 1)))
+        p["m"] = int(given.get("m") or _largest_divisor(d, min(64, d // 8 or 1)))
         nbits = given.get("nbits")
         if nbits is None:  # 2**nbits centroids need ~39 training points each
             nbits = max(1, min(8, int(math.log2(max(2, min(n, p["train_size"]) // 39)))))
@@ -351,6 +354,24 @@ def refine(
         d = torch.cat([d, torch.full((d.shape[0], pad), float("inf"))], 1)
         idx = torch.cat([idx, torch.full((idx.shape[0], pad), -1, dtype=torch.int64)], 1)
     return d, idx
+
+
+def approximate_search(
+    index,
+    kind: str,
+    vectors: np.ndarray,
+    queries: torch.Tensor,
+    k: int,
+    metric: str,
+    params: Dict[str, Any],
+    g_sq: Optional[torch.Tensor] = None,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """A faiss shortlist of ``refine`` x ``k`` rows per query, re-ordered by exact distances
+    computed from ``vectors`` (the gallery in search space, any float dtype)."""
+    set_search_params(index, kind, params)
+    s = min(len(vectors), max(k, k * int(params.get("refine", 10))))
+    _, cand = index.search(np.ascontiguousarray(queries.numpy(), dtype=np.float32), s)
+    return refine(vectors, queries, torch.from_numpy(cand).long(), k, metric, g_sq)
 
 
 # ============================================================================ the index
@@ -649,10 +670,9 @@ class GalleryIndex:
             return exact_knn(self._vectors, q, k, self.metric, self._g_sq, self.device)
         if self.kind == "exact":
             return self._faiss_exact(q, k)
-        set_search_params(self._faiss, self.kind, params)
-        s = min(len(self), max(k, k * int(params.get("refine", 10))))
-        _, cand = self._faiss.search(np.ascontiguousarray(q.numpy()), s)
-        return refine(self._vectors, q, torch.from_numpy(cand).long(), k, self.metric, self._g_sq)
+        return approximate_search(
+            self._faiss, self.kind, self._vectors, q, k, self.metric, params, self._g_sq
+        )
 
     def _faiss_exact(self, q: torch.Tensor, k: int):
         """faiss brute force for a shortlist a little longer than k, then exact values; rows
