@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 
 import numpy as np
 import pytest
@@ -50,6 +51,19 @@ def test_health_describes_model_gallery_and_limits(client, serve_setup):
     cams = sorted({int(os.path.basename(p).split("_c")[1][0]) - 1 for p in files})
     assert body["gallery"]["cameras"] == cams
     assert body["limits"]["max_topk"] == 100
+
+
+def test_api_docs_page_needs_no_internet(client):
+    pytest.importorskip("fastapi_offline")
+    page = client.get("/docs")
+    assert page.status_code == 200
+    srcs = re.findall(r'(?:src|href)="([^"]+)"', page.text) + re.findall(
+        r"url: '([^']+)'", page.text
+    )
+    assert srcs and all(u.startswith("/") for u in srcs), srcs  # nothing from another host
+    assert client.get("/docs-static/swagger-ui-bundle.js").status_code == 200
+    spec = client.get("/openapi.json").json()
+    assert {"/api/search", "/api/gallery", "/api/health"} <= set(spec["paths"])
 
 
 def test_gallery_pages_cover_every_item_once(client, serve_setup):

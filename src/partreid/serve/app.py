@@ -96,6 +96,30 @@ class _Guard:
         await self.app(scope, limited, send_nosniff)
 
 
+def _mount_docs(app, static_files) -> None:
+    """``/docs``: Swagger UI from the files the ``fastapi-offline`` package ships (part of the
+    ``serve`` extra), so the API page works without internet; FastAPI's CDN page otherwise."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+
+    try:
+        import fastapi_offline
+
+        assets = os.path.join(os.path.dirname(fastapi_offline.__file__), "static")
+        app.mount("/docs-static", static_files(directory=assets), name="docs-static")
+        urls = {
+            "swagger_js_url": "/docs-static/swagger-ui-bundle.js",
+            "swagger_css_url": "/docs-static/swagger-ui.css",
+            "swagger_favicon_url": "/docs-static/favicon.png",
+        }
+    except ImportError:
+        log.info("fastapi-offline is not installed: /docs loads Swagger UI from its CDN")
+        urls = {}
+
+    @app.get("/docs", include_in_schema=False)
+    async def _docs():
+        return get_swagger_ui_html(openapi_url=app.openapi_url, title=f"{app.title} - API", **urls)
+
+
 def create_app(
     engine: SearchEngine, limits: Optional[ServeLimits] = None, title: str = "partreid search"
 ):
@@ -116,6 +140,7 @@ def create_app(
     app = FastAPI(
         title=title,
         version="1",
+        docs_url=None,  # served below from local files: no CDN
         description="Person re-identification search over a gallery of crops "
         f'({len(gallery)} items). Errors are JSON `{{"detail": message}}` with a 4xx status.',
     )
@@ -313,6 +338,7 @@ def create_app(
         )
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    _mount_docs(app, StaticFiles)
 
     app.add_middleware(
         _Guard,
