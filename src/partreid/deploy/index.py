@@ -47,6 +47,7 @@ KINDS = ("exact", "ivfpq", "ivfflat", "hnsw")
 BACKENDS = ("auto", "faiss", "torch")
 FAISS_HINT = "pip install 'partreid[deploy]' (or faiss-cpu / faiss-gpu)"
 _BLOCK_BYTES = 1 << 27  # memory for one block of distances or gathered gallery rows (128 MiB)
+_REFINE_BYTES = 1 << 23  # gathered gallery rows per refinement step (8 MiB)
 _ADD_CHUNK = 65536  # rows per faiss add() call
 
 # parameters each kind accepts (defaults filled by default_params)
@@ -315,7 +316,9 @@ def pair_distances(
     out = torch.full((m, s), float("inf"), dtype=torch.float32)
     if m == 0 or s == 0:
         return out
-    step = int(max(1, _BLOCK_BYTES // (4 * s * max(1, dim))))
+    # a few queries per step: their gathered rows stay in cache (one 128 MiB step of 64
+    # queries measured 5x slower per query than single queries)
+    step = int(max(1, _REFINE_BYTES // (4 * s * max(1, dim))))
     q_cpu = queries.detach().cpu().float()
     for a, b in _row_chunks(m, step):
         c = cand[a:b]
