@@ -72,7 +72,17 @@ def _run(cmd: List[str], budget: float, env=None) -> dict:
 
 def section_tests(budget: float, tiny: bool) -> dict:
     """(a) the CUDA tests."""
-    cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "tests/test_cuda.py"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-p",
+        "no:cacheprovider",
+        "tests/test_cuda.py",
+        # the trainer's fast path (bf16 / fp16 + GradScaler, channels_last) and 2-GPU NCCL DDP
+        "tests/engine/test_train_ddp.py::test_cuda_fast_path_trains",
+        "tests/engine/test_train_ddp.py::test_two_gpu_ddp_run",
+    ]
     if tiny:
         cmd += ["-k", "evaluation"]
     r = _run(cmd, budget)
