@@ -1,4 +1,5 @@
 """``python -m partreid`` (and ``torchrun ... -m partreid``) runs the command line."""
+
 import sys
 
 from .cli import main

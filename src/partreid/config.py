@@ -84,13 +84,13 @@ class TrainConfig:
     keep_checkpoints: int = 3  # step checkpoints kept in OUTPUT/checkpoints/ (0 = last.pth only)
     best_metric: str = "mAP"  # best.pth: the checkpoint with the highest value (eval_period > 0)
     nonfinite: str = "stop"  # a NaN/inf loss: stop (last good checkpoint kept) | skip the step
-    # --- speed switches (issue 10; the trainer wiring is engine/fastpath.py's integration plan) ---
-    amp_dtype: str = "bfloat16"  # autocast dtype with amp: bfloat16 | float16 (float16 + GradScaler)
+    # --- speed switches (see engine/fastpath.py) ---
+    amp_dtype: str = "bfloat16"  # autocast dtype: bfloat16 | float16 (float16 + GradScaler)
     channels_last: bool = False  # model and input batches in channels_last memory format (CUDA)
     cudnn_benchmark: bool = False  # torch.backends.cudnn.benchmark (fixed input size: faster convs)
     compile: bool = False  # torch.compile the model (first steps slower while compiling)
     cache_images: bool = False  # decode the training images once into a uint8 HxW tensor in RAM
-    device_augment: bool = False  # training augmentations batched on the device (needs cache_images)
+    device_augment: bool = False  # augmentations batched on the device (needs cache_images)
     sync_bn: bool = False  # DDP: SyncBatchNorm (BN statistics over the global batch)
     dist_timeout_s: float = 600.0  # DDP: a collective waiting longer than this stops the run
 
