@@ -53,6 +53,18 @@ def tiny_overrides(tiny_synthetic, tmp_path):
 
 
 @pytest.fixture(autouse=True)
+def _one_thread():
+    """Tests run tiny models: one intra-op thread is as fast and avoids thread contention on
+    shared 2-core machines (where 2 threads were several times slower)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
 def _reset_partreid_logger():
     """Each test starts with the library logger as imported: a run's ``setup_logging`` (console +
     log.txt handlers, no propagation) must not hide later tests' records from ``caplog``."""

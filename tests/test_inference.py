@@ -15,15 +15,6 @@ from partreid.models import build_model
 MODELS = ["bot", "mgn", "pcb", "cgpn", "rmgl"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread is as fast and avoids contention on shared CPUs."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 SIZES = {"pcb": (128, 64)}  # PCB cuts 6 stripes: needs a taller map than 64 x 32 gives
 
 

@@ -24,15 +24,6 @@ pytest.importorskip("onnxscript")
 SIZES = {"pcb": (128, 64)}  # PCB's 6 stripes need a taller map than 64 x 32 gives
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread is as fast and avoids contention on shared CPUs."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def make_checkpoint(path, name="bot", train_state=None, overrides=()):
     h, w = SIZES.get(name, (64, 32))
     cfg = load_config(

@@ -13,45 +13,13 @@ import pytest
 import torch
 from PIL import Image
 
-from partreid.checkpoint import CheckpointError, model_meta, save_checkpoint
+from partreid.checkpoint import CheckpointError
 from partreid.cli import main
-from partreid.config import load_config
 from partreid.deploy.extract import run_items
 from partreid.deploy.sources import SourceError, open_source, read_mot_boxes
 from partreid.engine.distributed import shard_bounds
 from partreid.features import Features
 from partreid.inference import Extractor
-from partreid.models import build_model
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread is as fast and avoids contention on shared CPUs."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    """A resnet18 BoT (random weights, 64 x 32 input) saved as a partreid checkpoint."""
-    path = tmp_path_factory.mktemp("ckpt") / "bot.pth"
-    cfg = load_config(
-        None,
-        [
-            "model.name=bot",
-            "model.backbone=resnet18",
-            "model.pretrained=false",
-            "input.height=64",
-            "input.width=32",
-            "eval.distance=cosine",
-        ],
-    )
-    torch.manual_seed(0)
-    model = build_model("bot", 5, backbone="resnet18", pretrained=False)
-    save_checkpoint(str(path), model.state_dict(), model_meta(cfg, model, 5))
-    return str(path)
 
 
 @pytest.fixture(scope="module")

@@ -28,14 +28,6 @@ needs_faiss = pytest.mark.skipif(not faiss_available(), reason="faiss is not ins
 BACKENDS = ["torch", pytest.param("faiss", marks=needs_faiss)]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def clustered(num_ids=60, views=12, dim=48, num_queries=30, seed=0, spread=0.35):
     """Re-ID-like features: identity centres (positive, like post-ReLU features) with noisy
     views on two cameras, and queries that are further views of the first identities."""
@@ -301,31 +293,6 @@ def test_index_and_search_commands(tmp_path, capsys):
     ]:
         assert main(argv) == 2, argv
         assert msg in capsys.readouterr().err
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    """A resnet18 BoT (random weights, 64 x 32, eval.distance=cosine) checkpoint."""
-    from partreid.checkpoint import model_meta, save_checkpoint
-    from partreid.config import load_config
-    from partreid.models import build_model
-
-    path = tmp_path_factory.mktemp("ckpt") / "bot.pth"
-    cfg = load_config(
-        None,
-        [
-            "model.name=bot",
-            "model.backbone=resnet18",
-            "model.pretrained=false",
-            "input.height=64",
-            "input.width=32",
-            "eval.distance=cosine",
-        ],
-    )
-    torch.manual_seed(0)
-    model = build_model("bot", 5, backbone="resnet18", pretrained=False)
-    save_checkpoint(str(path), model.state_dict(), model_meta(cfg, model, 5))
-    return str(path)
 
 
 def test_search_with_images_uses_the_gallerys_checkpoint(tmp_path, ckpt, capsys):

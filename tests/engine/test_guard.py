@@ -18,14 +18,6 @@ from partreid.engine import trainer as trainer_mod
 from partreid.engine.guard import NonFiniteLossError
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _cfg(tiny_overrides, *extra):
     return load_config(
         None,

@@ -7,15 +7,6 @@ import torch
 from torch import nn
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is as fast and avoids thread contention on shared CPUs."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class RowMap(nn.Module):
     """Stands in for a branch: an N x c x H x W map with channel 0 = row index, 1 = -row index."""
 
