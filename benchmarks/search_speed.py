@@ -1,7 +1,7 @@
 """Gallery search speed: approximate faiss indexes (partreid.deploy.index) against exact search.
 
-    nice -n 10 python benchmarks/search_speed.py --sizes 100000 --configs pca-ivfflat pca-hnsw \
-        --nprobe 32 64 128 256 --ef-search 64 128 256
+    nice -n 10 python benchmarks/search_speed.py --sizes 100000 \
+        --configs pca-ivfflat pca-ivfpq pca-hnsw --nprobe 32 64 128 256 --ef-search 64 128 256
     nice -n 10 python benchmarks/search_speed.py --sizes 1000000 --configs pca-ivfflat pca-ivfpq \
         --nprobe 64 128 256 512 --queries 384 --single 100 --numpy-single 2 --numpy-b64 1
     python benchmarks/search_speed.py --fit-spectrum FEATURES.npz   # spectrum of real features
