@@ -26,30 +26,41 @@ def tiny_synthetic(tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="session")
+def tiny_run(tiny_synthetic):
+    """``tiny_run(out)``: ``key=value`` overrides for a seconds-long CPU training run on
+    ``tiny_synthetic`` that writes to ``out``."""
+
+    def overrides(out) -> list:
+        return [
+            f"data.root={tiny_synthetic}",
+            "data.name=market1501",
+            f"output_dir={out}",
+            "input.height=64",
+            "input.width=32",
+            "sampler.p=4",
+            "sampler.k=2",
+            "sampler.num_workers=0",
+            "model.name=bot",
+            "model.backbone=resnet18",
+            "model.pretrained=false",
+            "optim.lr=0.01",
+            "schedule.epochs=2",
+            "schedule.milestones=[1]",
+            "train.max_iters_per_epoch=2",
+            "train.progress=false",
+            "train.tensorboard=false",
+            "eval.num_visualize=2",
+            "eval.batch_size=32",
+        ]
+
+    return overrides
+
+
 @pytest.fixture
-def tiny_overrides(tiny_synthetic, tmp_path):
-    """``key=value`` overrides for a seconds-long CPU training run on ``tiny_synthetic``."""
-    return [
-        f"data.root={tiny_synthetic}",
-        "data.name=market1501",
-        f"output_dir={tmp_path / 'run'}",
-        "input.height=64",
-        "input.width=32",
-        "sampler.p=4",
-        "sampler.k=2",
-        "sampler.num_workers=0",
-        "model.name=bot",
-        "model.backbone=resnet18",
-        "model.pretrained=false",
-        "optim.lr=0.01",
-        "schedule.epochs=2",
-        "schedule.milestones=[1]",
-        "train.max_iters_per_epoch=2",
-        "train.progress=false",
-        "train.tensorboard=false",
-        "eval.num_visualize=2",
-        "eval.batch_size=32",
-    ]
+def tiny_overrides(tiny_run, tmp_path):
+    """``tiny_run`` writing to ``tmp_path / "run"``."""
+    return tiny_run(tmp_path / "run")
 
 
 @pytest.fixture(autouse=True)

@@ -30,25 +30,9 @@ from partreid.engine.reporting import evaluate_checkpoint
 WORLD = 2
 
 
-def _overrides(root: Path, out: Path) -> list:
-    return [
-        f"data.root={root}",
-        "data.name=market1501",
-        f"output_dir={out}",
-        "input.height=64",
-        "input.width=32",
-        "sampler.p=4",
-        "sampler.k=2",
-        "sampler.num_workers=0",
-        "model.name=bot",
-        "model.backbone=resnet18",
-        "model.pretrained=false",
-        "optim.lr=0.01",
-        "schedule.epochs=2",
-        "schedule.milestones=[1]",
-        "train.max_iters_per_epoch=2",
-        "train.progress=false",
-        "train.tensorboard=false",
+def _overrides(tiny_run, out: Path) -> list:
+    """The shared tiny run, logging every step, with a short collective timeout."""
+    return tiny_run(out) + [
         "train.log_period=1",
         "train.dist_timeout_s=20",
         "eval.num_visualize=0",
@@ -91,12 +75,12 @@ def _torchrun(cfg: Path, overrides: list, *extra: str, limit: float = 150):
 
 
 @pytest.fixture(scope="module")
-def ddp_run(tiny_synthetic, tmp_path_factory):
+def ddp_run(tiny_run, tmp_path_factory):
     """One 2-process training run (2 epochs x 2 steps, evaluation after epoch 1 and at the end,
     a checkpoint after every step)."""
     tmp = tmp_path_factory.mktemp("ddp")
     cfg = _config_file(tmp)
-    over = _overrides(tiny_synthetic, tmp / "run") + [
+    over = _overrides(tiny_run, tmp / "run") + [
         "train.eval_period=1",
         "train.checkpoint_every_iters=1",
         "train.keep_checkpoints=5",
@@ -165,12 +149,12 @@ def test_ddp_evaluation_sees_every_image_once_in_order(ddp_run, tiny_synthetic):
     assert log.count("epoch 1  market1501: rank-1") == 1
 
 
-def test_ddp_resume_matches_the_uninterrupted_run(ddp_run, tiny_synthetic):
+def test_ddp_resume_matches_the_uninterrupted_run(tiny_run, ddp_run):
     """`--resume` under torchrun from the middle of epoch 2 (step 3 of 4), into another folder:
     the final weights equal the uninterrupted 2-process run's bit for bit."""
     tmp, cfg, _ = ddp_run
     run = tmp / "run"
-    over = _overrides(tiny_synthetic, tmp / "resumed") + ["train.eval_period=1"]
+    over = _overrides(tiny_run, tmp / "resumed") + ["train.eval_period=1"]
     res = _torchrun(cfg, over, "--resume", str(run / "checkpoints" / "step_00000003.pth"))
     assert res.returncode == 0, res.stderr[-3000:]
     log = (tmp / "resumed" / "log.txt").read_text()
@@ -190,12 +174,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_killed_process_stops_the_other_with_a_message(tiny_synthetic, tmp_path):
+def test_killed_process_stops_the_other_with_a_message(tiny_run, tmp_path):
     """Two processes started as torchrun starts them; rank 1 is killed mid-run; rank 0 must
     exit on its own, with the collective's failure in one error line, not hang."""
     run = tmp_path / "run"
     cfg = _config_file(tmp_path)
-    over = _overrides(tiny_synthetic, run) + ["schedule.epochs=100", "train.dist_timeout_s=10"]
+    over = _overrides(tiny_run, run) + ["schedule.epochs=100", "train.dist_timeout_s=10"]
     port = _free_port()
     procs = []
     for r in range(WORLD):
@@ -310,10 +294,10 @@ def test_cuda_fast_path_trains(tiny_overrides, tmp_path, amp_dtype):
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA devices")
-def test_two_gpu_ddp_run(tiny_synthetic, tmp_path):
+def test_two_gpu_ddp_run(tiny_run, tiny_synthetic, tmp_path):
     """torchrun on 2 GPUs (nccl) with SyncBatchNorm and the fast path runs to the end."""
     cfg = _config_file(tmp_path)
-    over = _overrides(tiny_synthetic, tmp_path / "run") + [
+    over = _overrides(tiny_run, tmp_path / "run") + [
         "train.device=cuda",
         "train.sync_bn=true",
         "train.channels_last=true",
@@ -330,12 +314,12 @@ def test_two_gpu_ddp_run(tiny_synthetic, tmp_path):
 
 
 @pytest.mark.slow
-def test_sigterm_to_torchrun_checkpoints_and_resumes(tiny_synthetic, tmp_path):
+def test_sigterm_to_torchrun_checkpoints_and_resumes(tiny_run, tmp_path):
     """A scheduler's SIGTERM to torchrun reaches both processes: they stop after the same step,
     rank 0 writes the checkpoint, and `--resume` under torchrun continues from it."""
     cfg = _config_file(tmp_path)
     run = tmp_path / "run"
-    over = _overrides(tiny_synthetic, run) + ["schedule.epochs=50"]
+    over = _overrides(tiny_run, run) + ["schedule.epochs=50"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]
     cmd += [str(WORLD), "-m", "partreid", "train", "-c", str(cfg), *over]
     proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
