@@ -9,7 +9,10 @@ after the other; then it stops the server. It never talks to any other address.
     python benchmarks/serve_load.py --sizes 100000 --kind ivfpq --clients 1 8 --seconds 20
 
 The model is the demo's CGPN (ResNet-18, 64x32), untrained: speed does not depend on the
-weights. ``--threads`` sets the server's torch/OpenMP threads (the clients share the machine).
+weights. ``--threads`` sets the server's torch/OpenMP threads (the clients share the machine);
+``--runtime`` the server's model runtime (default auto: ONNX Runtime on an export made once,
+in the work folder's cache, so the first start takes longer). The last three columns come from
+the server's worker counters (``/api/health``): queries per forward pass and time per batch.
 """
 
 from __future__ import annotations
@@ -92,13 +95,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(ckpt: str, gallery: str, port: int, threads: int, log_path: str):
+def start_server(
+    ckpt: str, gallery: str, port: int, threads: int, log_path: str, runtime: str, cache: str
+):
     """``partreid serve`` in a child process; returns it once /api/health answers."""
     import httpx
 
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     cmd = [sys.executable, "-m", "partreid", "serve", ckpt, "--gallery", gallery]
-    cmd += ["--host", HOST, "--port", str(port), "--device", "cpu"]
+    cmd += ["--host", HOST, "--port", str(port), "--device", "cpu", "--runtime", runtime]
+    cmd += ["--cache", cache]
     with open(log_path, "w") as log:  # the child keeps its own handle
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     deadline = time.time() + 600
@@ -154,6 +160,13 @@ async def load(port: int, images: List[bytes], clients: int, seconds: float, war
     return np.asarray(lat), errors
 
 
+def worker_stats(port: int) -> Dict[str, float]:
+    """The server's worker counters (``/api/health``: batches, queries, seconds)."""
+    import httpx
+
+    return httpx.get(f"http://{HOST}:{port}/api/health", timeout=10).json()["worker"]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
@@ -161,7 +174,8 @@ def main() -> None:
     ap.add_argument("--clients", type=int, nargs="+", default=[8])
     ap.add_argument("--seconds", type=float, default=20.0, help="measured time per run")
     ap.add_argument("--warmup", type=float, default=3.0, help="unmeasured time before it")
-    ap.add_argument("--threads", type=int, default=1, help="server torch/OpenMP threads")
+    ap.add_argument("--threads", type=int, default=2, help="server torch/OpenMP threads")
+    ap.add_argument("--runtime", default="auto", help="server model runtime: auto, onnx, torch")
     ap.add_argument("--workdir", default=None, help="keep the files here (default: a tmp dir)")
     args = ap.parse_args()
     if any(c < 1 or c > 64 for c in args.clients) or not 0 < args.seconds <= 600:
@@ -182,8 +196,11 @@ def main() -> None:
         f"{len(images)} distinct JPEG queries; {args.seconds:.0f} s measured after "
         f"{args.warmup:.0f} s warm-up; cpu count {os.cpu_count()}"
     )
-    print("| gallery | index | clients | requests | req/s | p50 ms | p99 ms | max ms | errors |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print(
+        "| gallery | index | runtime | clients | requests | req/s | p50 ms | p99 ms | max ms "
+        "| errors | mean batch | model ms/batch | search ms/batch |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for n in args.sizes:
         t0 = time.time()
         gallery = make_gallery(os.path.join(work, f"gallery_{n}"), n, dim, args.kind)
@@ -191,18 +208,27 @@ def main() -> None:
         port = free_port()
         log_path = os.path.join(work, f"server_{n}.log")
         t0 = time.time()
-        proc = start_server(ckpt, gallery, port, args.threads, log_path)
+        cache = os.path.join(work, "cache")
+        proc = start_server(ckpt, gallery, port, args.threads, log_path, args.runtime, cache)
         started = time.time() - t0
+        import httpx
+
+        runtime = httpx.get(f"http://{HOST}:{port}/api/health").json()["model"]["runtime"]
         try:
             for c in args.clients:
+                w0 = worker_stats(port)
                 lat, errors = asyncio.run(load(port, images, c, args.seconds, args.warmup))
+                w = {k: v - w0[k] for k, v in worker_stats(port).items() if k in w0}
+                per = max(1, w["batches"])
                 n_err = sum(errors.values())
                 p50, p99 = (np.percentile(lat, [50, 99]) * 1000) if len(lat) else (np.nan,) * 2
                 mx = lat.max() * 1000 if len(lat) else float("nan")
                 err = f"{n_err} {errors}" if n_err else "0"
                 print(
-                    f"| {n:,} | {args.kind} | {c} | {len(lat) + n_err} | "
-                    f"{len(lat) / args.seconds:.1f} | {p50:.0f} | {p99:.0f} | {mx:.0f} | {err} |",
+                    f"| {n:,} | {args.kind} | {runtime} | {c} | {len(lat) + n_err} | "
+                    f"{len(lat) / args.seconds:.1f} | {p50:.0f} | {p99:.0f} | {mx:.0f} | {err} | "
+                    f"{w['queries'] / per:.1f} | {1000 * w['model_s'] / per:.0f} | "
+                    f"{1000 * w['search_s'] / per:.0f} |",
                     flush=True,
                 )
         finally:

@@ -157,6 +157,7 @@ def cmd_serve(args) -> int:
         max_pixels=args.max_pixels,
         max_topk=args.max_topk,
         max_page_size=args.max_page_size,
+        runtime=args.runtime,
     )
 
 
@@ -345,6 +346,13 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-pixels", type=int, default=16_777_216, help="largest image (pixels)")
     sv.add_argument("--max-topk", type=int, default=100, help="largest top-K a request may ask")
     sv.add_argument("--max-page-size", type=int, default=200, help="largest gallery page")
+    sv.add_argument(
+        "--runtime",
+        choices=["auto", "onnx", "torch"],
+        default="auto",
+        help="model runtime: auto = ONNX Runtime on the CPU when installed (exported and "
+        "checked once, cached), else PyTorch",
+    )
     sv.set_defaults(func=cmd_serve)
 
     ix = sub.add_parser("index", help="index a gallery features file for search (faiss or torch)")

@@ -410,3 +410,17 @@ def test_batched_requests_each_get_their_own_results(serve_setup):
         np.testing.assert_allclose(dist, want_d[0], rtol=1e-3, atol=0.05)
     dist, idx = futures[-1].result(timeout=60)
     assert idx[0] == engine.gallery.index.search(feats[2:3], topk=1)[1][0, 0]
+
+
+def test_health_counts_the_workers_batches(client, serve_setup):
+    """/api/health's worker counters grow by what a request made the worker do."""
+    before = client.get("/api/health").json()["worker"]
+    target = _files(serve_setup["gallery"])[3]
+    assert client.post("/api/search?topk=3", files=_upload(target)).status_code == 200
+    after = client.get("/api/health").json()["worker"]
+    assert after["batches"] == before["batches"] + 1
+    assert after["queries"] == before["queries"] + 1
+    assert after["model_s"] > before["model_s"] and after["search_s"] > before["search_s"]
+    assert after["busy_s"] >= after["model_s"] - before["model_s"]
+    assert after["mean_batch"] == pytest.approx(after["queries"] / after["batches"])
+    assert after["pending"] == 0

@@ -24,10 +24,12 @@ with a message saying so); above ``tolerance`` on L2-normalised features the com
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import sys
+import time
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -287,6 +289,54 @@ def onnx_parity(onnx_path: str, model: nn.Module, images: List) -> Dict[str, flo
         float(np.abs(_normalise(single) - _normalise(ref[:3])).max()),
     )
     return {"max_diff_normalised": diff, "max_diff_raw": float(np.abs(full - ref).max())}
+
+
+def onnx_cache_path(checkpoint: str, cache_dir: str) -> str:
+    """Where :func:`cached_onnx` keeps ``checkpoint``'s export: keyed by its real path, size
+    and mtime and by the partreid and torch versions that exported it."""
+    from .. import __version__
+
+    st = os.stat(checkpoint)
+    key = [os.path.realpath(checkpoint), st.st_size, st.st_mtime_ns, __version__, torch.__version__]
+    digest = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:24]
+    return os.path.join(cache_dir, "onnx", f"{digest}.onnx")
+
+
+def cached_onnx(model: nn.Module, checkpoint: str, cache_dir: str, tolerance: float = 1e-4) -> str:
+    """``model`` (loaded from ``checkpoint``) as a flip-averaging ONNX file under ``cache_dir``:
+    exported and checked against PyTorch once, reused while the checkpoint is unchanged.
+
+    Raises :class:`OnnxParityError` when ONNX Runtime's features differ from PyTorch's by more
+    than ``tolerance`` (L2-normalised) on noise images; nothing is cached then.
+    """
+    path = onnx_cache_path(checkpoint, cache_dir)
+    if os.path.isfile(path):
+        try:
+            OnnxModel(path, device="cpu")
+            log.info("ONNX model for %s: %s (cached)", checkpoint, path)
+            return path
+        except Exception as exc:  # a broken cache entry is rebuilt, and said so
+            log.warning("cached ONNX model %s is unreadable (%s); exporting again", path, exc)
+    t0 = time.time()
+    log.info("exporting %s to ONNX for ONNX Runtime (once; cached in %s)", checkpoint, path)
+    info = model.info
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (info.height, info.width, 3), np.uint8) for _ in range(4)]
+    tmp = f"{path}.unchecked{os.getpid()}.onnx"
+    try:
+        export_onnx(model, tmp, flip=True)
+        diff = onnx_parity(tmp, model, images)["max_diff_normalised"]
+        if not diff <= tolerance:
+            raise OnnxParityError(
+                f"ONNX Runtime's features of {checkpoint} differ from PyTorch's by {diff:.2e} "
+                f"(tolerance {tolerance:g})"
+            )
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    log.info("ONNX export checked (largest difference %.1e) in %.1f s", diff, time.time() - t0)
+    return path
 
 
 # --------------------------------------------------------------------------------------------

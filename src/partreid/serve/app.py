@@ -226,6 +226,7 @@ def create_app(
             "model": engine.model_summary(),
             "gallery": gallery.summary(),
             "limits": limits.to_dict(),
+            "worker": engine.stats(),
         }
 
     @app.get("/api/gallery", summary="One page of gallery items, optionally filtered")
@@ -348,6 +349,15 @@ def create_app(
     return app
 
 
+RUNTIMES = ("auto", "onnx", "torch")
+
+
+def _onnx_available() -> bool:
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) for m in ("onnx", "onnxruntime", "onnxscript"))
+
+
 def build_engine(
     checkpoint: str,
     gallery: str,
@@ -356,20 +366,48 @@ def build_engine(
     device: str = "auto",
     batch_size: int = 64,
     num_workers: int = 2,
+    runtime: str = "auto",
 ) -> SearchEngine:
-    """Load the model and the gallery (extracting and caching a folder) into a SearchEngine."""
-    from ..inference import Extractor, load_model
-    from .gallery import load_gallery
+    """Load the model and the gallery (extracting and caching a folder) into a SearchEngine.
 
+    ``runtime`` runs the model's forward pass: ``onnx`` (ONNX Runtime on an export of the
+    checkpoint made and checked once, cached in ``cache_dir``), ``torch``, or ``auto`` = ONNX
+    Runtime on the CPU when the ``deploy`` extra is installed (1.8x the throughput of PyTorch
+    with the demo model, benchmarks/serve_load.py), else PyTorch. Heat maps always come from
+    the PyTorch module.
+    """
+    from ..engine.runtime import resolve_device
+    from ..inference import Extractor, load_model
+    from .gallery import default_cache_dir, load_gallery
+
+    if runtime not in RUNTIMES:
+        raise ValueError(f"unknown runtime {runtime!r}; valid: {', '.join(RUNTIMES)}")
     limits = limits or ServeLimits()
     module = None
     if checkpoint.endswith(".onnx"):
-        extractor = Extractor(
-            checkpoint, device=device, batch_size=batch_size, num_workers=num_workers
-        )
+        if runtime == "torch":
+            raise ValueError(
+                f"--runtime torch needs a partreid checkpoint (.pth), not {checkpoint}"
+            )
+        model: Any = checkpoint
     else:
-        module = load_model(checkpoint)
-        extractor = Extractor(module, device=device, batch_size=batch_size, num_workers=num_workers)
+        module = model = load_model(checkpoint)
+        on_cpu = resolve_device(str(device)).type == "cpu"
+        if runtime == "onnx" and not on_cpu:
+            raise ValueError(f"--runtime onnx runs on the CPU here; use --device cpu, not {device}")
+        if runtime == "onnx" or (runtime == "auto" and on_cpu and _onnx_available()):
+            from ..deploy.export import cached_onnx
+
+            try:
+                model = cached_onnx(module, checkpoint, cache_dir or default_cache_dir())
+            except Exception as exc:
+                if runtime == "onnx":
+                    raise
+                log.warning("ONNX export failed (%s); serving with PyTorch", exc)
+        elif runtime == "auto" and on_cpu:
+            log.info("serving with PyTorch; `pip install partreid[deploy]` for ONNX Runtime")
+    extractor = Extractor(model, device=device, batch_size=batch_size, num_workers=num_workers)
+    log.info("model runtime: %s", "ONNX Runtime" if extractor.onnx is not None else "PyTorch")
     served = load_gallery(gallery, checkpoint, lambda: extractor, cache_dir)
     return SearchEngine(extractor, served, limits, module=module)
 
@@ -395,6 +433,7 @@ def serve(
     device: str = "auto",
     batch_size: int = 64,
     log_level: str = "info",
+    runtime: str = "auto",
 ) -> None:
     """``partreid serve``: load everything, then serve HTTP on ``host:port`` until stopped."""
     try:
@@ -404,7 +443,9 @@ def serve(
     _console_logging()
     limits = limits or ServeLimits()
     install_pixel_limit(limits.max_pixels)  # process-wide: PIL refuses larger images everywhere
-    engine = build_engine(checkpoint, gallery, cache_dir, limits, device, batch_size)
+    engine = build_engine(
+        checkpoint, gallery, cache_dir, limits, device, batch_size, runtime=runtime
+    )
     app = create_app(engine)
     if host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("serving on %s: reachable from other machines (no authentication)", host)
@@ -439,6 +480,7 @@ def serve_command(
     max_pixels: int = 16_777_216,
     max_topk: int = 100,
     max_page_size: int = 200,
+    runtime: str = "auto",
 ) -> int:
     """What ``partreid serve`` runs: the limits from the options, then :func:`serve`."""
     if not 0 < port < 65536:
@@ -453,5 +495,5 @@ def serve_command(
         max_page_size=max_page_size,
         default_page_size=min(48, max_page_size),
     )
-    serve(checkpoint, gallery, host, port, cache, limits, device, batch_size)
+    serve(checkpoint, gallery, host, port, cache, limits, device, batch_size, runtime=runtime)
     return 0

@@ -11,6 +11,7 @@ import io
 import logging
 import queue
 import threading
+import time
 import warnings
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass
@@ -157,12 +158,16 @@ class SearchEngine:
         self.gallery = gallery
         self.limits = limits
         self.module = module if module is not None and hasattr(module, "activation_maps") else None
-        self.info = extractor.info
+        # the checkpoint's description, also when the forward pass runs on its ONNX export
+        self.info = module.info if module is not None else extractor.info
+        self.runtime = "onnxruntime" if getattr(extractor, "onnx", None) is not None else "torch"
         self.transform = self.info.transform()
         gallery.features.check_dim(
             int(extractor.feature_dim), f"the model ({self.info.name})", gallery.source
         )
         self._queue: queue.Queue = queue.Queue()
+        self._stats = {"batches": 0, "queries": 0, "model_s": 0.0, "search_s": 0.0, "busy_s": 0.0}
+        self._stats_lock = threading.Lock()
         self._thread = threading.Thread(target=self._work, name="partreid-search", daemon=True)
         self._thread.start()
 
@@ -182,7 +187,16 @@ class SearchEngine:
             "feature_dim": int(self.extractor.feature_dim),
             "checkpoint": getattr(info, "path", "") or "",
             "heatmap": self.has_heatmap,
+            "runtime": self.runtime,
         }
+
+    def stats(self) -> Dict[str, Any]:
+        """Worker counters since start: batches, queries, mean batch, seconds in model/search."""
+        with self._stats_lock:
+            st = dict(self._stats)
+        st["mean_batch"] = st["queries"] / st["batches"] if st["batches"] else 0.0
+        st["pending"] = self._queue.qsize()
+        return st
 
     def preprocess(self, img):
         """RGB PIL image -> normalised (3, H, W) tensor."""
@@ -231,6 +245,7 @@ class SearchEngine:
                     self._queue.put(None)  # stop after this batch
                     break
                 jobs.append(nxt)
+            t0 = time.perf_counter()
             try:
                 with torch.inference_mode():
                     self._run(jobs)
@@ -239,6 +254,10 @@ class SearchEngine:
                 for j in jobs:
                     if not j.future.done():
                         j.future.set_exception(exc)
+            with self._stats_lock:
+                self._stats["batches"] += 1
+                self._stats["queries"] += len(jobs)
+                self._stats["busy_s"] += time.perf_counter() - t0
 
     def _run(self, jobs: List[_Job]) -> None:
         for j in [j for j in jobs if j.kind == "heatmap"]:
@@ -248,12 +267,14 @@ class SearchEngine:
             return
         images = [j for j in searches if j.kind == "image"]
         feats: Dict[int, np.ndarray] = {}
+        t0 = time.perf_counter()
         if images:
             out = np.asarray(self.extractor([j.data for j in images]), dtype=np.float32)
             feats.update({id(j): out[r] for r, j in enumerate(images)})
         for j in searches:
             if j.kind == "feature":
                 feats[id(j)] = np.asarray(j.data, dtype=np.float32)
+        t1 = time.perf_counter()
         groups: Dict[Tuple[int, bool], List[_Job]] = {}
         for j in searches:
             groups.setdefault((j.topk, j.rerank), []).append(j)
@@ -267,6 +288,9 @@ class SearchEngine:
                 continue
             for r, j in enumerate(group):
                 j.future.set_result((np.asarray(dist[r]), np.asarray(idx[r])))
+        with self._stats_lock:
+            self._stats["model_s"] += t1 - t0
+            self._stats["search_s"] += time.perf_counter() - t1
 
     def _guard(self, job: _Job, fn, *args) -> None:
         try:
