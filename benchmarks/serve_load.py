@@ -33,9 +33,12 @@ HOST = "127.0.0.1"  # fixed: this load test only ever targets the local machine
 
 
 def make_checkpoint(path: str) -> str:
-    """The demo's CGPN (ResNet-18, 64x32), untrained, saved as a partreid checkpoint."""
+    """The demo's CGPN (ResNet-18, 64x32), untrained, saved as a partreid checkpoint (kept when
+    ``path`` exists, so a ``--workdir`` reuses the server's cached ONNX export)."""
     import torch
 
+    if os.path.isfile(path):
+        return path
     from partreid.checkpoint import model_meta, save_checkpoint
     from partreid.config import build_config
     from partreid.demo import demo_config
@@ -49,18 +52,38 @@ def make_checkpoint(path: str) -> str:
     return path
 
 
-def make_gallery(path: str, n: int, dim: int, kind: str, seed: int = 0) -> str:
-    """N synthetic features (identity clusters) as a features file, or an index folder."""
+def gallery_basis(ckpt: str, root: str) -> np.ndarray:
+    """The model's features of the generated data set's gallery and training crops: the
+    synthetic gallery is built around them, so the queries' neighbourhoods look like a real
+    gallery's to an index (random vectors would leave the queries far from every IVF cell)."""
+    from partreid.inference import Extractor
+
+    files = [
+        os.path.join(root, sub, f)
+        for sub in ("bounding_box_test", "bounding_box_train")
+        for f in sorted(os.listdir(os.path.join(root, sub)))
+    ]
+    return Extractor(ckpt, device="cpu", progress=False, num_workers=0)(files)
+
+
+def make_gallery(path: str, n: int, basis: np.ndarray, kind: str, seed: int = 0) -> str:
+    """N features in identity clusters around the model's features of real-looking crops
+    (``basis``; 20 items per identity), as a features file, or an index folder."""
     from partreid.features import Features
 
     rng = np.random.default_rng(seed)
+    dim = basis.shape[1]
+    scale = float(basis.std(0).mean())  # typical per-dimension spread of the model's features
     ids = max(1, n // 20)
+    centers = basis[np.arange(ids) % len(basis)] + 0.5 * scale * rng.standard_normal(
+        (ids, dim), dtype=np.float32
+    )
     pids = rng.integers(0, ids, n)
     feats = np.empty((n, dim), np.float32)
-    centers = rng.standard_normal((ids, dim), dtype=np.float32)
     for a in range(0, n, 8192):  # in blocks: no second full-size temporary
         b = min(n, a + 8192)
-        feats[a:b] = centers[pids[a:b]] + 0.5 * rng.standard_normal((b - a, dim), dtype=np.float32)
+        noise = rng.standard_normal((b - a, dim), dtype=np.float32)
+        feats[a:b] = centers[pids[a:b]] + 0.25 * scale * noise
     fs = Features.build(
         feats,
         [f"/nonexistent/gallery/{i:07d}.jpg" for i in range(n)],
@@ -87,6 +110,27 @@ def query_images(count: int, root: str) -> List[bytes]:
         with open(os.path.join(folder, f), "rb") as fh:
             out.append(fh.read())
     return out
+
+
+def recall_at_10(ckpt: str, index_path: str, images: List[bytes]) -> float:
+    """Recall@10 of the served approximate index against exact search on its own vectors, for
+    the benchmark's query images (features from the same model)."""
+    import io
+
+    from PIL import Image
+
+    from partreid.deploy.index import GalleryIndex
+    from partreid.inference import Extractor
+
+    q = Extractor(ckpt, device="cpu", progress=False)(
+        [Image.open(io.BytesIO(b)).convert("RGB") for b in images]
+    )
+    index = GalleryIndex.load(index_path)
+    _, approx = index.search(q, topk=10)
+    exact = GalleryIndex.build(index.features, kind="exact")
+    _, truth = exact.search(q, topk=10)
+    hits = [len(set(a.tolist()) & set(t.tolist())) for a, t in zip(approx, truth)]
+    return float(np.mean(hits)) / 10
 
 
 def free_port() -> int:
@@ -191,6 +235,7 @@ def main() -> None:
 
     dim = load_model(ckpt).info.feature_dim
     images = query_images(40, os.path.join(work, "queries"))
+    basis = gallery_basis(ckpt, os.path.join(work, "queries"))
     print(
         f"# CGPN ResNet-18 64x32 (untrained), {dim}-d; server threads {args.threads}; "
         f"{len(images)} distinct JPEG queries; {args.seconds:.0f} s measured after "
@@ -203,8 +248,11 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for n in args.sizes:
         t0 = time.time()
-        gallery = make_gallery(os.path.join(work, f"gallery_{n}"), n, dim, args.kind)
+        gallery = make_gallery(os.path.join(work, f"gallery_{n}"), n, basis, args.kind)
         built = time.time() - t0
+        recall = (
+            "" if args.kind == "exact" else f", recall@10 {recall_at_10(ckpt, gallery, images):.3f}"
+        )
         port = free_port()
         log_path = os.path.join(work, f"server_{n}.log")
         t0 = time.time()
@@ -237,7 +285,7 @@ def main() -> None:
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 proc.kill()
-        print(f"#   gallery {n:,}: built in {built:.1f} s, server ready in {started:.1f} s")
+        print(f"#   gallery {n:,}: built in {built:.1f} s{recall}, server ready in {started:.1f} s")
         if not args.workdir:
             for f in (gallery,):
                 if os.path.isfile(f):
