@@ -1,16 +1,16 @@
 """Bounded load test of ``partreid serve`` on 127.0.0.1: requests/s, p50/p99 latency, errors.
 
-For each gallery (synthetic features of N items, the demo model's dimension) it starts
-``python -m partreid serve`` on 127.0.0.1 and a free port, then runs C concurrent clients for
-a fixed time, each uploading real JPEG crops (generated pedestrians) to ``POST /api/search`` one
-after the other; then it stops the server. It never talks to any other address.
+For each gallery (N synthetic features clustered around the demo model's features of generated
+crops, see gallery_basis) it starts ``python -m partreid serve`` on 127.0.0.1 and a free port,
+then runs C concurrent clients for a fixed time, each uploading real JPEG crops (generated
+pedestrians) to ``POST /api/search`` one after the other; then it stops the server. It never talks to any other address.
 
     python benchmarks/serve_load.py                              # 10k and 100k exact, 8 clients
-    python benchmarks/serve_load.py --sizes 100000 --kind ivfpq --clients 1 8 --seconds 20
+    python benchmarks/serve_load.py --sizes 100000 --kind ivfflat --refine 100 --clients 1 8
 
 The model is the demo's CGPN (ResNet-18, 64x32), untrained: speed does not depend on the
 weights. ``--threads`` sets the server's torch/OpenMP threads (the clients share the machine);
-``--runtime`` the server's model runtime (default auto: ONNX Runtime on an export made once,
+``--runtimes`` the server's model runtime(s) (default auto: ONNX Runtime on an export made once,
 in the work folder's cache, so the first start takes longer). The last three columns come from
 the server's worker counters (``/api/health``): queries per forward pass and time per batch.
 """
@@ -66,7 +66,9 @@ def gallery_basis(ckpt: str, root: str) -> np.ndarray:
     return Extractor(ckpt, device="cpu", progress=False, num_workers=0)(files)
 
 
-def make_gallery(path: str, n: int, basis: np.ndarray, kind: str, seed: int = 0) -> str:
+def make_gallery(
+    path: str, n: int, basis: np.ndarray, kind: str, seed: int = 0, **index_params
+) -> str:
     """N features in identity clusters around the model's features of real-looking crops
     (``basis``; 20 items per identity), as a features file, or an index folder."""
     from partreid.features import Features
@@ -95,7 +97,7 @@ def make_gallery(path: str, n: int, basis: np.ndarray, kind: str, seed: int = 0)
         return fs.save(path + ".npz")
     from partreid.deploy.index import GalleryIndex
 
-    return GalleryIndex.build(fs, kind=kind).save(path + f".{kind}")
+    return GalleryIndex.build(fs, kind=kind, **index_params).save(path + f".{kind}")
 
 
 def query_images(count: int, root: str) -> List[bytes]:
@@ -218,13 +220,24 @@ def main() -> None:
     ap.add_argument("--clients", type=int, nargs="+", default=[8])
     ap.add_argument("--seconds", type=float, default=20.0, help="measured time per run")
     ap.add_argument("--warmup", type=float, default=3.0, help="unmeasured time before it")
+    ap.add_argument(
+        "--refine",
+        type=int,
+        help="approximate kinds: shortlist = refine x top-K, re-ordered exactly (index default)",
+    )
     ap.add_argument("--threads", type=int, default=2, help="server torch/OpenMP threads")
-    ap.add_argument("--runtime", default="auto", help="server model runtime: auto, onnx, torch")
+    ap.add_argument(
+        "--runtimes",
+        nargs="+",
+        default=["auto"],
+        help="server model runtimes to compare (auto, onnx, torch), one server each in turn",
+    )
     ap.add_argument("--workdir", default=None, help="keep the files here (default: a tmp dir)")
     args = ap.parse_args()
     if any(c < 1 or c > 64 for c in args.clients) or not 0 < args.seconds <= 600:
         ap.error("clients must be 1..64 and seconds 0..600")
 
+    import httpx
     import torch
 
     torch.set_num_threads(1)
@@ -248,44 +261,48 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for n in args.sizes:
         t0 = time.time()
-        gallery = make_gallery(os.path.join(work, f"gallery_{n}"), n, basis, args.kind)
+        extra = {"refine": args.refine} if args.refine else {}
+        gallery = make_gallery(os.path.join(work, f"gallery_{n}"), n, basis, args.kind, **extra)
         built = time.time() - t0
         recall = (
             "" if args.kind == "exact" else f", recall@10 {recall_at_10(ckpt, gallery, images):.3f}"
         )
-        port = free_port()
-        log_path = os.path.join(work, f"server_{n}.log")
-        t0 = time.time()
-        cache = os.path.join(work, "cache")
-        proc = start_server(ckpt, gallery, port, args.threads, log_path, args.runtime, cache)
-        started = time.time() - t0
-        import httpx
-
-        runtime = httpx.get(f"http://{HOST}:{port}/api/health").json()["model"]["runtime"]
-        try:
-            for c in args.clients:
-                w0 = worker_stats(port)
-                lat, errors = asyncio.run(load(port, images, c, args.seconds, args.warmup))
-                w = {k: v - w0[k] for k, v in worker_stats(port).items() if k in w0}
-                per = max(1, w["batches"])
-                n_err = sum(errors.values())
-                p50, p99 = (np.percentile(lat, [50, 99]) * 1000) if len(lat) else (np.nan,) * 2
-                mx = lat.max() * 1000 if len(lat) else float("nan")
-                err = f"{n_err} {errors}" if n_err else "0"
-                print(
-                    f"| {n:,} | {args.kind} | {runtime} | {c} | {len(lat) + n_err} | "
-                    f"{len(lat) / args.seconds:.1f} | {p50:.0f} | {p99:.0f} | {mx:.0f} | {err} | "
-                    f"{w['queries'] / per:.1f} | {1000 * w['model_s'] / per:.0f} | "
-                    f"{1000 * w['search_s'] / per:.0f} |",
-                    flush=True,
-                )
-        finally:
-            proc.terminate()
+        ready: List[str] = []
+        for rt in args.runtimes:
+            port = free_port()
+            log_path = os.path.join(work, f"server_{n}_{rt}.log")
+            t0 = time.time()
+            cache = os.path.join(work, "cache")
+            proc = start_server(ckpt, gallery, port, args.threads, log_path, rt, cache)
+            started = time.time() - t0
+            ready.append(f"{rt} {started:.1f} s")
+            runtime = httpx.get(f"http://{HOST}:{port}/api/health").json()["model"]["runtime"]
             try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        print(f"#   gallery {n:,}: built in {built:.1f} s{recall}, server ready in {started:.1f} s")
+                for c in args.clients:
+                    w0 = worker_stats(port)
+                    lat, errors = asyncio.run(load(port, images, c, args.seconds, args.warmup))
+                    w = {k: v - w0[k] for k, v in worker_stats(port).items() if k in w0}
+                    per = max(1, w["batches"])
+                    n_err = sum(errors.values())
+                    p50, p99 = (np.percentile(lat, [50, 99]) * 1000) if len(lat) else (np.nan,) * 2
+                    mx = lat.max() * 1000 if len(lat) else float("nan")
+                    err = f"{n_err} {errors}" if n_err else "0"
+                    print(
+                        f"| {n:,} | {args.kind} | {runtime} | {c} | {len(lat) + n_err} | "
+                        f"{len(lat) / args.seconds:.1f} | {p50:.0f} | {p99:.0f} | {mx:.0f} | {err} | "
+                        f"{w['queries'] / per:.1f} | {1000 * w['model_s'] / per:.0f} | "
+                        f"{1000 * w['search_s'] / per:.0f} |",
+                        flush=True,
+                    )
+            finally:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+        print(
+            f"#   gallery {n:,}: built in {built:.1f} s{recall}; server ready: {', '.join(ready)}"
+        )
         if not args.workdir:
             for f in (gallery,):
                 if os.path.isfile(f):
