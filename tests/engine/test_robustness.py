@@ -119,7 +119,11 @@ def test_run_report_carries_robustness(setup, tmp_path):
     cfg.eval.robustness.kinds = ["person_bottom", "keep_top"]
     cfg.eval.robustness.severities = [0.3]
     out = tmp_path / "report"
-    m = write_run_report(cfg, model, ds, torch.device("cpu"), out_dir=str(out))
+    counting = CountingModel(model).eval()
+    m = write_run_report(cfg, counting, ds, torch.device("cpu"), out_dir=str(out))
+    # the sweep reuses the clean evaluation's features: clean images once, altered queries per point
+    nq, ng, passes = len(ds.query), len(ds.gallery), 2 if cfg.eval.flip else 1
+    assert counting.images == passes * (nq + ng + 2 * nq)
     saved = json.loads((out / "metrics.json").read_text())
     rob = saved["robustness"]
     assert rob["kinds"] == ["person_bottom", "keep_top"] and rob["severities"] == [0.3]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Dict, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -105,8 +105,12 @@ def evaluate(
     num_workers: int = 2,
     amp: bool = False,
     name: str = "test",
+    features: Optional[Dict[str, Any]] = None,
 ) -> Tuple[Dict[str, float], torch.Tensor]:
     """Evaluate ``model`` on a query/gallery split; return ``(metrics, distmat)``.
+
+    ``features``, when given, receives the ``query`` and ``gallery`` ``(features, pids,
+    camids)`` so that a caller (the robustness sweep) need not extract them again.
 
     Under DDP (a running process group) every process must call it: feature extraction is split
     across the processes and gathered, then every process computes the same metrics.  Pass the
@@ -127,6 +131,8 @@ def evaluate(
             model, items, transform, device, cfg.batch_size, num_workers, flip=cfg.flip, amp=amp
         )
     t1 = time.time()
+    if features is not None:
+        features.update(feats)
     (qf, q_pids, q_cams), (gf, g_pids, g_cams) = feats["query"], feats["gallery"]
     distmat = distances(qf, gf, cfg)
     r = M.evaluate_rank(distmat, q_pids, g_pids, q_cams, g_cams, max_rank=cfg.max_rank)

@@ -16,12 +16,20 @@ log = logging.getLogger("partreid")
 
 
 def evaluate_run(
-    cfg, model, ds, device, use_amp: bool = False, out_dir: Optional[str] = None, draw: bool = True
+    cfg,
+    model,
+    ds,
+    device,
+    use_amp: bool = False,
+    out_dir: Optional[str] = None,
+    draw: bool = True,
+    features: Optional[Dict[str, Any]] = None,
 ) -> Dict[str, Any]:
     """Evaluate on ``ds`` and on every ``cfg.data.test`` set; one metrics table per set.
 
     Returns the metrics of ``ds`` at the top level and the other sets under ``cross_domain``.
     With ``out_dir``, also draws ``ranked_list.png`` (and ``ranked_list_<set>.png``).
+    ``features`` receives ``ds``'s query and gallery features (see :func:`evaluate`).
     """
     from ..report.ranked_list import draw_ranked_lists
 
@@ -48,6 +56,7 @@ def evaluate_run(
             cfg.sampler.num_workers,
             use_amp,
             name=name,
+            features=features if i == 0 else None,
         )
         log.info("%s", format_metrics(m, name))
         if out_dir and draw and cfg.eval.num_visualize > 0:
@@ -85,7 +94,8 @@ def write_run_report(
         from .robustness import check_robustness_config
 
         check_robustness_config(cfg.eval.robustness)
-    metrics = evaluate_run(cfg, model, ds, device, use_amp, out_dir=out_dir)
+    clean: Dict[str, Any] = {}  # the clean features, reused by the robustness sweep
+    metrics = evaluate_run(cfg, model, ds, device, use_amp, out_dir=out_dir, features=clean)
     metrics["model"] = cfg.model["name"]
     images = [metrics[k] for k in ("ranked_list",) if k in metrics]
     images += [
@@ -106,7 +116,7 @@ def write_run_report(
         from .robustness import robustness_report
 
         metrics["robustness"], rob_images = robustness_report(
-            cfg, model, ds, test_transform(cfg), device, use_amp, out_dir
+            cfg, model, ds, test_transform(cfg), device, use_amp, out_dir, clean_features=clean
         )
         images += rob_images
     with open(os.path.join(out_dir, "metrics.json"), "w") as f:

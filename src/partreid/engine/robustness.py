@@ -76,8 +76,12 @@ def robustness_sweep(
     num_workers: int = 0,
     amp: bool = False,
     name: str = "test",
+    clean_features: Optional[Dict[str, Any]] = None,
 ) -> Dict[str, Any]:
     """Evaluate ``model`` with the query images altered by each kind at each severity.
+
+    ``clean_features`` (``{"query": (f, pids, camids), "gallery": ...}`` as filled by
+    :func:`~partreid.engine.evaluator.evaluate`) saves extracting the clean images again.
 
     Returns the robustness dict stored in ``metrics.json`` (see ``partreid.report.robustness``):
     ``clean`` metrics, and ``results[kind]`` = one ``{severity, rank1, rank5, mAP, mINP}`` per
@@ -89,10 +93,20 @@ def robustness_sweep(
     if any(k.startswith("person_") for k in kinds) and donors is None:
         raise ValueError("person_* kinds need a DonorPool of training images (donors=...)")
     t0 = time.time()
-    gal = build_test_loader(gallery, transform, eval_cfg.batch_size, num_workers, pin_memory=False)
-    gf, g_pids, g_cams = extract_features(model, gal, device, flip=eval_cfg.flip, amp=amp)
-    qry = build_test_loader(query, transform, eval_cfg.batch_size, num_workers, pin_memory=False)
-    qf, q_pids, q_cams = extract_features(model, qry, device, flip=eval_cfg.flip, amp=amp)
+    if clean_features and len(clean_features["query"][0]) == len(query):
+        (qf, q_pids, q_cams), (gf, g_pids, g_cams) = (
+            clean_features["query"],
+            clean_features["gallery"],
+        )
+    else:
+        gal = build_test_loader(
+            gallery, transform, eval_cfg.batch_size, num_workers, pin_memory=False
+        )
+        gf, g_pids, g_cams = extract_features(model, gal, device, flip=eval_cfg.flip, amp=amp)
+        qry = build_test_loader(
+            query, transform, eval_cfg.batch_size, num_workers, pin_memory=False
+        )
+        qf, q_pids, q_cams = extract_features(model, qry, device, flip=eval_cfg.flip, amp=amp)
     clean = rank_metrics(distances(qf, gf, eval_cfg), q_pids, g_pids, q_cams, g_cams)
     results: Dict[str, List[Dict[str, float]]] = {}
     for kind in kinds:
@@ -164,7 +178,14 @@ def check_robustness_config(rc) -> None:
 
 
 def robustness_report(
-    cfg, model, ds, transform, device, use_amp: bool = False, out_dir: Optional[str] = None
+    cfg,
+    model,
+    ds,
+    transform,
+    device,
+    use_amp: bool = False,
+    out_dir: Optional[str] = None,
+    clean_features: Optional[Dict[str, Any]] = None,
 ) -> Tuple[Dict[str, Any], List[str]]:
     """Run the ``eval.robustness`` sweep on ``ds``'s query/gallery, log one table, draw the
     curves (``robustness.png``) and the altered examples (``robustness_examples.png``) into
@@ -210,6 +231,7 @@ def robustness_report(
         num_workers=cfg.sampler.num_workers,
         amp=use_amp,
         name=cfg.data.name,
+        clean_features=clean_features,
     )
     log.info(
         "robustness (%s, %.0f s):\n%s", cfg.data.name, rob["seconds"], format_robustness_table(rob)
