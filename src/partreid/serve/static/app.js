@@ -83,7 +83,7 @@ async function loadInfo() {
   const meta = $("meta");
   meta.replaceChildren();
   const parts = [
-    ["model ", `${m.name}${m.backbone ? " · " + m.backbone : ""}`, ` ${m.input[0]}×${m.input[1]}, ${m.feature_dim}-d`],
+    ["model ", `${m.name}${m.backbone ? " · " + m.backbone : ""}`, ` ${m.input[0]}×${m.input[1]}, ${m.feature_dim}-d${m.runtime === "onnxruntime" ? ", ONNX Runtime" : ""}`],
     ["  ·  gallery ", fmt(g.size), ` items, ${g.cameras.length} cameras, ${g.metric} (${g.kind}/${g.backend})`],
   ];
   for (const [a, b, c] of parts) {
