@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -46,6 +47,11 @@ def setup(tiny_synthetic, tiny_overrides):
     return cfg, ds, model
 
 
+def mean(xs):
+    """The mean of the per-query APs of queries that have a valid match (not None)."""
+    return float(np.mean([x for x in xs if x is not None]))
+
+
 def test_severity_zero_equals_clean_evaluation(setup):
     cfg, ds, model = setup
     tf = make_transform(cfg)
@@ -72,6 +78,14 @@ def test_severity_zero_equals_clean_evaluation(setup):
     altered = [rob["results"][k][1] for k in kinds]
     assert all(0 <= p["mAP"] <= 1 for p in altered)
     assert any(abs(p["mAP"] - clean["mAP"]) > 1e-6 for p in altered)
+    # per-query APs (for compare's intervals): one per query, their mean is each point's mAP
+    pq = rob["per_query_ap"]
+    assert len(pq["clean"]) == len(ds.query) and len(rob["query_digest"]) == 16
+    assert mean(pq["clean"]) == pytest.approx(clean["mAP"], abs=1e-4)
+    for kind in kinds:
+        for point, aps in zip(rob["results"][kind], pq[kind]):
+            assert len(aps) == len(ds.query)
+            assert mean(aps) == pytest.approx(point["mAP"], abs=1e-4)
 
 
 @pytest.mark.parametrize("alter_gallery", [False, True])

@@ -34,6 +34,20 @@ def reference_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank):
     return np.mean(cmcs, axis=0), float(np.mean(aps)), float(np.mean(inps)), len(aps)
 
 
+def reference_ap(distmat, q_pids, g_pids, q_camids, g_camids):
+    """Each query's average precision in its own loop (NaN without a valid match)."""
+    out = np.full(distmat.shape[0], np.nan)
+    for i in range(distmat.shape[0]):
+        order = np.argsort(distmat[i], kind="stable")
+        same_pid = g_pids[order] == q_pids[i]
+        keep = ~(same_pid & (g_camids[order] == q_camids[i]) & (q_camids[i] != -1))
+        hits = same_pid[keep]
+        if hits.any():
+            ranks = np.flatnonzero(hits) + 1  # 1-based positions of the true matches
+            out[i] = np.mean(np.arange(1, len(ranks) + 1) / ranks)
+    return out
+
+
 def random_problem(
     rng, num_q, num_g, num_ids, num_cams, integer=False, unknown_cam=0.0, distractors=0
 ):
@@ -110,6 +124,18 @@ def test_evaluate_rank_matches_reference(case, seed, strategy):
         max_rank=max_rank,
     )
     check(tout, ref, max_rank)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_per_query_ap_matches_reference(case, strategy):
+    rng = np.random.default_rng(3)
+    dist, qp, gp, qc, gc = random_problem(rng, **CASES[case])
+    ref = reference_ap(dist, qp, gp, qc, gc)
+    for chunk in (None, 7):
+        out = evaluate_rank(dist, qp, gp, qc, gc, chunk_size=chunk, per_query=True)
+        np.testing.assert_allclose(out["ap"], ref, atol=1e-9)  # NaN where NaN
+        assert np.nanmean(out["ap"]) == pytest.approx(out["mAP"], abs=1e-12)
+    assert "ap" not in evaluate_rank(dist, qp, gp, qc, gc)
 
 
 def hard_problem(rng, kind, num_q=60, num_g=400):

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 
+import numpy as np
 import pytest
 
 from partreid.cli import main
@@ -112,3 +114,70 @@ def test_cli_compare_and_clear_error(tmp_path, capsys):
     assert main(["compare", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "partreid compare: error:" in err and "metrics.json" in err
+
+
+def _rob_per_query(clean_ap, factor, digest="q1", kinds=("person_bottom", "keep_top")) -> dict:
+    """A robustness result with per-query APs: each altered AP is ``factor[q] * clean_ap[q]``
+    (None where the query has no valid match); the summary metrics follow from them."""
+    clean = [None if v is None else float(v) for v in clean_ap]
+    altered = [None if c is None else float(c * f) for c, f in zip(clean, factor)]
+
+    def mean(xs):
+        return float(np.mean([x for x in xs if x is not None]))
+
+    rob = _rob(0.0, kinds=kinds, sevs=(0.1, 0.3))
+    rob["clean"]["mAP"] = mean(clean)
+    for k in kinds:
+        for r in rob["results"][k]:
+            r["mAP"] = mean(altered)
+    rob["per_query_ap"] = {"clean": clean, **{k: [altered, altered] for k in kinds}}
+    rob["query_digest"] = digest
+    return rob
+
+
+def test_share_kept_intervals_are_paired_over_queries(tmp_path):
+    rng = np.random.default_rng(0)
+    clean = list(rng.uniform(0.2, 1.0, 120)) + [None]  # the last query has no valid match
+    weak = rng.uniform(0.3, 0.5, 121)  # keeps ~0.4 of each query's AP
+    strong = weak + rng.uniform(0.2, 0.4, 121)  # keeps ~0.3 more of each query's AP
+    a = _run(tmp_path, "a", "bot", rob=_rob_per_query(clean, weak))
+    b = _run(tmp_path, "b", "cgpn", rob=_rob_per_query(clean, strong))
+    r = compare_runs([f"BoT={a}", f"CGPN={b}"], str(tmp_path / "cmp"))
+    md = r["markdown"]
+    assert "percentile bootstrap over the 121 queries (2000 resamples, the same" in md
+    assert "## Difference to BoT" in md
+    rows = {}
+    with open(r["csv"]) as f:
+        for x in csv.DictReader(f):
+            rows[(x["run"], x["kind"], x["severity"], x["metric"])] = float(x["value"])
+    c = np.array(clean[:-1])
+    share_a = float((c * weak[:-1]).mean() / c.mean())
+    assert rows[("BoT", "mean", "0.3", "share_kept")] == pytest.approx(share_a)
+    assert f"{share_a:.2f} [" in md  # agrees with the mean table's share
+    lo, hi = (
+        rows[("BoT", "mean", "0.3", "share_kept_ci_low")],
+        rows[("BoT", "mean", "0.3", "share_kept_ci_high")],
+    )
+    assert lo < share_a < hi and hi - lo < 0.05
+    # same queries, same clean APs: the clean difference is exactly 0; the share differs by
+    # ~0.3, resolved (the paired interval excludes 0)
+    diff = re.search(
+        r"\| CGPN - BoT \| \+0\.0 \[\+0\.0, \+0\.0\] \| \+0\.(\d\d) \[(\S+), (\S+)\]", md
+    )
+    assert diff, md
+    point, lo, hi = float("0." + diff.group(1)), float(diff.group(2)), float(diff.group(3))
+    assert 0.2 < lo <= point <= hi < 0.4 and lo < hi
+
+
+def test_intervals_say_what_they_cannot_pair(tmp_path):
+    rng = np.random.default_rng(1)
+    clean = list(rng.uniform(0.2, 1.0, 50))
+    a = _run(tmp_path, "a", "bot", rob=_rob_per_query(clean, rng.uniform(0.3, 0.5, 50)))
+    b = _run(tmp_path, "b", "mgn", rob=_rob_per_query(clean, rng.uniform(0.3, 0.5, 50), "q2"))
+    c = _run(tmp_path, "c", "cgpn", rob=_rob(0.2))  # an older metrics.json: no per-query APs
+    r = compare_runs([a, b, c], str(tmp_path / "cmp"))
+    notes = " ".join(r["notes"])
+    assert "asked different queries" in notes
+    assert "no per-query APs in c's robustness results" in notes
+    assert "## Share of the clean mAP kept, 95 % intervals" in r["markdown"]
+    assert "## Difference to" not in r["markdown"]

@@ -8,6 +8,7 @@ normalisation, query expansion, re-ranking), so severity 0 reproduces the clean 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
@@ -35,9 +36,10 @@ log = logging.getLogger("partreid")
 POINT_METRICS = ("rank1", "rank5", "mAP", "mINP")
 
 
-def rank_metrics(distmat, q_pids, g_pids, q_cams, g_cams, max_rank: int = 50) -> Dict[str, float]:
-    """rank-1/5, mAP and mINP (fractions) and the number of valid queries of a distance matrix."""
-    r = M.evaluate_rank(distmat, q_pids, g_pids, q_cams, g_cams, max_rank=max_rank)
+def rank_metrics(distmat, q_pids, g_pids, q_cams, g_cams, max_rank: int = 50) -> Dict[str, Any]:
+    """rank-1/5, mAP and mINP (fractions), the number of valid queries and each query's AP
+    (``ap``, NaN where a query has no valid match) of a distance matrix."""
+    r = M.evaluate_rank(distmat, q_pids, g_pids, q_cams, g_cams, max_rank=max_rank, per_query=True)
     if r["num_valid_queries"] == 0:
         raise ValueError("no query has a valid match in the gallery (same identity, other camera)")
     cmc = np.asarray(r["cmc"])
@@ -47,7 +49,22 @@ def rank_metrics(distmat, q_pids, g_pids, q_cams, g_cams, max_rank: int = 50) ->
         "mAP": float(r["mAP"]),
         "mINP": float(r["mINP"]),
         "num_valid_queries": int(r["num_valid_queries"]),
+        "ap": r["ap"],
     }
+
+
+def _ap_list(ap: np.ndarray) -> List[Optional[float]]:
+    """Per-query APs for metrics.json: 5 decimals, None for queries without a valid match."""
+    return [None if np.isnan(v) else round(float(v), 5) for v in ap]
+
+
+def query_digest(query: Sequence[Item]) -> str:
+    """A short fingerprint of the query list (file names, identities, cameras, in order): runs
+    with the same digest were asked the same queries, so their per-query APs pair up."""
+    h = hashlib.sha1()
+    for path, pid, cam in query:
+        h.update(f"{os.path.basename(path)}|{int(pid)}|{int(cam)}\n".encode())
+    return h.hexdigest()[:16]
 
 
 def _features(model, dataset, eval_cfg, device, num_workers: int, amp: bool):
@@ -85,7 +102,9 @@ def robustness_sweep(
 
     Returns the robustness dict stored in ``metrics.json`` (see ``partreid.report.robustness``):
     ``clean`` metrics, and ``results[kind]`` = one ``{severity, rank1, rank5, mAP, mINP}`` per
-    severity. ``donors`` lends the ``person_*`` occluders their content (training images of
+    severity; ``per_query_ap`` holds each query's AP (``clean``: one list; each kind: one list
+    per severity) and ``query_digest`` names the query list, so ``partreid compare`` can give
+    confidence intervals paired over queries. ``donors`` lends the ``person_*`` occluders their content (training images of
     other identities); it is required when such a kind is asked.
     """
     kinds = check_kinds(kinds)
@@ -109,8 +128,10 @@ def robustness_sweep(
         qf, q_pids, q_cams = extract_features(model, qry, device, flip=eval_cfg.flip, amp=amp)
     clean = rank_metrics(distances(qf, gf, eval_cfg), q_pids, g_pids, q_cams, g_cams)
     results: Dict[str, List[Dict[str, float]]] = {}
+    per_query: Dict[str, Any] = {"clean": _ap_list(clean["ap"])}
     for kind in kinds:
         results[kind] = []
+        per_query[kind] = []
         for s in severities:
             ds = AlteredImageDataset(query, kind, s, seed, donors, transform, prefix="query:")
             aq = _features(model, ds, eval_cfg, device, num_workers, amp)[0]
@@ -120,6 +141,7 @@ def robustness_sweep(
                 ag = _features(model, ds, eval_cfg, device, num_workers, amp)[0]
             m = rank_metrics(distances(aq, ag, eval_cfg), q_pids, g_pids, q_cams, g_cams)
             results[kind].append({"severity": s, **{k: m[k] for k in POINT_METRICS}})
+            per_query[kind].append(_ap_list(m["ap"]))
         log.info(
             "%s robustness %s: %s",
             name,
@@ -137,6 +159,8 @@ def robustness_sweep(
         "severities": list(severities),
         "clean": {k: clean[k] for k in POINT_METRICS},
         "results": results,
+        "per_query_ap": per_query,
+        "query_digest": query_digest(query),
         "num_query": len(query),
         "num_gallery": len(gallery),
         "num_valid_queries": clean["num_valid_queries"],

@@ -1,4 +1,5 @@
-"""Evaluation metrics (CMC / mAP / mINP), distances, k-reciprocal re-ranking and query expansion.
+"""Evaluation metrics (CMC / mAP / mINP), distances, k-reciprocal re-ranking, query expansion
+and bootstrap confidence intervals over queries.
 
 This package knows nothing about models or data sets: every function takes numpy arrays or
 torch tensors.
@@ -6,6 +7,7 @@ torch tensors.
 
 from __future__ import annotations
 
+from .bootstrap import paired_bootstrap_ratio, percentile_interval
 from .distance import compute_distance
 from .query_expansion import alpha_query_expansion, average_query_expansion
 from .rank import evaluate_cuhk03_single_gallery_shot, evaluate_rank
@@ -19,4 +21,6 @@ __all__ = [
     "re_rank_features",
     "average_query_expansion",
     "alpha_query_expansion",
+    "paired_bootstrap_ratio",
+    "percentile_interval",
 ]

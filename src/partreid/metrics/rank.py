@@ -381,6 +381,7 @@ def evaluate_rank(
     g_camids: ArrayLike,
     max_rank: int = 50,
     chunk_size: int | None = None,
+    per_query: bool = False,
 ) -> Dict[str, Any]:
     """CMC, mAP and mINP of a query x gallery distance matrix (single-query protocol).
 
@@ -392,6 +393,8 @@ def evaluate_rank(
             padded with its last value (1.0): a valid query always has its first match within
             the gallery.
         chunk_size: query rows per chunk (default: about 8M matrix elements per chunk).
+        per_query: also return ``ap``, each query's average precision (float64 array of length
+            ``Q``, NaN for queries without a valid match), e.g. for confidence intervals.
 
     On the CPU the work runs with one torch thread (restored afterwards): it is memory-bound,
     and intra-op threads only added synchronisation cost in our measurements.
@@ -405,11 +408,13 @@ def evaluate_rank(
         raise ValueError(f"max_rank: expected a positive integer, got {max_rank}")
     dist, _ = as_tensor(distmat, "distmat")
     with single_thread_on_cpu(dist.device):
-        return _evaluate_rank(dist, q_pids, g_pids, q_camids, g_camids, int(max_rank), chunk_size)
+        return _evaluate_rank(
+            dist, q_pids, g_pids, q_camids, g_camids, int(max_rank), chunk_size, per_query
+        )
 
 
 def _evaluate_rank(
-    distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int, chunk_size
+    distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int, chunk_size, per_query: bool
 ) -> Dict[str, Any]:
     p = _prepare(distmat, q_pids, g_pids, q_camids, g_camids)
     num_q, num_g = p.dist.shape
@@ -417,6 +422,7 @@ def _evaluate_rank(
     ap_sum = torch.zeros((), dtype=torch.float64, device=dev)
     inp_sum = torch.zeros((), dtype=torch.float64, device=dev)
     hist = torch.zeros(max_rank + 1, dtype=torch.int64, device=dev)
+    ap_q = torch.zeros(num_q, dtype=torch.float64, device=dev) if per_query else None
     work: Dict[Any, torch.Tensor] = {}  # scratch buffers shared by the chunks
     for a, b in chunks(num_q, _chunk_rows(chunk_size, num_g)):
         rows, k, rank = _match_ranks(p, a, b, work)
@@ -424,7 +430,10 @@ def _evaluate_rank(
             continue
         n = p.n_match[a:b][rows]
         rank_f = rank.to(torch.float64)
-        ap_sum += (k.to(torch.float64) / (rank_f + 1) / n.to(torch.float64)).sum()
+        precision = k.to(torch.float64) / (rank_f + 1) / n.to(torch.float64)
+        ap_sum += precision.sum()
+        if ap_q is not None:
+            ap_q.index_add_(0, rows + a, precision)
         last = k == n
         inp_sum += (n[last].to(torch.float64) / (rank_f[last] + 1)).sum()
         hist += torch.bincount(rank[k == 1].clamp(max=max_rank), minlength=max_rank + 1)
@@ -435,13 +444,16 @@ def _evaluate_rank(
             "share identities and that not every match is filtered out by q_camids/g_camids)"
         )
     cmc = torch.cumsum(hist[:max_rank], 0).to(torch.float64) / num_valid
-    return {
+    out = {
         "cmc": cmc.cpu().numpy(),
         "mAP": float(ap_sum) / num_valid,
         "mINP": float(inp_sum) / num_valid,
         "num_valid_queries": num_valid,
         "num_skipped_queries": num_q - num_valid,
     }
+    if ap_q is not None:
+        out["ap"] = torch.where(p.n_match > 0, ap_q, float("nan")).cpu().numpy()
+    return out
 
 
 def evaluate_cuhk03_single_gallery_shot(

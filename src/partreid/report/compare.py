@@ -1,9 +1,10 @@
 """``partreid compare``: several runs' ``metrics.json`` side by side, as the papers' tables.
 
 Writes ``compare.md`` (clean test, each cross-data-set test, robustness per kind and severity,
-and the mean over kinds), ``compare.csv`` (the same numbers in one long table: run, model,
-data set, test set, kind, severity, metric, value) and ``compare_robustness.png`` (the
-robustness curves of all runs). Runs that lack robustness results or were tested on different
+the mean over kinds, and, from the runs' per-query APs, 95 % intervals of each run's share of
+the clean mAP kept and of its difference to the first run, paired over queries),
+``compare.csv`` (the same numbers in one long table: run, model, data set, test set, kind,
+severity, metric, value) and ``compare_robustness.png`` (the robustness curves of all runs). Runs that lack robustness results or were tested on different
 data sets are still compared on what they share, and the notes say what is missing.
 """
 
@@ -14,6 +15,9 @@ import json
 import os
 from typing import Any, Dict, List, Sequence, Tuple
 
+import numpy as np
+
+from ..metrics.bootstrap import paired_bootstrap_ratio, percentile_interval
 from .robustness import LABELS, curve, draw_robustness_curves, mean_curve
 
 CLEAN_METRICS = ("rank1", "rank5", "mAP", "mINP")
@@ -250,6 +254,15 @@ def compare_runs(run_args: Sequence[str], out_dir: str) -> Dict[str, Any]:
                         ]
                     )
             md += [_table(["run", "clean"] + [f"{s:g}" for s in sevs if s > 0], rows), ""]
+            ci_md, ci_rows, ci_notes = _share_intervals(robs, shared, [s for s in sevs if s > 0])
+            md += ci_md
+            notes += ci_notes
+            meta = {lab: dict(runs)[lab] for lab in robs}
+            csv_rows += [
+                [lab, meta[lab].get("model"), meta[lab].get("dataset"), robs[lab].get("dataset")]
+                + row
+                for lab, row in ci_rows
+            ]
         figure = draw_robustness_curves(
             robs,
             os.path.join(out_dir, "compare_robustness.png"),
@@ -274,6 +287,135 @@ def compare_runs(run_args: Sequence[str], out_dir: str) -> Dict[str, Any]:
         "notes": notes,
         "runs": [lab for lab, _ in runs],
     }
+
+
+def _ap_matrix(rob: Dict[str, Any], kinds: Sequence[str], sev: float) -> np.ndarray:
+    """Per-query APs of ``kinds`` at ``sev`` (``(K, Q)``; NaN for queries without a match)."""
+    sevs = [float(x) for x in rob["severities"]]
+    rows = [rob["per_query_ap"][k][sevs.index(sev)] for k in kinds]
+    return np.array([[np.nan if v is None else v for v in r] for r in rows], dtype=np.float64)
+
+
+def _share_intervals(
+    robs: Dict[str, Dict[str, Any]],
+    kinds: Sequence[str],
+    sevs: Sequence[float],
+    n_resamples: int = 2000,
+    level: float = 0.95,
+) -> Tuple[List[str], List[Tuple[str, List[Any]]], List[str]]:
+    """95 % intervals (paired bootstrap over queries) of each run's clean mAP and share of the
+    clean mAP kept (mean over ``kinds``), and of each run's difference to the first run.
+
+    Returns ``(markdown lines, (label, csv row tail) pairs, notes)``.
+    """
+    notes: List[str] = []
+    usable = {}
+    for lab, rob in robs.items():
+        pq = rob.get("per_query_ap")
+        if not pq or any(k not in pq for k in kinds) or "clean" not in pq:
+            notes.append(
+                f"no per-query APs in {lab}'s robustness results (written by an older partreid): "
+                "no confidence intervals for it"
+            )
+            continue
+        usable[lab] = rob
+    sevs = [
+        s for s in sevs if all(s in [float(x) for x in r["severities"]] for r in usable.values())
+    ]
+    if not usable or not sevs:
+        return [], [], notes
+    digests = {r.get("query_digest") for r in usable.values()}
+    sizes = {len(r["per_query_ap"]["clean"]) for r in usable.values()}
+    paired = len(digests) == 1 and None not in digests and len(sizes) == 1
+    if not paired:
+        notes.append(
+            "the runs were asked different queries: intervals are per run, and differences "
+            "between runs are not shown"
+        )
+    labs = list(usable)
+    # per run: (clean, [mean over kinds at each severity]) per-query rows; share = ratio of means
+    clean = {
+        lab: np.array([np.nan if v is None else v for v in r["per_query_ap"]["clean"]])
+        for lab, r in usable.items()
+    }
+    altered = {lab: [_ap_matrix(r, kinds, s).mean(0) for s in sevs] for lab, r in usable.items()}
+
+    def draws(group: List[str]) -> Dict[str, np.ndarray]:
+        """(n_resamples, 1 + len(sevs)) per run: clean mAP, then the share kept per severity."""
+        num = [clean[lab] for lab in group] + [a for lab in group for a in altered[lab]]
+        den = [np.ones_like(clean[lab]) for lab in group] + [
+            clean[lab] for lab in group for _ in sevs
+        ]
+        b = paired_bootstrap_ratio(np.stack(num), np.stack(den), n_resamples, seed=0)
+        n = len(group)
+        return {
+            lab: np.column_stack(
+                [b[:, i]] + [b[:, n + i * len(sevs) + j] for j in range(len(sevs))]
+            )
+            for i, lab in enumerate(group)
+        }
+
+    samples: Dict[str, np.ndarray] = {}
+    for group in [labs] if paired else [[lab] for lab in labs]:
+        samples.update(draws(group))
+    points = {
+        lab: [float(np.nanmean(clean[lab]))]
+        + [float(np.nanmean(a) / np.nanmean(clean[lab])) for a in altered[lab]]
+        for lab in labs
+    }
+    head = ["run", "clean mAP (%)"] + [f"{s:g}" for s in sevs]
+    pct = int(round(100 * level))
+    md = [
+        f"## Share of the clean mAP kept, {pct} % intervals",
+        "",
+        f"Mean over the {len(kinds)} shared kinds; percentile bootstrap over the "
+        f"{len(clean[labs[0]])} queries ({n_resamples} resamples"
+        + (", the same resamples for every run" if paired else "")
+        + ").",
+        "",
+    ]
+    rows, csv_rows = [], []
+    for lab in labs:
+        cells = []
+        for j, x in enumerate([0.0] + list(sevs)):
+            lo, hi = percentile_interval(samples[lab][:, j], level)
+            scale = 100.0 if j == 0 else 1.0
+            fmt = "{:.1f}" if j == 0 else "{:.2f}"
+            cells.append(
+                f"{fmt.format(scale * points[lab][j])} "
+                f"[{fmt.format(scale * lo)}, {fmt.format(scale * hi)}]"
+            )
+            metric = "mAP" if j == 0 else "share_kept"
+            kind = "clean" if j == 0 else "mean"
+            csv_rows += [
+                (lab, [kind, x, metric, points[lab][j]]),
+                (lab, [kind, x, f"{metric}_ci_low", lo]),
+                (lab, [kind, x, f"{metric}_ci_high", hi]),
+            ]
+        rows.append([lab] + cells)
+    md += [_table(head, rows), ""]
+    if paired and len(labs) > 1:
+        ref = labs[0]
+        md += [
+            f"## Difference to {ref}, {pct} % intervals (paired over queries)",
+            "",
+            "An interval that excludes 0 is a difference this test set can resolve.",
+            "",
+        ]
+        rows = []
+        for lab in labs[1:]:
+            cells = []
+            for j in range(1 + len(sevs)):
+                d = samples[lab][:, j] - samples[ref][:, j]
+                lo, hi = percentile_interval(d, level)
+                point = points[lab][j] - points[ref][j]
+                if j == 0:
+                    cells.append(f"{100 * point:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]")
+                else:
+                    cells.append(f"{point:+.2f} [{lo:+.2f}, {hi:+.2f}]")
+            rows.append([f"{lab} - {ref}"] + cells)
+        md += [_table(head, rows), ""]
+    return md, csv_rows, notes
 
 
 __all__ = ["compare_runs", "load_run", "parse_run", "curve"]

@@ -5,7 +5,9 @@ A robustness result is the plain dict that ``partreid.engine.robustness`` stores
 
     {"dataset": ..., "seed": 0, "alter_gallery": false, "kinds": [...], "severities": [...],
      "clean": {"rank1": .., "rank5": .., "mAP": .., "mINP": ..},
-     "results": {kind: [{"severity": 0.1, "rank1": .., "mAP": .., "mINP": ..}, ...], ...}}
+     "results": {kind: [{"severity": 0.1, "rank1": .., "mAP": .., "mINP": ..}, ...], ...},
+     "per_query_ap": {"clean": [ap, ...], kind: [[ap, ...] per severity], ...},  # None: no match
+     "query_digest": "..."}                     # the query list's fingerprint (pairs runs)
 
 This module only reads such dicts (it knows no engine).
 """
