@@ -144,7 +144,7 @@ def test_share_kept_intervals_are_paired_over_queries(tmp_path):
     b = _run(tmp_path, "b", "cgpn", rob=_rob_per_query(clean, strong))
     r = compare_runs([f"BoT={a}", f"CGPN={b}"], str(tmp_path / "cmp"))
     md = r["markdown"]
-    assert "percentile bootstrap over the 121 queries (2000 resamples, the same" in md
+    assert "bootstrap over the 120 queries with a valid match (2000 resamples, the same" in md
     assert "## Difference to BoT" in md
     rows = {}
     with open(r["csv"]) as f:

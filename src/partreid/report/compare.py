@@ -363,13 +363,14 @@ def _share_intervals(
         + [float(np.nanmean(a) / np.nanmean(clean[lab])) for a in altered[lab]]
         for lab in labs
     }
+    n_valid = min(int(np.sum(~np.isnan(c))) for c in clean.values())
     head = ["run", "clean mAP (%)"] + [f"{s:g}" for s in sevs]
     pct = int(round(100 * level))
     md = [
         f"## Share of the clean mAP kept, {pct} % intervals",
         "",
         f"Mean over the {len(kinds)} shared kinds; percentile bootstrap over the "
-        f"{len(clean[labs[0]])} queries ({n_resamples} resamples"
+        f"{n_valid} queries with a valid match ({n_resamples} resamples"
         + (", the same resamples for every run" if paired else "")
         + ").",
         "",
