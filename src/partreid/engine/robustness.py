@@ -104,8 +104,8 @@ def robustness_sweep(
     ``clean`` metrics, and ``results[kind]`` = one ``{severity, rank1, rank5, mAP, mINP}`` per
     severity; ``per_query_ap`` holds each query's AP (``clean``: one list; each kind: one list
     per severity) and ``query_digest`` names the query list, so ``partreid compare`` can give
-    confidence intervals paired over queries. ``donors`` lends the ``person_*`` occluders their content (training images of
-    other identities); it is required when such a kind is asked.
+    confidence intervals paired over queries. ``donors`` lends the ``person_*`` occluders their
+    content (training images of other identities); it is required when such a kind is asked.
     """
     kinds = check_kinds(kinds)
     severities = check_severities(severities)

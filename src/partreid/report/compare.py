@@ -4,8 +4,9 @@ Writes ``compare.md`` (clean test, each cross-data-set test, robustness per kind
 the mean over kinds, and, from the runs' per-query APs, 95 % intervals of each run's share of
 the clean mAP kept and of its difference to the first run, paired over queries),
 ``compare.csv`` (the same numbers in one long table: run, model, data set, test set, kind,
-severity, metric, value) and ``compare_robustness.png`` (the robustness curves of all runs). Runs that lack robustness results or were tested on different
-data sets are still compared on what they share, and the notes say what is missing.
+severity, metric, value) and ``compare_robustness.png`` (the robustness curves of all runs).
+Runs that lack robustness results or were tested on different data sets are still compared on
+what they share, and the notes say what is missing.
 """
 
 from __future__ import annotations
@@ -289,11 +290,15 @@ def compare_runs(run_args: Sequence[str], out_dir: str) -> Dict[str, Any]:
     }
 
 
-def _ap_matrix(rob: Dict[str, Any], kinds: Sequence[str], sev: float) -> np.ndarray:
-    """Per-query APs of ``kinds`` at ``sev`` (``(K, Q)``; NaN for queries without a match)."""
-    sevs = [float(x) for x in rob["severities"]]
-    rows = [rob["per_query_ap"][k][sevs.index(sev)] for k in kinds]
-    return np.array([[np.nan if v is None else v for v in r] for r in rows], dtype=np.float64)
+def _aps(values: Sequence[Any]) -> np.ndarray:
+    """Per-query APs as stored in metrics.json (None: no valid match) -> float array with NaN."""
+    return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+
+
+def _mean_over_kinds(rob: Dict[str, Any], kinds: Sequence[str], sev: float) -> np.ndarray:
+    """Each query's AP at ``sev``, averaged over ``kinds`` (NaN for queries without a match)."""
+    i = [float(x) for x in rob["severities"]].index(sev)
+    return np.mean([_aps(rob["per_query_ap"][k][i]) for k in kinds], axis=0)
 
 
 def _share_intervals(
@@ -325,8 +330,7 @@ def _share_intervals(
     if not usable or not sevs:
         return [], [], notes
     digests = {r.get("query_digest") for r in usable.values()}
-    sizes = {len(r["per_query_ap"]["clean"]) for r in usable.values()}
-    paired = len(digests) == 1 and None not in digests and len(sizes) == 1
+    paired = len(digests) == 1 and None not in digests  # the same queries, in the same order
     if not paired:
         notes.append(
             "the runs were asked different queries: intervals are per run, and differences "
@@ -334,26 +338,17 @@ def _share_intervals(
         )
     labs = list(usable)
     # per run: (clean, [mean over kinds at each severity]) per-query rows; share = ratio of means
-    clean = {
-        lab: np.array([np.nan if v is None else v for v in r["per_query_ap"]["clean"]])
-        for lab, r in usable.items()
-    }
-    altered = {lab: [_ap_matrix(r, kinds, s).mean(0) for s in sevs] for lab, r in usable.items()}
+    clean = {lab: _aps(r["per_query_ap"]["clean"]) for lab, r in usable.items()}
+    altered = {lab: [_mean_over_kinds(r, kinds, s) for s in sevs] for lab, r in usable.items()}
 
     def draws(group: List[str]) -> Dict[str, np.ndarray]:
         """(n_resamples, 1 + len(sevs)) per run: clean mAP, then the share kept per severity."""
-        num = [clean[lab] for lab in group] + [a for lab in group for a in altered[lab]]
-        den = [np.ones_like(clean[lab]) for lab in group] + [
-            clean[lab] for lab in group for _ in sevs
-        ]
+        # per run, 1 + len(sevs) ratio rows: clean / 1, then altered / clean at each severity
+        num = [x for lab in group for x in [clean[lab], *altered[lab]]]
+        den = [x for lab in group for x in [np.ones_like(clean[lab])] + [clean[lab]] * len(sevs)]
         b = paired_bootstrap_ratio(np.stack(num), np.stack(den), n_resamples, seed=0)
-        n = len(group)
-        return {
-            lab: np.column_stack(
-                [b[:, i]] + [b[:, n + i * len(sevs) + j] for j in range(len(sevs))]
-            )
-            for i, lab in enumerate(group)
-        }
+        per_run = b.reshape(n_resamples, len(group), 1 + len(sevs))
+        return {lab: per_run[:, i] for i, lab in enumerate(group)}
 
     samples: Dict[str, np.ndarray] = {}
     for group in [labs] if paired else [[lab] for lab in labs]:
