@@ -8,7 +8,9 @@ The public API is small::
     from partreid import load_model           # a trained model from its checkpoint, eval mode
 """
 
-__version__ = "0.1.0"
+from ._version import __version__
+
+__all__ = ["__version__", "load_model"]
 
 
 def load_model(path, device="cpu", overrides=None):

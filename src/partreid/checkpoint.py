@@ -98,7 +98,7 @@ def model_meta(
     metrics: Optional[Dict[str, Any]] = None,
 ) -> Dict[str, Any]:
     """What a checkpoint says about its model: enough to rebuild it and feed it images."""
-    from . import __version__
+    from ._version import __version__
 
     return {
         "model": dict(cfg.model),

@@ -264,7 +264,7 @@ class Extractor:
     # ---------------------------------------------------------------- whole inputs
     def meta(self, source: str) -> Dict[str, Any]:
         """What a features file records about how it was made."""
-        from . import __version__
+        from ._version import __version__
 
         ev = self.info.config.get("eval", {}) if isinstance(self.info.config, dict) else {}
         return {

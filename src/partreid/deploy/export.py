@@ -298,7 +298,7 @@ def onnx_parity(onnx_path: str, model: nn.Module, images: List) -> Dict[str, flo
 def onnx_cache_path(checkpoint: str, cache_dir: str) -> str:
     """Where :func:`cached_onnx` keeps ``checkpoint``'s export: keyed by its real path, size
     and mtime and by the partreid and torch versions that exported it."""
-    from .. import __version__
+    from .._version import __version__
 
     st = os.stat(checkpoint)
     key = [os.path.realpath(checkpoint), st.st_size, st.st_mtime_ns, __version__, torch.__version__]
