@@ -129,8 +129,8 @@ def main() -> int:
         feats = {}
 
         def load_only():
+            from partreid.data.sources import open_source
             from partreid.deploy.extract import _loader
-            from partreid.deploy.sources import open_source
 
             for _ in _loader(ext, open_source(folder).dataset(ext.transform), False):
                 pass

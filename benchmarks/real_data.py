@@ -34,7 +34,7 @@ def mean_rate(run: Path) -> float:
 
 def evaluate_variant(row: dict, label: str, overrides: list, out: str) -> dict:
     """Evaluate the trained model of ``row`` again with ``overrides`` (e.g. test-time ABP)."""
-    from partreid.engine.reporting import evaluate_run
+    from partreid.engine.eval_run import evaluate_run
     from partreid.visualize import load_trained
 
     run = f"{out}/{row['model']}"

@@ -80,7 +80,7 @@ def _tensors(x) -> List[torch.Tensor]:
 def build(name: str, args, device: torch.device):
     """(config, model, criterion, optimizer) for ``name``'s Market-1501 recipe at the given sizes."""
     from partreid.config import load_config
-    from partreid.engine.runtime import model_kwargs
+    from partreid.engine.setup import model_kwargs
     from partreid.losses import LossComputer
     from partreid.models import build_model
 
@@ -182,7 +182,7 @@ class Inputs:
 
 def run_row(name, combo, mode, args, device, data_root, flops_cache) -> Dict:
     """Time ``args.steps`` training steps after ``args.warmup`` untimed ones."""
-    from partreid.engine.fastpath import precision, prepare_model
+    from partreid.engine.speed import precision, prepare_model
 
     amp, cl, bench, comp = COMBOS[combo]
     cfg, model, criterion = build(name, args, device)
@@ -254,7 +254,7 @@ def main(argv: Optional[List[str]] = None) -> List[Dict]:
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    from partreid.engine.runtime import resolve_device
+    from partreid.engine.setup import resolve_device
 
     device = resolve_device(args.device)
     if args.combos:

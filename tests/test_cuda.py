@@ -103,7 +103,7 @@ def test_model_forward_backward_equal_on_cpu_and_cuda(name):
 @pytest.mark.parametrize("name", MODELS)
 def test_bf16_training_steps_are_finite(name):
     from partreid.config import load_config
-    from partreid.engine.fastpath import precision
+    from partreid.engine.speed import precision
     from partreid.losses import LossComputer
 
     cfg = load_config(f"configs/{name}/market1501.yaml", ["train.amp=true"])

@@ -16,7 +16,7 @@ def _overrides(args) -> List[str]:
 def cmd_train(args) -> int:
     from .config import load_config
     from .engine import train
-    from .engine.guard import TrainingInterrupted
+    from .engine.checkpointing import TrainingInterrupted
 
     cfg = load_config(args.config, _overrides(args))
     resume = None if args.resume is None else (args.resume or "auto")
@@ -71,7 +71,7 @@ def _eval_overrides(args) -> List[str]:
 
 
 def cmd_eval(args) -> int:
-    from .engine.reporting import evaluate_checkpoint
+    from .engine.eval_run import evaluate_checkpoint
 
     evaluate_checkpoint(
         args.checkpoint, args.config, _eval_overrides(args), out=args.out, only_test=args.only_test
@@ -423,8 +423,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     from .checkpoint import CheckpointError
     from .config import ConfigError
     from .data.io import UnreadableImageError
-    from .engine.distributed import DistributedError
     from .models.backbones import PretrainedWeightsError
+    from .utils.distributed import DistributedError
 
     args = build_parser().parse_args(argv)
     try:

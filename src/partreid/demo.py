@@ -73,16 +73,17 @@ def run_demo(
     from .data import build_dataset
     from .engine import train
     from .engine.evaluator import evaluate, format_metrics
-    from .engine.runtime import model_kwargs, setup_logging, test_transform
+    from .engine.setup import model_kwargs, test_transform
     from .models import build_model
     from .report.html import write_html
+    from .utils.logs import setup_logging
 
     start = time.time()
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     model = model or _default_model()
     data = demo_config(out, model, epochs or 30)
     cfg = build_config(data)
-    setup_logging(cfg.output_dir)
+    setup_logging(os.path.join(cfg.output_dir, "log.txt"))
     log.info("partreid demo: model %s; output in %s", model, os.path.abspath(out))
     ds = build_dataset(cfg.data.name, cfg.data.root)  # generates the synthetic set the first time
     log.info("synthetic data set ready in %.1f s", time.time() - start)

@@ -159,7 +159,7 @@ class Extractor:
         amp: bool = True,
         progress: bool = True,
     ):
-        from .engine.runtime import resolve_device
+        from .utils.device import resolve_device
 
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")

@@ -11,8 +11,9 @@ def load_trained(config: Optional[str], checkpoint: str, overrides: Sequence[str
     config; by default the one saved in the checkpoint)."""
     from .checkpoint import load_checkpoint
     from .config import load_config
-    from .engine.runtime import load_data, resolve_device
+    from .engine.setup import load_data
     from .inference import model_from_checkpoint
+    from .utils.device import resolve_device
 
     ckpt = load_checkpoint(checkpoint)
     cfg = load_config(config, overrides, base=None if config else ckpt["meta"].get("config"))
@@ -29,7 +30,7 @@ def visualize(
     num: int = 6,
     overrides: Sequence[str] = (),
 ) -> str:
-    from .engine.runtime import test_transform
+    from .engine.setup import test_transform
 
     cfg, model, ds, device = load_trained(config, checkpoint, overrides)
     out = out or os.path.join(cfg.output_dir, f"{what}.png")

@@ -160,7 +160,7 @@ def test_signal_writes_a_checkpoint_in_the_middle_of_an_epoch(tiny_overrides, tm
     from partreid.config import load_config
     from partreid.engine import train
     from partreid.engine import trainer as trainer_mod
-    from partreid.engine.guard import TrainingInterrupted
+    from partreid.engine.checkpointing import TrainingInterrupted
 
     cfg = load_config(
         None,

@@ -12,10 +12,10 @@ import torch
 from partreid.config import load_config
 from partreid.data import build_dataset
 from partreid.data.occlusion import DonorPool
+from partreid.engine.eval_run import write_run_report
 from partreid.engine.evaluator import evaluate
-from partreid.engine.reporting import write_run_report
 from partreid.engine.robustness import robustness_sweep
-from partreid.engine.runtime import test_transform as make_transform
+from partreid.engine.setup import test_transform as make_transform
 
 
 class CountingModel(torch.nn.Module):

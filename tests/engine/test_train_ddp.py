@@ -25,7 +25,7 @@ from partreid.config import load_config
 from partreid.data import build_dataset
 from partreid.data.sampler import PKSampler
 from partreid.engine import train
-from partreid.engine.reporting import evaluate_checkpoint
+from partreid.engine.eval_run import evaluate_checkpoint
 
 WORLD = 2
 

@@ -177,7 +177,7 @@ def test_combined_heatmap_is_the_mean_of_normalised_maps():
     import torch
     from PIL import Image
 
-    from partreid.serve.engine import heatmap_png
+    from partreid.serve.worker import heatmap_png
 
     a = torch.zeros(4, 2)
     a[0, 0] = 5.0  # hot top-left
@@ -308,7 +308,7 @@ def test_pil_bomb_warning_is_an_error_once_installed(monkeypatch):
     from PIL import Image
 
     from partreid.serve import ServeLimits, UploadError, decode_upload
-    from partreid.serve.engine import install_pixel_limit
+    from partreid.serve.worker import install_pixel_limit
 
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)
     with warnings.catch_warnings():

@@ -24,6 +24,8 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
+
 Item = Tuple[str, int, int]
 
 _PATH_IN_MESSAGE = re.compile(r"(?:cannot read image|image not found:) (.+?)(?:: |$)")
@@ -126,3 +128,19 @@ class ImageDataset(Dataset):
         if self.transform is not None:
             img = self.transform(img)
         return img, pid, camid, index
+
+
+def list_image_files(root: str, recursive: bool = True) -> Tuple[List[str], int]:
+    """The image files under ``root`` (by extension, sorted folder by folder; symlinked folders
+    not followed) and the number of other files there: the one folder listing of partreid."""
+    found, other = [], 0
+    for folder, dirs, files in os.walk(root):
+        dirs.sort()
+        for name in sorted(files):
+            if name.lower().endswith(IMAGE_EXTENSIONS):
+                found.append(os.path.join(folder, name))
+            else:
+                other += 1
+        if not recursive:
+            break
+    return found, other

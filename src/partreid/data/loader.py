@@ -133,7 +133,7 @@ def _workers_ignore_stop_signals(worker_id: int) -> None:
     """Loader workers leave SIGINT/SIGTERM to the main process.
 
     A Ctrl-C in a terminal or a scheduler's pre-emption SIGTERM reaches the whole process
-    group; the main process then finishes its step and checkpoints (engine/guard.py), which it
+    group; the main process then finishes its step and checkpoints (engine/checkpointing.py), which it
     could not do if the workers feeding it had died first. Workers still exit with the main
     process (DataLoader shutdown, or its watchdog when the main process is gone).
     """

@@ -36,6 +36,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..data.io import list_image_files
+
 log = logging.getLogger("partreid")
 
 ONNX_FORMAT = "partreid-onnx/1"
@@ -235,8 +237,6 @@ class OnnxModel:
 def _dataset_images(info) -> List[str]:
     """Images under the checkpoint's data root, when that folder exists here (read only: no
     data set is built, so nothing is generated or rewritten)."""
-    from .sources import list_image_files
-
     root = (info.config or {}).get("data", {}).get("root")
     if not root or not os.path.isdir(root):
         return []
@@ -247,8 +247,6 @@ def _dataset_images(info) -> List[str]:
 
 def check_images_for(info, check_dir: Optional[str]) -> Tuple[List, str]:
     """Images for the parity check and where they come from (data set, folder or synthetic)."""
-    from .sources import list_image_files
-
     if check_dir:
         paths, _ = list_image_files(check_dir)
         if not paths:

@@ -18,9 +18,10 @@ from typing import List, Optional, Tuple
 import numpy as np
 from torch.utils.data import DataLoader
 
-from ..engine import distributed as D
+from ..data.sources import SourceError, collate_items, open_source
 from ..features import Features
-from .sources import SourceError, collate_items, open_source
+from ..utils import distributed as D
+from ..utils.logs import setup_logging
 
 log = logging.getLogger("partreid")
 
@@ -146,11 +147,7 @@ def extract_command(
     """``partreid extract MODEL INPUT --out FEATS``: the whole command (torchrun-aware)."""
     from ..inference import Extractor
 
-    if not logging.getLogger("partreid").handlers:
-        logging.basicConfig(
-            level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S"
-        )
-        log.setLevel(logging.INFO)
+    setup_logging()
     info = D.init_distributed(device)  # under torchrun: join the group, take cuda:LOCAL_RANK
     try:
         ext = Extractor(

@@ -19,19 +19,13 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
+from ..data.io import IMAGE_EXTENSIONS
+from ..data.names import market_labels
 from ..features import Features
+from ..utils.logs import setup_logging
 from .index import GalleryIndex, GalleryIndexError, open_gallery
 
 log = logging.getLogger("partreid")
-
-
-def _setup_logging() -> None:
-    """INFO messages of partreid (not of other libraries) to stdout, once."""
-    if not log.handlers and not logging.getLogger().handlers:
-        h = logging.StreamHandler()
-        h.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
-        log.addHandler(h)
-        log.setLevel(logging.INFO)
 
 
 def index_command(
@@ -45,7 +39,7 @@ def index_command(
     **params: Any,
 ) -> GalleryIndex:
     """``partreid index FEATS --out INDEX``: build an index of a features file and save it."""
-    _setup_logging()
+    setup_logging()
     feats = Features.load(feats_path)
     params = {k: v for k, v in params.items() if v is not None}
     index = GalleryIndex.build(
@@ -84,7 +78,6 @@ def load_queries(
             log.warning("query features come from %s but the gallery's from %s", a, b)
         return q
     from ..inference import Extractor
-    from .sources import IMAGE_EXTENSIONS
 
     if os.path.isfile(query) and not query.lower().endswith(IMAGE_EXTENSIONS):
         raise GalleryIndexError(
@@ -118,8 +111,6 @@ def load_queries(
     q = ext.extract(query)
     if os.path.isfile(query) and (q.pids < 0).all():
         # a single image: identity and camera from a Market-style name, as extract does for folders
-        from .sources import market_labels
-
         labels = market_labels([query])
         if labels:
             q.pids[:], q.camids[:] = labels[0][0], labels[1][0]
@@ -232,7 +223,7 @@ def search_command(
     **search_params: Any,
 ) -> List[Dict[str, Any]]:
     """``partreid search INDEX QUERY``: top-K per query, printed or written to ``out``."""
-    _setup_logging()
+    setup_logging()
     if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
         raise GalleryIndexError(f"--topk must be a positive integer, got {topk!r}")
     if out is not None and os.path.splitext(out)[1].lower() not in (".json", ".csv"):

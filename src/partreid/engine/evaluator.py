@@ -13,7 +13,7 @@ from torch import nn
 from .. import metrics as M
 from ..data.io import Item
 from ..data.loader import build_test_loader
-from . import distributed as D
+from ..utils import distributed as D
 
 log = logging.getLogger("partreid")
 
@@ -55,7 +55,7 @@ def extract_features_sharded(
     amp: bool = False,
 ) -> Tuple[torch.Tensor, np.ndarray, np.ndarray]:
     """:func:`extract_features` over ``items``; under DDP every process extracts its contiguous
-    block (:func:`partreid.engine.distributed.shard_bounds`) and all processes receive all ``N``
+    block (:func:`partreid.utils.distributed.shard_bounds`) and all processes receive all ``N``
     features, in the order of ``items``, each image computed exactly once."""
     lo, hi = D.shard_bounds(len(items))
     mine = list(items[lo:hi])

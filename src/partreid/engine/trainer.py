@@ -8,7 +8,7 @@ states saved at that step are restored, so the weights match an uninterrupted ru
 Checkpoints are written at epoch ends (``train.checkpoint_period``), every
 ``train.checkpoint_every_iters`` steps and on SIGTERM/SIGINT (after the current step; the run
 then exits with 128 + signal). Side effects happen only where ``is_main`` (rank 0 under DDP);
-the bookkeeping lives in :mod:`partreid.engine.guard`.
+the bookkeeping lives in :mod:`partreid.engine.checkpointing`.
 
 Several processes: ``torchrun --nproc-per-node N -m partreid train -c CFG`` (multi-node with
 torchrun's ``--nnodes/--node-rank/--rdzv-*`` options). Every process builds the same model and
@@ -22,7 +22,7 @@ the global RNG (dropout) is seeded identically on every process, so rank 0's sav
 resumes all of them.
 
 Speed switches (``train.amp/amp_dtype``, ``channels_last``, ``cudnn_benchmark``, ``compile``,
-``cache_images``, ``device_augment``, ``sync_bn``): see :mod:`partreid.engine.fastpath`; the
+``cache_images``, ``device_augment``, ``sync_bn``): see :mod:`partreid.engine.speed`; the
 CUDA-only ones are ignored on the CPU with one log line.
 """
 
@@ -45,11 +45,11 @@ from ..data.loader import build_train_loader, epoch_seed, seed_epoch
 from ..data.transforms import build_transforms
 from ..losses import LossComputer
 from ..models import build_model
-from . import distributed as D
-from .distributed import DistributedError
-from .evaluator import evaluate, format_metrics
-from .fastpath import input_pipeline, precision, prepare_model
-from .guard import (
+from ..utils import distributed as D
+from ..utils.device import resolve_device
+from ..utils.distributed import DistributedError
+from ..utils.logs import setup_logging
+from .checkpointing import (
     Checkpointer,
     NonFiniteLossError,
     StepLog,
@@ -59,9 +59,11 @@ from .guard import (
     nonfinite_term,
     truncate_file,
 )
+from .eval_run import evaluate_run, write_run_report
+from .evaluator import evaluate, format_metrics
 from .optim import build_optimizer, build_scheduler
-from .reporting import evaluate_run, write_run_report
-from .runtime import load_data, model_kwargs, resolve_device, setup_logging, test_transform
+from .setup import load_data, model_kwargs, test_transform
+from .speed import input_pipeline, precision, prepare_model
 
 log = logging.getLogger("partreid")
 
@@ -109,7 +111,7 @@ def _train(cfg: Config, resume: Optional[str], device: torch.device) -> Dict[str
             offset = ckpt.get("train_state", {}).get("log_offset") if ckpt else 0
             if offset is not None:  # (older checkpoints did not record it)
                 truncate_file(os.path.join(out, "log.txt"), offset)
-        setup_logging(out)
+        setup_logging(os.path.join(out, "log.txt"))
         save_config(cfg, os.path.join(out, "config.yaml"))
         ckpts.remove_unfinished()
     fast = _speed_switches(cfg.train, device)  # the CUDA-only switches off on the CPU

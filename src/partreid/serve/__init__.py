@@ -5,8 +5,8 @@ app = create_app(build_engine("run/last.pth", "gallery_folder"))   # a FastAPI a
 """
 
 from .app import build_engine, create_app, serve
-from .engine import SearchEngine, ServeLimits, UploadError, decode_upload
 from .gallery import GalleryPathError, ServedGallery, load_gallery
+from .worker import SearchEngine, ServeLimits, UploadError, decode_upload
 
 __all__ = [
     "GalleryPathError",

@@ -25,8 +25,9 @@ from typing import Annotated, Any, Dict, Optional
 
 import numpy as np
 
-from .engine import SearchEngine, ServeLimits, UploadError, decode_upload, install_pixel_limit
+from ..utils.logs import setup_logging
 from .gallery import GalleryPathError
+from .worker import SearchEngine, ServeLimits, UploadError, decode_upload, install_pixel_limit
 
 log = logging.getLogger("partreid")
 
@@ -376,8 +377,8 @@ def build_engine(
     with the demo model, benchmarks/serve_load.py), else PyTorch. Heat maps always come from
     the PyTorch module.
     """
-    from ..engine.runtime import resolve_device
     from ..inference import Extractor, load_model
+    from ..utils.device import resolve_device
     from .gallery import default_cache_dir, load_gallery
 
     if runtime not in RUNTIMES:
@@ -412,17 +413,6 @@ def build_engine(
     return SearchEngine(extractor, served, limits, module=module)
 
 
-def _console_logging() -> None:
-    if not log.handlers:
-        import sys
-
-        handler = logging.StreamHandler(sys.stdout)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
-        log.addHandler(handler)
-        log.setLevel(logging.INFO)
-        log.propagate = False
-
-
 def serve(
     checkpoint: str,
     gallery: str,
@@ -440,7 +430,7 @@ def serve(
         import uvicorn
     except ImportError as exc:
         raise _missing_extra(exc) from exc
-    _console_logging()
+    setup_logging()
     limits = limits or ServeLimits()
     install_pixel_limit(limits.max_pixels)  # process-wide: PIL refuses larger images everywhere
     engine = build_engine(

@@ -26,6 +26,8 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from ..data.io import list_image_files
+
 log = logging.getLogger("partreid")
 
 INDEX_MARKER = "index.json"  # what GalleryIndex.save writes into an index folder
@@ -50,21 +52,11 @@ def default_cache_dir() -> str:
 
 def list_images(folder: str) -> List[Tuple[str, int, int]]:
     """``(relative posix path, size, mtime_ns)`` of every image under ``folder``, sorted (the
-    files ``Extractor.extract`` reads: same extensions, symlinked folders not followed)."""
-    from ..deploy.sources import IMAGE_EXTENSIONS
-
+    files ``Extractor.extract`` reads: :func:`partreid.data.io.list_image_files`)."""
     out: List[Tuple[str, int, int]] = []
-    stack = [folder]
-    while stack:
-        d = stack.pop()
-        with os.scandir(d) as it:
-            for e in it:
-                if e.is_dir(follow_symlinks=False):
-                    stack.append(e.path)
-                elif e.name.lower().endswith(IMAGE_EXTENSIONS):
-                    st = e.stat()
-                    rel = os.path.relpath(e.path, folder).replace(os.sep, "/")
-                    out.append((rel, st.st_size, st.st_mtime_ns))
+    for path in list_image_files(folder)[0]:
+        st = os.stat(path)
+        out.append((os.path.relpath(path, folder).replace(os.sep, "/"), st.st_size, st.st_mtime_ns))
     out.sort()
     return out
 

@@ -33,13 +33,12 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..io import check_images
+from ..io import check_images, list_image_files
 
 Item = Tuple[str, int, int]
 
 logger = logging.getLogger("partreid.data")
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 
 #: Options every data set accepts (handled by :func:`build_dataset` itself).
 COMMON_OPTIONS: Dict[str, object] = {"verify": False}
@@ -168,11 +167,7 @@ class ReIDDataset:
 # --------------------------------------------------------------------------------------------
 def list_images(folder: str) -> List[str]:
     """Sorted file names in ``folder`` with an image extension (other files are ignored)."""
-    return sorted(
-        e.name
-        for e in os.scandir(folder)
-        if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS)
-    )
+    return [os.path.basename(p) for p in list_image_files(folder, recursive=False)[0]]
 
 
 def describe_folder(path: str, limit: int = 12) -> str:
@@ -240,7 +235,7 @@ def parse_folder(
     unmatched: List[str] = []
     junk = 0
     for name in skip_empty_files(folder, list_images(folder), notes):
-        m = pattern.search(name)
+        m = pattern.match(name)
         if m is None:
             unmatched.append(name)
             continue

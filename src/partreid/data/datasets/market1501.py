@@ -16,6 +16,7 @@ import os
 import re
 from typing import List, Optional, Sequence
 
+from ..names import MARKET_NAME
 from .base import (
     DatasetError,
     ReIDDataset,
@@ -26,7 +27,7 @@ from .base import (
     report_unmatched,
 )
 
-MARKET_PATTERN = re.compile(r"([-\d]+)_c(\d)")
+MARKET_PATTERN = MARKET_NAME  # <pid>_c<camera>... (partreid.data.names)
 TRAIN_DIR, QUERY_DIR, GALLERY_DIR = "bounding_box_train", "query", "bounding_box_test"
 
 

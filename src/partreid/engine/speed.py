@@ -23,7 +23,7 @@ from torch import nn
 
 from ..data.device_augment import DeviceAugment, build_image_cache
 from ..data.io import Item
-from . import distributed as D
+from ..utils import distributed as D
 
 __all__ = ["Precision", "input_pipeline", "precision", "prepare_model"]
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from partreid.config import load_config
-from partreid.engine.fastpath import input_pipeline, precision, prepare_model
+from partreid.engine.speed import input_pipeline, precision, prepare_model
 
 
 def test_precision_from_config():

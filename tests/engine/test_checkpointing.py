@@ -15,7 +15,7 @@ from partreid.checkpoint import CheckpointError, load_checkpoint
 from partreid.config import load_config
 from partreid.engine import train
 from partreid.engine import trainer as trainer_mod
-from partreid.engine.guard import NonFiniteLossError
+from partreid.engine.checkpointing import NonFiniteLossError
 
 
 def _cfg(tiny_overrides, *extra):

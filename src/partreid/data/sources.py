@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -21,11 +20,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
+from .datasets.manifest import read_manifest
+from .io import IMAGE_EXTENSIONS, list_image_files
+from .names import market_labels
+
 log = logging.getLogger("partreid")
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".mpg", ".mpeg", ".m4v", ".wmv")
-MARKET_NAME = re.compile(r"^(-?\d+)_c(\d+)")
 
 
 class SourceError(ValueError):
@@ -88,31 +89,6 @@ class ImageFiles(Dataset):
         return tensor, index, error
 
 
-def market_labels(names: Sequence[str]) -> Optional[Tuple[List[int], List[int]]]:
-    """``(pids, 0-based camids)`` parsed from Market-style names, or None unless all match."""
-    pids, camids = [], []
-    for name in names:
-        m = MARKET_NAME.match(os.path.basename(name))
-        if m is None:
-            return None
-        pids.append(int(m.group(1)))
-        camids.append(int(m.group(2)) - 1)
-    return pids, camids
-
-
-def list_image_files(root: str) -> Tuple[List[str], int]:
-    """All image files under ``root`` (recursive, sorted) and the number of other files."""
-    found, other = [], 0
-    for folder, dirs, files in os.walk(root):
-        dirs.sort()
-        for name in sorted(files):
-            if name.lower().endswith(IMAGE_EXTENSIONS):
-                found.append(os.path.join(folder, name))
-            else:
-                other += 1
-    return found, other
-
-
 def _image_source(kind: str, location: str, paths: List[str], pids=None, camids=None) -> Source:
     n = len(paths)
     unknown = np.full(n, -1, np.int64)
@@ -147,7 +123,6 @@ def folder_source(root: str) -> Source:
 
 def manifest_source(csv_path: str) -> Source:
     """The rows of a manifest CSV ``image,pid,camid[,split]`` (paths relative to the CSV)."""
-    from ..data.datasets.manifest import read_manifest
 
     items, splits, _, notes = read_manifest(csv_path)
     src = _image_source(

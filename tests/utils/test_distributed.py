@@ -14,14 +14,14 @@ import pytest
 import torch
 
 from partreid.data.sampler import PKSampler
-from partreid.engine import distributed as D
+from partreid.utils import distributed as D
 
 WORKER = textwrap.dedent(
     """
     import json, os, sys, time
     import torch
-    from partreid.engine import distributed as D
-    from partreid.engine.distributed import DistributedError
+    from partreid.utils import distributed as D
+    from partreid.utils.distributed import DistributedError
 
     scenario, out, timeout = sys.argv[1], sys.argv[2], float(sys.argv[3])
     torch.set_num_threads(1)

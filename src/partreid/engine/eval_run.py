@@ -9,8 +9,10 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from ..data import build_dataset
 from ..report.html import write_html
+from ..utils.device import resolve_device
+from ..utils.logs import setup_logging
 from .evaluator import evaluate, format_metrics
-from .runtime import load_data, resolve_device, setup_logging, test_transform
+from .setup import load_data, test_transform
 
 log = logging.getLogger("partreid")
 
@@ -155,7 +157,7 @@ def evaluate_checkpoint(
     else:
         cfg = load_config(None, overrides, base=ckpt.get("meta", {}).get("config"))
     out = out or cfg.output_dir
-    setup_logging(out)
+    setup_logging(os.path.join(out, "log.txt"))
     device = resolve_device(cfg.train.device)
     model = model_from_checkpoint(ckpt, checkpoint, device, overrides=dict(cfg.model))
     del ckpt

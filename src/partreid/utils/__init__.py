@@ -1,0 +1,1 @@
+"""Leaf helpers every layer may use: logging set-up, device choice, process-group helpers."""
