@@ -35,11 +35,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from .errors import PartreidError
+
 FORMAT = "partreid"
 FORMAT_VERSION = 2
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(PartreidError, RuntimeError):
     """A checkpoint that is missing, unreadable, unsafe or not partreid's."""
 
 

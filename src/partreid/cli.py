@@ -420,30 +420,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    from .checkpoint import CheckpointError
-    from .config import ConfigError
-    from .data.io import UnreadableImageError
-    from .models.backbones import PretrainedWeightsError
-    from .utils.distributed import DistributedError
+    """Run one ``partreid`` command; a user error is printed in one line (exit status 2)."""
+    from .errors import PartreidError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (
-        ConfigError,
-        CheckpointError,
-        UnreadableImageError,
-        PretrainedWeightsError,
-        DistributedError,  # a dead or stuck peer process (torchrun)
-        FileNotFoundError,
-        KeyError,
-        ValueError,
-        ImportError,  # a missing optional extra: the message says which to install
-    ) as exc:
+    except PartreidError as exc:  # what the user gave is wrong; anything else is a bug
         if os.environ.get("PARTREID_DEBUG"):
             raise
-        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"partreid {args.command}: error: {msg}", file=sys.stderr)
+        print(f"partreid {args.command}: error: {exc}", file=sys.stderr)
         return 2
 
 

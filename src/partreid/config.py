@@ -16,9 +16,10 @@ from typing import Any, Dict, List, Optional, Sequence
 import yaml
 
 from .data.transforms import TransformsConfig
+from .errors import PartreidError
 
 
-class ConfigError(ValueError):
+class ConfigError(PartreidError, ValueError):
     """A config file or override that does not fit the schema."""
 
 

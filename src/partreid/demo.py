@@ -11,6 +11,8 @@ import os
 import time
 from typing import Optional
 
+from .errors import InvalidValueError
+
 log = logging.getLogger("partreid")
 
 # CPU-sized recipe: a ResNet-18 from scratch at 64x32 on the generated set (the map after
@@ -34,7 +36,7 @@ DEMO_LOSSES = {
 
 def demo_config(out: str, model: str = "cgpn", epochs: int = 30) -> dict:
     if model not in DEMO_MODELS:
-        raise ValueError(f"the demo knows models {sorted(DEMO_MODELS)}, got {model!r}")
+        raise InvalidValueError(f"the demo knows models {sorted(DEMO_MODELS)}, got {model!r}")
     return {
         "output_dir": os.path.join(out, "run"),
         "seed": 0,

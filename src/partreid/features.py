@@ -21,11 +21,13 @@ from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 
+from .errors import InvalidValueError, PartreidError
+
 FEATURES_FORMAT = "partreid-features/1"
 _ARRAYS = ("features", "paths", "pids", "camids", "frames", "track_ids", "boxes")
 
 
-class FeaturesFileError(ValueError):
+class FeaturesFileError(PartreidError, ValueError):
     """A features file that is missing, unreadable or not partreid's."""
 
 
@@ -149,7 +151,7 @@ class Features:
     def concat(parts: Sequence[Features]) -> Features:
         """Rows of ``parts`` one after the other (e.g. the shards of a distributed extract)."""
         if not parts:
-            raise ValueError("nothing to concatenate")
+            raise InvalidValueError("nothing to concatenate")
         dims = {p.dim for p in parts if len(p)}
         if len(dims) > 1:
             raise FeaturesFileError(f"cannot join features of different dimensions {sorted(dims)}")

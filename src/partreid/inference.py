@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .checkpoint import CheckpointError, load_checkpoint, load_model_state
+from .errors import InvalidValueError
 
 
 @dataclass
@@ -162,7 +163,7 @@ class Extractor:
         from .utils.device import resolve_device
 
         if int(batch_size) < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise InvalidValueError(f"batch_size must be >= 1, got {batch_size}")
         self.batch_size = int(batch_size)
         self.num_workers = max(0, int(num_workers))
         self.flip = bool(flip)
@@ -171,7 +172,7 @@ class Extractor:
         self.source_path = ""
         if isinstance(model, nn.Module):
             if not isinstance(getattr(model, "info", None), ModelInfo):
-                raise ValueError(
+                raise InvalidValueError(
                     "Extractor needs a module from partreid.load_model (it reads model.info); "
                     "or pass the checkpoint path"
                 )
@@ -188,7 +189,7 @@ class Extractor:
             self.model = None
             self.source_path = os.path.abspath(str(model))
             if not self.flip and self.onnx.flip_in_graph:
-                raise ValueError(
+                raise InvalidValueError(
                     f"{model} averages each image with its mirror image inside the graph; "
                     "for unflipped features export with `partreid export ... --no-flip`"
                 )
@@ -230,19 +231,19 @@ class Extractor:
             return self.transform(image.convert("RGB"))
         if isinstance(image, np.ndarray):
             if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-                raise ValueError(
+                raise InvalidValueError(
                     f"a numpy image must be H x W x 3 uint8 RGB, got {image.dtype} {image.shape}"
                 )
             return self.transform(Image.fromarray(image))
         if isinstance(image, torch.Tensor):
             want = (3, self.info.height, self.info.width)
             if tuple(image.shape) != want:
-                raise ValueError(
+                raise InvalidValueError(
                     f"a tensor image must be preprocessed to {want} (model.info.transform()), "
                     f"got {tuple(image.shape)}"
                 )
             return image.float()
-        raise ValueError(
+        raise InvalidValueError(
             f"cannot extract from a {type(image).__name__}: give paths, PIL images, "
             "H x W x 3 uint8 arrays or preprocessed 3 x H x W tensors"
         )

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import InvalidValueError, UnknownNameError
+
 
 def cross_entropy(
     logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0
@@ -74,7 +76,7 @@ def mse_supervision(
         return err.sum(1).mean()
     if reduction == "mean":
         return err.mean()
-    raise ValueError(f"mse reduction must be 'sum' or 'mean', got {reduction!r}")
+    raise InvalidValueError(f"mse reduction must be 'sum' or 'mean', got {reduction!r}")
 
 
 def _ce_term(item, targets, label_smoothing: float = 0.0):
@@ -110,19 +112,21 @@ class LossComputer(nn.Module):
             where = f"losses[{i}]"
             kind = spec.get("type")
             if kind not in LOSSES:
-                raise KeyError(f"{where}.type: unknown loss {kind!r}; valid: {sorted(LOSSES)}")
+                raise UnknownNameError(
+                    f"{where}.type: unknown loss {kind!r}; valid: {sorted(LOSSES)}"
+                )
             fn = LOSSES[kind]
             params = {k: v for k, v in spec.items() if k not in _TERM_KEYS}
             valid = [p for p in inspect.signature(fn).parameters if p not in ("item", "targets")]
             bad = sorted(set(params) - set(valid))
             if bad:
-                raise KeyError(
+                raise UnknownNameError(
                     f"{where}: unknown key(s) {bad} for loss {kind!r}; valid: "
                     f"{sorted(valid) + list(_TERM_KEYS)}"
                 )
             reduce = spec.get("reduce", "sum")
             if reduce not in ("sum", "mean"):
-                raise ValueError(f"{where}.reduce must be 'sum' or 'mean', got {reduce!r}")
+                raise InvalidValueError(f"{where}.reduce must be 'sum' or 'mean', got {reduce!r}")
             name = spec.get("name", kind)
             self.terms.append(
                 (
@@ -136,7 +140,7 @@ class LossComputer(nn.Module):
             )
         names = [t[0] for t in self.terms]
         if len(set(names)) != len(names):
-            raise ValueError(
+            raise InvalidValueError(
                 f"loss names must be unique, got {names}; set 'name:' on repeated types"
             )
 
@@ -148,7 +152,7 @@ class LossComputer(nn.Module):
         parts: Dict[str, float] = {}
         for name, kind, key, weight, reduce, params in self.terms:
             if key not in outputs:
-                raise KeyError(
+                raise UnknownNameError(
                     f"loss {name!r} reads model output {key!r}, but the model gives "
                     f"{sorted(outputs)}"
                 )
@@ -164,5 +168,7 @@ class LossComputer(nn.Module):
             value = weight * value
             total = value if total is None else total + value
         if total is None:
-            raise ValueError("no loss term produced a value: every configured output was empty")
+            raise InvalidValueError(
+                "no loss term produced a value: every configured output was empty"
+            )
         return total, parts

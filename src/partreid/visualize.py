@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from typing import Optional, Sequence
 
+from .errors import InvalidValueError
+
 
 def load_trained(config: Optional[str], checkpoint: str, overrides: Sequence[str] = ()):
     """``(cfg, model in eval mode, data set, device)`` from a checkpoint (and optionally a
@@ -40,7 +42,7 @@ def visualize(
     tf = test_transform(cfg)
     if what in ("activations", "rp"):
         if not hasattr(model, "activation_maps"):
-            raise ValueError(f"model {cfg.model['name']!r} has no activation maps to draw")
+            raise InvalidValueError(f"model {cfg.model['name']!r} has no activation maps to draw")
         from .report.activations import draw_activation_maps
 
         draw_activation_maps(model, items, tf, device, out, cfg.input.mean, cfg.input.std)
@@ -57,6 +59,6 @@ def visualize(
         )
         draw_ranked_lists(distmat, ds.query, ds.gallery, out, num_queries=num)
     else:
-        raise ValueError(f"unknown figure {what!r}; valid: activations, ranked, abp, rp")
+        raise InvalidValueError(f"unknown figure {what!r}; valid: activations, ranked, abp, rp")
     print(f"wrote {os.path.abspath(out)}")
     return out

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ..errors import InvalidValueError
 from .io import ImageDataset, Item, read_image
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, TransformsConfig
 
@@ -79,7 +80,7 @@ def build_image_cache(
     """
     n = len(items)
     if n == 0:
-        raise ValueError("build_image_cache: the item list is empty")
+        raise InvalidValueError("build_image_cache: the item list is empty")
     out = torch.empty((n, 3, int(height), int(width)), dtype=torch.uint8)
     paths = [str(it[0]) for it in items]
     with ThreadPoolExecutor(max(1, int(num_threads))) as pool:
@@ -97,7 +98,7 @@ class CachedImageDataset(ImageDataset):
     def __init__(self, items: Sequence[Item], cache: torch.Tensor, transform=None):
         super().__init__(items, transform)
         if cache.shape[0] != len(self.items):
-            raise ValueError(
+            raise InvalidValueError(
                 f"CachedImageDataset: the cache holds {cache.shape[0]} images for "
                 f"{len(self.items)} items"
             )
@@ -372,7 +373,7 @@ class DeviceAugment:
         cfg.validate()
         unsupported = [k for k in ("random_crop", "rcrs") if getattr(cfg, k) > 0]
         if train and unsupported:
-            raise ValueError(
+            raise InvalidValueError(
                 f"device augmentation does not implement transforms.{'/'.join(unsupported)} "
                 "(RMGL's RC/RCRS ablations); set train.device_augment=false for these configs"
             )
@@ -410,13 +411,13 @@ class DeviceAugment:
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
-            raise ValueError(
+            raise InvalidValueError(
                 f"DeviceAugment: expected a (B, 3, H, W) uint8 batch, got {tuple(images.shape)} "
                 f"{images.dtype}"
             )
         b, _, h, w = images.shape
         if (h, w) != (self.height, self.width):
-            raise ValueError(
+            raise InvalidValueError(
                 f"DeviceAugment: expected {self.height}x{self.width} images, got {h}x{w} "
                 "(build the image cache at the input size)"
             )

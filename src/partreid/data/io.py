@@ -24,6 +24,8 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ..errors import PartreidError
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 
 Item = Tuple[str, int, int]
@@ -31,7 +33,7 @@ Item = Tuple[str, int, int]
 _PATH_IN_MESSAGE = re.compile(r"(?:cannot read image|image not found:) (.+?)(?:: |$)")
 
 
-class UnreadableImageError(RuntimeError):
+class UnreadableImageError(PartreidError, RuntimeError):
     """Raised when one or more images cannot be opened or decoded; ``.path`` names the file.
 
     A DataLoader re-raises a worker's exception as ``type(exc)(text with the worker's

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
+from ..errors import InvalidValueError
 from .io import ImageDataset, Item
 from .sampler import PKSampler
 
@@ -147,7 +148,7 @@ def _pids(items: Sequence[Item]) -> List[int]:
     try:
         return [int(item[1]) for item in items]
     except (TypeError, IndexError, ValueError) as exc:
-        raise ValueError(
+        raise InvalidValueError(
             "build_train_loader: items must be (path, pid, camid) tuples with integer pid"
         ) from exc
 
@@ -175,7 +176,7 @@ def build_train_loader(
     ``items``, e.g. the decoded-image cache's ``CachedImageDataset``).
     """
     if len(items) == 0:
-        raise ValueError("build_train_loader: the training item list is empty")
+        raise InvalidValueError("build_train_loader: the training item list is empty")
     pk = PKSampler(_pids(items), p, k, seed=seed, num_replicas=num_replicas, rank=rank)
     sampler = SeededSampler(pk, seed=seed)
     num_workers = int(num_workers)
@@ -230,7 +231,7 @@ def seed_epoch(loader: DataLoader, seed: int, epoch: int, start_batch: int = 0) 
     if hasattr(sampler, "set_start"):
         sampler.set_start(int(start_batch) * int(loader.batch_size or 1))
     elif start_batch:
-        raise ValueError("seed_epoch: start_batch needs the loader of build_train_loader")
+        raise InvalidValueError("seed_epoch: start_batch needs the loader of build_train_loader")
     if hasattr(sampler, "set_seed"):
         sampler.set_seed(seed)
     elif hasattr(sampler, "seed"):

@@ -30,6 +30,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..errors import InvalidValueError
 from .io import Item, read_image
 
 FILLS = ("person", "clutter")
@@ -44,9 +45,11 @@ def check_kinds(kinds: Iterable[str], where: str = "eval.robustness.kinds") -> L
     kinds = list(kinds)
     unknown = [k for k in kinds if k not in KINDS]
     if unknown:
-        raise ValueError(f"{where}: unknown alteration kind(s) {unknown}; valid: {list(KINDS)}")
+        raise InvalidValueError(
+            f"{where}: unknown alteration kind(s) {unknown}; valid: {list(KINDS)}"
+        )
     if not kinds:
-        raise ValueError(f"{where}: no alteration kind given; valid: {list(KINDS)}")
+        raise InvalidValueError(f"{where}: no alteration kind given; valid: {list(KINDS)}")
     return kinds
 
 
@@ -57,10 +60,12 @@ def check_severities(
     out = []
     for s in severities:
         if isinstance(s, bool) or not isinstance(s, (int, float)) or not 0 <= s < 1:
-            raise ValueError(f"{where}: severities are fractions of the crop in [0, 1); got {s!r}")
+            raise InvalidValueError(
+                f"{where}: severities are fractions of the crop in [0, 1); got {s!r}"
+            )
         out.append(float(s))
     if not out:
-        raise ValueError(f"{where}: no severity given (e.g. [0.1, 0.2, 0.3, 0.4, 0.5])")
+        raise InvalidValueError(f"{where}: no severity given (e.g. [0.1, 0.2, 0.3, 0.4, 0.5])")
     return out
 
 
@@ -109,7 +114,7 @@ class DonorPool:
         self.cache_size = int(cache_size)
         self._cache: OrderedDict[str, Image.Image] = OrderedDict()
         if not self.items:
-            raise ValueError(
+            raise InvalidValueError(
                 f"no training image can lend occluder content: all {len(items)} belong to test "
                 "identities (person_* occluders need training images of other identities)"
             )
@@ -121,7 +126,7 @@ class DonorPool:
         inverse = {label: pid for pid, label in getattr(ds, "train_pid_map", {}).items()}
         items = [(p, inverse.get(label, label)) for p, label, _ in ds.train]
         if not items:
-            raise ValueError(
+            raise InvalidValueError(
                 f"{getattr(ds, 'name', 'data set')}: no training images to take person "
                 "occluders from (person_* kinds need the train split; use clutter_* kinds)"
             )
@@ -143,7 +148,7 @@ class DonorPool:
         else:
             idx = np.flatnonzero(self.pids != int(avoid_pid))
             if len(idx) == 0:
-                raise ValueError(f"no donor image of an identity other than {avoid_pid}")
+                raise InvalidValueError(f"no donor image of an identity other than {avoid_pid}")
         return self.items[int(idx[rng.integers(len(idx))])]
 
     def image(self, path: str) -> Image.Image:
@@ -211,7 +216,7 @@ def occluder_box(
         x0 = min(W - w, int(u_x * (W - w + 1)))
         y0 = min(H - h, int(u_y * (H - h + 1)))
         return x0, y0, x0 + w, y0 + h
-    raise ValueError(f"unknown occluder place {place!r}; valid: {list(PLACES)}")
+    raise InvalidValueError(f"unknown occluder place {place!r}; valid: {list(PLACES)}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -258,7 +263,7 @@ def alter_with_mask(
     frng = _rng(seed, "fill:" + fill, key)
     if fill == "person":
         if donors is None:
-            raise ValueError(f"{kind}: person occluders need a DonorPool of training images")
+            raise InvalidValueError(f"{kind}: person occluders need a DonorPool of training images")
         dpath, dpid = donors.pick(frng, avoid_pid=pid)
         info["donor"], info["donor_pid"] = dpath, dpid
         donor = donors.image(dpath).resize((W, H), Image.BILINEAR)
@@ -305,7 +310,7 @@ class AlteredImageDataset:
         self.kind, self.severity = check_kinds([kind])[0], check_severities([severity])[0]
         self.seed, self.donors, self.transform, self.prefix = seed, donors, transform, prefix
         if kind.startswith("person_") and severity > 0 and donors is None:
-            raise ValueError(f"{kind}: person occluders need a DonorPool of training images")
+            raise InvalidValueError(f"{kind}: person occluders need a DonorPool of training images")
 
     def __len__(self) -> int:
         return len(self.items)

@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
+from ..errors import InvalidValueError
+
 
 def _default_world() -> tuple:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -44,12 +46,14 @@ class PKSampler(Sampler[int]):
         rank: Optional[int] = None,
     ):
         if int(p) < 1 or int(k) < 1:
-            raise ValueError(f"PKSampler: P and K must be positive integers, got P={p}, K={k}")
+            raise InvalidValueError(
+                f"PKSampler: P and K must be positive integers, got P={p}, K={k}"
+            )
         world, this_rank = _default_world()
         self.num_replicas = int(world if num_replicas is None else num_replicas)
         self.rank = int(this_rank if rank is None else rank)
         if self.num_replicas < 1 or not 0 <= self.rank < self.num_replicas:
-            raise ValueError(
+            raise InvalidValueError(
                 f"PKSampler: need 0 <= rank < num_replicas, got rank={self.rank}, "
                 f"num_replicas={self.num_replicas}"
             )
@@ -61,7 +65,7 @@ class PKSampler(Sampler[int]):
         ids, inverse, counts = np.unique(pids_arr, return_inverse=True, return_counts=True)
         self.num_ids = len(ids)
         if self.num_ids < self.p * self.num_replicas:
-            raise ValueError(
+            raise InvalidValueError(
                 f"PKSampler: the training set has {self.num_ids} identities (from {len(pids_arr)} images) "
                 f"but a batch needs P={self.p} distinct identities on each of {self.num_replicas} "
                 f"replica(s); lower P or use a larger training set"

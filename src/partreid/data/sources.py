@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
+from ..errors import MissingExtraError, NotFoundError, PartreidError
 from .datasets.manifest import read_manifest
 from .io import IMAGE_EXTENSIONS, list_image_files
 from .names import market_labels
@@ -29,7 +30,7 @@ log = logging.getLogger("partreid")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".mpg", ".mpeg", ".m4v", ".wmv")
 
 
-class SourceError(ValueError):
+class SourceError(PartreidError, ValueError):
     """An extract input that cannot be used (empty folder, unknown file type, bad box file...)."""
 
 
@@ -146,7 +147,7 @@ def read_mot_boxes(path: str) -> np.ndarray:
     """A MOT box file ``frame,id,x,y,w,h[,...]`` (frames 1-based) -> float64 (M, 6) rows in
     file order; one clear error listing the bad rows (line numbers) otherwise."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"boxes file not found: {path}")
+        raise NotFoundError(f"boxes file not found: {path}")
     rows, bad = [], []
     with open(path, encoding="utf-8", errors="replace") as f:
         for line_no, line in enumerate(f, start=1):
@@ -185,7 +186,7 @@ def _open_video(path: str):
     try:
         import av
     except ImportError:
-        raise ImportError(
+        raise MissingExtraError(
             "reading videos needs PyAV: pip install 'partreid[video]' (or pip install av)"
         ) from None
     try:
@@ -331,7 +332,7 @@ def open_source(source: str, boxes: Optional[str] = None) -> Source:
             raise SourceError(f"--boxes goes with a video file, but {source} is a folder")
         return folder_source(source)
     if not os.path.exists(source):
-        raise FileNotFoundError(f"input not found: {source}")
+        raise NotFoundError(f"input not found: {source}")
     low = source.lower()
     if low.endswith(VIDEO_EXTENSIONS) or (boxes and not low.endswith(IMAGE_EXTENSIONS)):
         return video_source(source, boxes)

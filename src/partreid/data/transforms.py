@@ -32,6 +32,8 @@ import torchvision.transforms as T
 import torchvision.transforms.functional as TF
 from PIL import Image
 
+from ..errors import InvalidValueError
+
 ImageLike = Union[Image.Image, torch.Tensor]
 RNG = Union[torch.Generator, random.Random, None]
 
@@ -81,30 +83,34 @@ class TransformsConfig:
         for name in probs:
             v = getattr(self, name)
             if not 0.0 <= float(v) <= 1.0:
-                raise ValueError(
+                raise InvalidValueError(
                     f"transforms.{name} is a probability and must be in [0, 1], got {v!r}"
                 )
         for name in ("random_crop_min", "rcrs_crop_min", "rsa_rc_min", "rsa_rh_min", "rsa_rw_min"):
             v = getattr(self, name)
             if not 0.0 < float(v) <= 1.0:
-                raise ValueError(
+                raise InvalidValueError(
                     f"transforms.{name} is a size ratio and must be in (0, 1], got {v!r}"
                 )
         if int(self.pad) != self.pad or self.pad < 0:
-            raise ValueError(
+            raise InvalidValueError(
                 f"transforms.pad must be a non-negative integer (pixels), got {self.pad!r}"
             )
         if not 0.0 <= float(self.rcrs_shift) <= 1.0:
-            raise ValueError(f"transforms.rcrs_shift must be in [0, 1], got {self.rcrs_shift!r}")
+            raise InvalidValueError(
+                f"transforms.rcrs_shift must be in [0, 1], got {self.rcrs_shift!r}"
+            )
         for name in ("color_jitter_brightness", "color_jitter_contrast", "color_jitter_saturation"):
             if float(getattr(self, name)) < 0:
-                raise ValueError(f"transforms.{name} must be >= 0, got {getattr(self, name)!r}")
+                raise InvalidValueError(
+                    f"transforms.{name} must be >= 0, got {getattr(self, name)!r}"
+                )
         if not 0.0 <= float(self.color_jitter_hue) <= 0.5:
-            raise ValueError(
+            raise InvalidValueError(
                 f"transforms.color_jitter_hue must be in [0, 0.5], got {self.color_jitter_hue!r}"
             )
         if self.random_erasing_fill not in ("mean", "random"):
-            raise ValueError(
+            raise InvalidValueError(
                 f"transforms.random_erasing_fill must be 'mean' or 'random', got {self.random_erasing_fill!r}"
             )
 
@@ -242,10 +248,12 @@ class RandomShifting:
     ):
         for name, v in (("p", p), ("pc", pc)):
             if not 0.0 <= v <= 1.0:
-                raise ValueError(f"RandomShifting: {name} must be a probability in [0, 1], got {v}")
+                raise InvalidValueError(
+                    f"RandomShifting: {name} must be a probability in [0, 1], got {v}"
+                )
         for name, v in (("rc_min", rc_min), ("rh_min", rh_min), ("rw_min", rw_min)):
             if not 0.0 < v <= 1.0:
-                raise ValueError(f"RandomShifting: {name} must be in (0, 1], got {v}")
+                raise InvalidValueError(f"RandomShifting: {name} must be in (0, 1], got {v}")
         self.p, self.pc = float(p), float(pc)
         self.rc_min, self.rh_min, self.rw_min = float(rc_min), float(rh_min), float(rw_min)
         self.generator = generator
@@ -303,7 +311,7 @@ class RandomCropResize:
 
     def __init__(self, p: float = 0.5, min_frac: float = 0.8, generator: RNG = None):
         if not 0.0 <= p <= 1.0 or not 0.0 < min_frac <= 1.0:
-            raise ValueError(
+            raise InvalidValueError(
                 f"RandomCropResize: need 0<=p<=1 and 0<min_frac<=1, got p={p}, min_frac={min_frac}"
             )
         self.p, self.min_frac, self.generator = float(p), float(min_frac), generator
@@ -332,7 +340,7 @@ class RandomCropResizeShift:
         self, p: float = 0.5, min_frac: float = 0.7, max_shift: float = 0.2, generator: RNG = None
     ):
         if not 0.0 <= p <= 1.0 or not 0.0 < min_frac <= 1.0 or not 0.0 <= max_shift <= 1.0:
-            raise ValueError(
+            raise InvalidValueError(
                 "RandomCropResizeShift: need 0<=p<=1, 0<min_frac<=1, 0<=max_shift<=1, "
                 f"got p={p}, min_frac={min_frac}, max_shift={max_shift}"
             )

@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from ..data.io import list_image_files
+from ..errors import InvalidValueError, MissingExtraError, NotFoundError, PartreidError
 
 log = logging.getLogger("partreid")
 
@@ -44,7 +45,7 @@ ONNX_FORMAT = "partreid-onnx/1"
 CHECK_IMAGES = 16
 
 
-class OnnxParityError(RuntimeError):
+class OnnxParityError(PartreidError, RuntimeError):
     """ONNX Runtime's features differ from PyTorch's by more than the tolerance."""
 
 
@@ -54,7 +55,7 @@ def _need(module: str, extra: str = "deploy"):
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise ImportError(
+        raise MissingExtraError(
             f"this needs {module}: pip install 'partreid[{extra}]' (or pip install {module})"
         ) from None
 
@@ -70,7 +71,7 @@ def export_weights(checkpoint: str, out: str) -> Dict[str, Any]:
     ckpt = load_checkpoint(checkpoint)
     model_from_checkpoint(ckpt, checkpoint)  # refuses weights that do not fit their description
     if os.path.abspath(out) == os.path.abspath(checkpoint):
-        raise ValueError(f"--out {out} is the checkpoint itself; choose another file")
+        raise InvalidValueError(f"--out {out} is the checkpoint itself; choose another file")
     save_checkpoint(out, ckpt["model"], ckpt["meta"])
     size_in, size_out = os.path.getsize(checkpoint), os.path.getsize(out)
     return {
@@ -193,7 +194,7 @@ class OnnxModel:
 
         ort = _need("onnxruntime")
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"ONNX model not found: {path}")
+            raise NotFoundError(f"ONNX model not found: {path}")
         providers = ["CPUExecutionProvider"]
         if str(device) != "cpu" and "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")
@@ -206,16 +207,16 @@ class OnnxModel:
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
             self.session = ort.InferenceSession(path, opts, providers=providers)
         except Exception as exc:
-            raise ValueError(f"cannot load ONNX model {path}: {exc}") from None
+            raise InvalidValueError(f"cannot load ONNX model {path}: {exc}") from None
         props = self.session.get_modelmeta().custom_metadata_map
         if "partreid" not in props:
-            raise ValueError(
+            raise InvalidValueError(
                 f"{path} is not a partreid ONNX export (no 'partreid' metadata); write one with "
                 "`partreid export CKPT --format onnx --out F.onnx`"
             )
         meta = json.loads(props["partreid"])
         if meta.get("format") != ONNX_FORMAT:
-            raise ValueError(f"{path}: unknown partreid ONNX format {meta.get('format')!r}")
+            raise InvalidValueError(f"{path}: unknown partreid ONNX format {meta.get('format')!r}")
         self.path = path
         self.flip_in_graph = bool(meta["flip_in_graph"])
         self.info = ModelInfo(**{**meta["info"], "path": os.path.abspath(path)})
@@ -250,7 +251,7 @@ def check_images_for(info, check_dir: Optional[str]) -> Tuple[List, str]:
     if check_dir:
         paths, _ = list_image_files(check_dir)
         if not paths:
-            raise ValueError(f"--check-images {check_dir}: no images found there")
+            raise InvalidValueError(f"--check-images {check_dir}: no images found there")
         step = max(1, len(paths) // CHECK_IMAGES)
         return paths[::step][
             :CHECK_IMAGES
@@ -361,7 +362,7 @@ def export_command(
         )
         return 0
     if fmt != "onnx":
-        raise ValueError(f"unknown export format {fmt!r}; valid: weights, onnx")
+        raise InvalidValueError(f"unknown export format {fmt!r}; valid: weights, onnx")
     from ..inference import load_model
 
     model = load_model(checkpoint, "cpu")

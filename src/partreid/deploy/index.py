@@ -37,6 +37,7 @@ from typing import Any, Dict, Iterable, Iterator, Optional, Tuple
 import numpy as np
 import torch
 
+from ..errors import NotFoundError, PartreidError
 from ..features import Features, FeaturesFileError
 from ..metrics.distance import METRICS, merge_topk_stable, squared_euclidean, topk_smallest_stable
 
@@ -60,7 +61,7 @@ _PARAMS = {
 _SEARCH_PARAMS = ("nprobe", "ef_search", "refine")
 
 
-class GalleryIndexError(ValueError):
+class GalleryIndexError(PartreidError, ValueError):
     """A gallery index that cannot be built, read or searched as asked."""
 
 
@@ -528,7 +529,7 @@ class GalleryIndex:
     def load(cls, path: str, backend: str = "auto", device: str = "auto") -> GalleryIndex:
         """Read an index folder written by :meth:`save`."""
         if not os.path.exists(path):
-            raise FileNotFoundError(f"index not found: {path}")
+            raise NotFoundError(f"index not found: {path}")
         info_path = os.path.join(path, "index.json")
         if not os.path.isdir(path) or not os.path.isfile(info_path):
             raise GalleryIndexError(
@@ -780,7 +781,7 @@ def open_gallery(path: str, backend: str = "auto", device: str = "auto") -> Gall
     if os.path.isdir(path):
         return GalleryIndex.load(path, backend=backend, device=device)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"gallery not found: {path} (an index folder or a features .npz)")
+        raise NotFoundError(f"gallery not found: {path} (an index folder or a features .npz)")
     try:
         feats = Features.load(path)
     except FeaturesFileError as exc:

@@ -21,6 +21,7 @@ import numpy as np
 
 from ..data.io import IMAGE_EXTENSIONS
 from ..data.names import market_labels
+from ..errors import NotFoundError
 from ..features import Features
 from ..utils.logs import setup_logging
 from .index import GalleryIndex, GalleryIndexError, open_gallery
@@ -66,7 +67,7 @@ def load_queries(
 ) -> Features:
     """The query features: a features ``.npz`` as it is, an image or folder through Extractor."""
     if not os.path.exists(query):
-        raise FileNotFoundError(
+        raise NotFoundError(
             f"query not found: {query} (a features .npz, an image or a folder of images)"
         )
     gmeta = index.features.meta
@@ -91,7 +92,7 @@ def load_queries(
             "pass --checkpoint CKPT to extract the query images"
         )
     if not os.path.isfile(ckpt):
-        raise FileNotFoundError(
+        raise NotFoundError(
             f"checkpoint not found: {ckpt}"
             + ("" if checkpoint else " (recorded in the gallery's features; pass --checkpoint)")
         )

@@ -30,6 +30,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 
 from ..checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from ..errors import PartreidError, UnknownNameError
 
 log = logging.getLogger("partreid")
 
@@ -94,7 +95,7 @@ class StopOnSignal:
 # --------------------------------------------------------------------------- non-finite losses
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(PartreidError, FloatingPointError):
     """A loss term became NaN or infinite (``train.nonfinite=stop``)."""
 
 
@@ -191,7 +192,7 @@ class Checkpointer:
     def is_better(self, metrics: Dict[str, Any], best: Optional[Dict[str, Any]]) -> bool:
         """Whether ``metrics`` beat the best so far on ``best_metric`` (higher is better)."""
         if self.best_metric not in metrics:
-            raise KeyError(
+            raise UnknownNameError(
                 f"train.best_metric={self.best_metric!r} is not among the evaluation metrics "
                 f"{sorted(k for k, v in metrics.items() if isinstance(v, float))}"
             )

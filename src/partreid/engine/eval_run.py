@@ -8,6 +8,7 @@ import os
 from typing import Any, Dict, List, Optional, Sequence
 
 from ..data import build_dataset
+from ..errors import InvalidValueError
 from ..report.html import write_html
 from ..utils.device import resolve_device
 from ..utils.logs import setup_logging
@@ -40,7 +41,7 @@ def evaluate_run(
     for spec in cfg.data.test:
         unknown = sorted(set(spec) - {"name", "root", "options", "label"})
         if unknown or "name" not in spec or "root" not in spec:
-            raise ValueError(
+            raise InvalidValueError(
                 f"data.test entries need 'name' and 'root' (optional: 'options', "
                 f"'label'); got {spec}"
             )
@@ -164,7 +165,7 @@ def evaluate_checkpoint(
     if only_test:
         # evaluate only the extra test sets: the first becomes the main one
         if not cfg.data.test:
-            raise ValueError("--only-test needs at least one --test NAME=ROOT")
+            raise InvalidValueError("--only-test needs at least one --test NAME=ROOT")
         first = cfg.data.test[0]
         cfg.data.name, cfg.data.root = first.get("label", first["name"]), first["root"]
         cfg.data.test = cfg.data.test[1:]

@@ -13,6 +13,7 @@ from torch import nn
 from .. import metrics as M
 from ..data.io import Item
 from ..data.loader import build_test_loader
+from ..errors import InvalidValueError
 from ..utils import distributed as D
 
 log = logging.getLogger("partreid")
@@ -84,7 +85,7 @@ def distances(qf: torch.Tensor, gf: torch.Tensor, cfg) -> torch.Tensor:
     elif cfg.query_expansion == "alpha":
         qf, gf = M.alpha_query_expansion(qf, gf, k=cfg.qe_k, alpha=cfg.qe_alpha)
     elif cfg.query_expansion != "none":
-        raise ValueError(
+        raise InvalidValueError(
             f"eval.query_expansion: unknown {cfg.query_expansion!r}; valid: none, average, alpha"
         )
     if cfg.rerank:
@@ -120,9 +121,9 @@ def evaluate(
     [0, 1], the query/gallery sizes and how many queries had no valid match (skipped).
     """
     if len(query) == 0:
-        raise ValueError(f"{name}: the query set is empty; nothing to evaluate")
+        raise InvalidValueError(f"{name}: the query set is empty; nothing to evaluate")
     if len(gallery) == 0:
-        raise ValueError(f"{name}: the gallery is empty; nothing to evaluate")
+        raise InvalidValueError(f"{name}: the gallery is empty; nothing to evaluate")
     t0 = time.time()
     feats = {}
     for split, items in (("query", query), ("gallery", gallery)):
@@ -137,7 +138,7 @@ def evaluate(
     distmat = distances(qf, gf, cfg)
     r = M.evaluate_rank(distmat, q_pids, g_pids, q_cams, g_cams, max_rank=cfg.max_rank)
     if r["num_valid_queries"] == 0:
-        raise ValueError(
+        raise InvalidValueError(
             f"{name}: no query has a valid match in the gallery (same identity, "
             "other camera); check the query/gallery split"
         )

@@ -9,6 +9,8 @@ from typing import Dict, List
 import torch
 from torch import nn
 
+from ..errors import InvalidValueError
+
 
 def param_groups(
     model: nn.Module, lr: float, weight_decay: float, lr_mult: Dict[str, float]
@@ -32,7 +34,9 @@ def param_groups(
         groups.setdefault(mult, []).append(p)
     unused = [p.pattern for (p, _), u in zip(patterns, used) if not u]
     if unused:
-        raise ValueError(f"optim.lr_mult pattern(s) {unused} match no parameter of the model")
+        raise InvalidValueError(
+            f"optim.lr_mult pattern(s) {unused} match no parameter of the model"
+        )
     return [
         {"params": ps, "lr": lr * m, "lr_mult": m, "weight_decay": weight_decay}
         for m, ps in sorted(groups.items())
@@ -54,7 +58,7 @@ def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
     if name in ("adam", "adamw"):
         cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
         return cls(groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
-    raise ValueError(f"optim.name: unknown optimizer {cfg.name!r}; valid: sgd, adam, adamw")
+    raise InvalidValueError(f"optim.name: unknown optimizer {cfg.name!r}; valid: sgd, adam, adamw")
 
 
 def lr_factor(epoch: float, cfg, base_lr: float) -> float:
@@ -72,7 +76,7 @@ def lr_factor(epoch: float, cfg, base_lr: float) -> float:
             return (start + (1.0 - start) * t) * decay
         if cfg.warmup == "exp":
             return math.exp(math.log(start) * (1.0 - t)) * decay
-        raise ValueError(
+        raise InvalidValueError(
             f"schedule.warmup: unknown warm-up {cfg.warmup!r}; valid: none, linear, exp"
         )
     return decay
@@ -83,7 +87,7 @@ def build_scheduler(
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """A per-iteration scheduler; call ``step()`` after every optimizer step."""
     if cfg.warmup not in ("none", "linear", "exp"):
-        raise ValueError(
+        raise InvalidValueError(
             f"schedule.warmup: unknown warm-up {cfg.warmup!r}; valid: none, linear, exp"
         )
     return torch.optim.lr_scheduler.LambdaLR(

@@ -29,6 +29,7 @@ from ..data.occlusion import (
     check_severities,
     image_key,
 )
+from ..errors import InvalidValueError
 from .evaluator import distances, extract_features
 
 log = logging.getLogger("partreid")
@@ -41,7 +42,9 @@ def rank_metrics(distmat, q_pids, g_pids, q_cams, g_cams, max_rank: int = 50) ->
     (``ap``, NaN where a query has no valid match) of a distance matrix."""
     r = M.evaluate_rank(distmat, q_pids, g_pids, q_cams, g_cams, max_rank=max_rank, per_query=True)
     if r["num_valid_queries"] == 0:
-        raise ValueError("no query has a valid match in the gallery (same identity, other camera)")
+        raise InvalidValueError(
+            "no query has a valid match in the gallery (same identity, other camera)"
+        )
     cmc = np.asarray(r["cmc"])
     return {
         "rank1": float(cmc[0]),
@@ -110,7 +113,7 @@ def robustness_sweep(
     kinds = check_kinds(kinds)
     severities = check_severities(severities)
     if any(k.startswith("person_") for k in kinds) and donors is None:
-        raise ValueError("person_* kinds need a DonorPool of training images (donors=...)")
+        raise InvalidValueError("person_* kinds need a DonorPool of training images (donors=...)")
     t0 = time.time()
     if clean_features and len(clean_features["query"][0]) == len(query):
         (qf, q_pids, q_cams), (gf, g_pids, g_cams) = (
@@ -198,7 +201,9 @@ def check_robustness_config(rc) -> None:
     check_kinds(rc.kinds)
     check_severities(rc.severities)
     if rc.num_examples < 0:
-        raise ValueError(f"eval.robustness.num_examples: expected >= 0, got {rc.num_examples}")
+        raise InvalidValueError(
+            f"eval.robustness.num_examples: expected >= 0, got {rc.num_examples}"
+        )
 
 
 def robustness_report(

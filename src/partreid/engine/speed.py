@@ -23,6 +23,7 @@ from torch import nn
 
 from ..data.device_augment import DeviceAugment, build_image_cache
 from ..data.io import Item
+from ..errors import InvalidValueError
 from ..utils import distributed as D
 
 __all__ = ["Precision", "input_pipeline", "precision", "prepare_model"]
@@ -55,7 +56,7 @@ def precision(train_cfg, device: torch.device) -> Precision:
         "fp16": torch.float16,
     }
     if name not in dtypes:
-        raise ValueError(f"train.amp_dtype: unknown {name!r}; valid: bfloat16, float16")
+        raise InvalidValueError(f"train.amp_dtype: unknown {name!r}; valid: bfloat16, float16")
     dtype = dtypes[name]
     on = bool(train_cfg.amp) and device.type == "cuda"
     return Precision(on, dtype, on and dtype == torch.float16)
@@ -84,7 +85,7 @@ def input_pipeline(
     """``(uint8 cache, DeviceAugment)`` per ``train.cache_images`` / ``train.device_augment``."""
     t = cfg.train
     if t.device_augment and not t.cache_images:
-        raise ValueError("train.device_augment=true needs train.cache_images=true")
+        raise InvalidValueError("train.device_augment=true needs train.cache_images=true")
     if not t.cache_images:
         return None, None
     cache = build_image_cache(items, cfg.input.height, cfg.input.width)

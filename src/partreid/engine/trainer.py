@@ -43,6 +43,7 @@ from ..config import Config, save_config
 from ..data.device_augment import CachedImageDataset, cached_batches
 from ..data.loader import build_train_loader, epoch_seed, seed_epoch
 from ..data.transforms import build_transforms
+from ..errors import InvalidValueError
 from ..losses import LossComputer
 from ..models import build_model
 from ..utils import distributed as D
@@ -77,7 +78,9 @@ def train(cfg: Config, resume: Optional[str] = None) -> Dict[str, Any]:
     the non-main processes return the same metrics without writing anything.
     """
     if cfg.train.nonfinite not in ("stop", "skip"):
-        raise ValueError(f"train.nonfinite must be 'stop' or 'skip', got {cfg.train.nonfinite!r}")
+        raise InvalidValueError(
+            f"train.nonfinite must be 'stop' or 'skip', got {cfg.train.nonfinite!r}"
+        )
     device, started = _start_processes(cfg)
     try:
         result = _train(cfg, resume, device)
@@ -154,7 +157,7 @@ def _train(cfg: Config, resume: Optional[str], device: torch.device) -> Dict[str
         else min(len(loader), cfg.train.max_iters_per_epoch)
     )
     if iters == 0:
-        raise ValueError(
+        raise InvalidValueError(
             f"the training set has too few identities for a P x K batch "
             f"(P={cfg.sampler.p} over {world} process(es)); lower sampler.p"
         )

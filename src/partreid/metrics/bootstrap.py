@@ -13,6 +13,8 @@ from typing import Tuple
 
 import numpy as np
 
+from ..errors import InvalidValueError
+
 
 def paired_bootstrap_ratio(
     num: np.ndarray,
@@ -37,14 +39,16 @@ def paired_bootstrap_ratio(
     num = np.atleast_2d(np.asarray(num, dtype=np.float64))
     den = np.atleast_2d(np.asarray(den, dtype=np.float64))
     if num.shape != den.shape:
-        raise ValueError(f"num and den must have the same shape, got {num.shape} and {den.shape}")
+        raise InvalidValueError(
+            f"num and den must have the same shape, got {num.shape} and {den.shape}"
+        )
     if n_resamples < 1:
-        raise ValueError(f"n_resamples: expected a positive integer, got {n_resamples}")
+        raise InvalidValueError(f"n_resamples: expected a positive integer, got {n_resamples}")
     keep = ~(np.isnan(num).any(0) | np.isnan(den).any(0))
     num, den = num[:, keep], den[:, keep]
     q = num.shape[1]
     if q == 0:
-        raise ValueError("no query has a value in every row (all columns contain NaN)")
+        raise InvalidValueError("no query has a value in every row (all columns contain NaN)")
     rng = np.random.default_rng(seed)
     out = np.empty((n_resamples, num.shape[0]))
     both = np.concatenate([num, den]).T  # (Q, 2R)
@@ -61,7 +65,7 @@ def paired_bootstrap_ratio(
 def percentile_interval(samples: np.ndarray, level: float = 0.95) -> Tuple[float, float]:
     """The central ``level`` interval of bootstrap ``samples`` (NaN samples ignored)."""
     if not 0 < level < 1:
-        raise ValueError(f"level: expected a fraction in (0, 1), got {level}")
+        raise InvalidValueError(f"level: expected a fraction in (0, 1), got {level}")
     tail = 50.0 * (1.0 - level)
     lo, hi = np.nanpercentile(np.asarray(samples, dtype=np.float64), [tail, 100.0 - tail])
     return float(lo), float(hi)

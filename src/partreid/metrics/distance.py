@@ -13,6 +13,8 @@ from typing import Any, Iterator, Tuple, Union
 import numpy as np
 import torch
 
+from ..errors import InvalidValueError
+
 ArrayLike = Union[np.ndarray, torch.Tensor]
 
 METRICS = ("euclidean", "cosine")
@@ -44,7 +46,7 @@ def as_tensor(
 def float_features(x: torch.Tensor, name: str) -> torch.Tensor:
     """Features as a 2-D floating tensor (half precision is computed in float32)."""
     if x.dim() != 2:
-        raise ValueError(
+        raise InvalidValueError(
             f"{name}: expected a 2-D (num_items, dim) feature matrix, got shape {tuple(x.shape)}"
         )
     if not x.is_floating_point() or x.dtype in (torch.float16, torch.bfloat16):
@@ -118,7 +120,7 @@ def merge_topk_stable(
 
 def check_metric(metric: str) -> str:
     if metric not in METRICS:
-        raise ValueError(f"metric: expected one of {METRICS}, got {metric!r}")
+        raise InvalidValueError(f"metric: expected one of {METRICS}, got {metric!r}")
     return metric
 
 
@@ -163,7 +165,7 @@ def compute_distance(qf: ArrayLike, gf: ArrayLike, metric: str = "euclidean") ->
     g, g_np = as_tensor(gf, "gf", device=q.device)
     q, g = float_features(q, "qf"), float_features(g, "gf")
     if q.shape[1] != g.shape[1]:
-        raise ValueError(
+        raise InvalidValueError(
             f"qf and gf must have the same feature dimension, got {q.shape[1]} and {g.shape[1]}"
         )
     if q.dtype != g.dtype:

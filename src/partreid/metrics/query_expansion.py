@@ -17,6 +17,7 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
+from ..errors import InvalidValueError
 from .distance import ArrayLike, as_tensor, chunks, float_features, topk_smallest_stable
 
 __all__ = ["average_query_expansion", "alpha_query_expansion"]
@@ -29,11 +30,11 @@ def _inputs(qf: ArrayLike, gf: ArrayLike, k: int):
     g, g_np = as_tensor(gf, "gf", device=q.device)
     q, g = float_features(q, "qf"), float_features(g, "gf")
     if q.shape[1] != g.shape[1]:
-        raise ValueError(
+        raise InvalidValueError(
             f"qf and gf must have the same feature dimension, got {q.shape[1]} and {g.shape[1]}"
         )
     if int(k) < 0:
-        raise ValueError(f"k: expected a non-negative number of neighbours, got {k}")
+        raise InvalidValueError(f"k: expected a non-negative number of neighbours, got {k}")
     dtype = torch.promote_types(q.dtype, g.dtype)
     return F.normalize(q.to(dtype), dim=1), F.normalize(g.to(dtype), dim=1), q_np and g_np
 
@@ -89,7 +90,7 @@ def average_query_expansion(
     if distmat is not None:
         d, _ = as_tensor(distmat, "distmat", device=q.device)
         if tuple(d.shape) != (q.shape[0], g.shape[0]):
-            raise ValueError(
+            raise InvalidValueError(
                 f"distmat: expected shape {(q.shape[0], g.shape[0])}, got {tuple(d.shape)}"
             )
         idx = torch.cat(

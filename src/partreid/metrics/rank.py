@@ -34,6 +34,7 @@ from typing import Any, Dict
 
 import torch
 
+from ..errors import InvalidValueError
 from .distance import ArrayLike, as_tensor, chunks, single_thread_on_cpu
 
 __all__ = ["evaluate_rank", "evaluate_cuhk03_single_gallery_shot"]
@@ -73,23 +74,23 @@ def _as_ids(x: Any, name: str, n: int, device: torch.device) -> torch.Tensor:
     t, _ = as_tensor(x, name)
     t = t.reshape(-1) if t.dim() > 1 and t.numel() == n else t
     if t.dim() != 1 or t.shape[0] != n:
-        raise ValueError(
+        raise InvalidValueError(
             f"{name}: expected a 1-D array of length {n} (matching distmat), got shape {tuple(t.shape)}"
         )
     if t.is_floating_point() and not torch.equal(t, t.round()):
-        raise ValueError(f"{name}: expected integer ids, got non-integer values")
+        raise InvalidValueError(f"{name}: expected integer ids, got non-integer values")
     return t.to(device=device, dtype=torch.int64)
 
 
 def _prepare(distmat: ArrayLike, q_pids, g_pids, q_camids, g_camids) -> _Problem:
     dist, _ = as_tensor(distmat, "distmat")
     if dist.dim() != 2:
-        raise ValueError(
+        raise InvalidValueError(
             f"distmat: expected a 2-D (num_query, num_gallery) matrix, got shape {tuple(dist.shape)}"
         )
     num_q, num_g = dist.shape
     if num_q == 0 or num_g == 0:
-        raise ValueError(f"distmat: empty query or gallery (shape {tuple(dist.shape)})")
+        raise InvalidValueError(f"distmat: empty query or gallery (shape {tuple(dist.shape)})")
     if not dist.is_floating_point():
         dist = dist.to(torch.float64)
     elif dist.dtype in (torch.float16, torch.bfloat16):
@@ -122,7 +123,9 @@ def _chunk_rows(chunk_size: int | None, num_g: int) -> int:
     if chunk_size is None:
         return max(1, _DEFAULT_CHUNK_ELEMENTS // num_g)
     if int(chunk_size) < 1:
-        raise ValueError(f"chunk_size: expected a positive number of query rows, got {chunk_size}")
+        raise InvalidValueError(
+            f"chunk_size: expected a positive number of query rows, got {chunk_size}"
+        )
     return int(chunk_size)
 
 
@@ -320,7 +323,7 @@ def _match_ranks(p: _Problem, a: int, b: int, work: Dict[Any, torch.Tensor] | No
     dc = p.dist[a:b].contiguous()
     c, num_g = dc.shape
     if torch.isnan(dc.amax()):  # max propagates NaN: one cheap reduction per chunk
-        raise ValueError("distmat: contains NaN distances; rankings are undefined")
+        raise InvalidValueError("distmat: contains NaN distances; rankings are undefined")
     same, match, junk = p.same_id[a:b], p.match[a:b], p.junk[a:b]
     ds = dc.gather(1, same)
     neg_inf = torch.tensor(float("-inf"), dtype=dc.dtype, device=dc.device)
@@ -405,7 +408,7 @@ def evaluate_rank(
     broken by gallery index.  Raises ``ValueError`` if no query has a valid match.
     """
     if int(max_rank) < 1:
-        raise ValueError(f"max_rank: expected a positive integer, got {max_rank}")
+        raise InvalidValueError(f"max_rank: expected a positive integer, got {max_rank}")
     dist, _ = as_tensor(distmat, "distmat")
     with single_thread_on_cpu(dist.device):
         return _evaluate_rank(
@@ -439,7 +442,7 @@ def _evaluate_rank(
         hist += torch.bincount(rank[k == 1].clamp(max=max_rank), minlength=max_rank + 1)
     num_valid = int((p.n_match > 0).sum())
     if num_valid == 0:
-        raise ValueError(
+        raise InvalidValueError(
             "evaluate_rank: no query has a valid true match in the gallery (check that q_pids/g_pids "
             "share identities and that not every match is filtered out by q_camids/g_camids)"
         )
@@ -481,7 +484,7 @@ def evaluate_cuhk03_single_gallery_shot(
     ``num_skipped_queries`` and ``repeats``.
     """
     if int(repeats) < 1:
-        raise ValueError(f"repeats: expected a positive integer, got {repeats}")
+        raise InvalidValueError(f"repeats: expected a positive integer, got {repeats}")
     repeats, max_rank = int(repeats), int(max_rank)
     standard = evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=max_rank)
     dist, _ = as_tensor(distmat, "distmat")

@@ -43,6 +43,7 @@ from typing import Callable, Iterator, Optional, Tuple, Union
 import numpy as np
 import torch
 
+from ..errors import InvalidValueError, MissingExtraError
 from .distance import (
     ArrayLike,
     as_tensor,
@@ -739,7 +740,7 @@ def _faiss_knn(src: _FeatureSource, k: int) -> torch.Tensor:
     try:
         import faiss  # noqa: PLC0415 - optional, heavy
     except ImportError as exc:
-        raise ImportError(
+        raise MissingExtraError(
             "re_rank_features(use_faiss=True) needs faiss (pip install faiss-cpu)"
         ) from exc
     f = src.f.detach().to("cpu", torch.float32).contiguous().numpy()
@@ -950,9 +951,9 @@ def _jaccard_combine(
 # ============================================================================ driver
 def _check_params(k1: int, k2: int, lambda_value: float) -> Tuple[int, int, float]:
     if int(k1) < 1 or int(k2) < 1:
-        raise ValueError(f"k1 and k2 must be positive integers, got k1={k1}, k2={k2}")
+        raise InvalidValueError(f"k1 and k2 must be positive integers, got k1={k1}, k2={k2}")
     if not 0.0 <= float(lambda_value) <= 1.0:
-        raise ValueError(f"lambda_value must be in [0, 1], got {lambda_value}")
+        raise InvalidValueError(f"lambda_value must be in [0, 1], got {lambda_value}")
     return int(k1), int(k2), float(lambda_value)
 
 
@@ -1015,7 +1016,7 @@ def re_rank(
         ("g_g_dist", gg, (n_g, n_g)),
     ):
         if t.dim() != 2 or tuple(t.shape) != shape or min(shape) < 1:
-            raise ValueError(
+            raise InvalidValueError(
                 f"{name}: expected shape {shape} (from q_g_dist {tuple(qg.shape)}), got {tuple(t.shape)}"
             )
     qg, qq, gg = (t if t.is_floating_point() else t.double() for t in (qg, qq, gg))
@@ -1076,16 +1077,16 @@ def re_rank_features(
     k1, k2, lam = _check_params(k1, k2, lambda_value)
     check_metric(metric)
     if use_faiss not in (True, False, "auto"):
-        raise ValueError(f"use_faiss: expected True, False or 'auto', got {use_faiss!r}")
+        raise InvalidValueError(f"use_faiss: expected True, False or 'auto', got {use_faiss!r}")
     if int(chunk_size) < 1:
-        raise ValueError(f"chunk_size: expected a positive integer, got {chunk_size}")
+        raise InvalidValueError(f"chunk_size: expected a positive integer, got {chunk_size}")
     if device is None:
         device = qf.device if isinstance(qf, torch.Tensor) else "cpu"
     q, q_np = as_tensor(qf, "qf", device=device)
     g, g_np = as_tensor(gf, "gf", device=device)
     q, g = float_features(q, "qf"), float_features(g, "gf")
     if q.shape[1] != g.shape[1] or q.shape[0] < 1 or g.shape[0] < 1:
-        raise ValueError(
+        raise InvalidValueError(
             f"qf {tuple(q.shape)} and gf {tuple(g.shape)}: expected non-empty features of equal dimension"
         )
     dtype = torch.promote_types(q.dtype, g.dtype)

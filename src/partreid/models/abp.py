@@ -25,6 +25,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import InvalidValueError
+
 
 def max_activation_histogram(x: torch.Tensor) -> torch.Tensor:
     """Eqs. 8-9: per image, the number of channels whose spatial maximum lies in each row.
@@ -51,7 +53,7 @@ def abp_borders(x: torch.Tensor, k: int) -> torch.Tensor:
     """
     n, c, h, w = x.shape
     if not 1 <= k <= h:
-        raise ValueError(
+        raise InvalidValueError(
             f"activation balanced pooling cannot cut a map of height {h} into {k} stripes"
         )
     cum = max_activation_histogram(x).cumsum(dim=1)  # N x H: H_x(1..H)
@@ -92,7 +94,7 @@ def pool_between(x: torch.Tensor, borders: torch.Tensor, mode: str = "avg") -> t
         row_max = x.amax(dim=3)  # N x C x H
         filled = row_max[:, :, None, :].masked_fill(~masks[:, None], float("-inf"))
         return filled.amax(dim=3)
-    raise ValueError(f"ABP pooling mode must be 'avg' or 'max', got {mode!r}")
+    raise InvalidValueError(f"ABP pooling mode must be 'avg' or 'max', got {mode!r}")
 
 
 def abp_pool(x: torch.Tensor, k: int, mode: str = "avg") -> torch.Tensor:
@@ -109,7 +111,7 @@ class ActivationBalancedPooling(nn.Module):
     def __init__(self, k: int, mode: str = "avg"):
         super().__init__()
         if mode not in ("avg", "max"):
-            raise ValueError(f"ABP pooling mode must be 'avg' or 'max', got {mode!r}")
+            raise InvalidValueError(f"ABP pooling mode must be 'avg' or 'max', got {mode!r}")
         self.k = k
         self.mode = mode
 

@@ -25,6 +25,8 @@ from typing import List, Sequence, Tuple, Union
 import torch
 from torch import nn
 
+from ..errors import InvalidValueError, NotFoundError, PartreidError
+
 # ResNet names used by the papers -> our cut points.
 CUT_ALIASES = {
     "res_conv1": "stem",
@@ -41,7 +43,7 @@ BACKBONES = ("resnet18", "resnet34", "resnet50", "mobilenet_v2")
 Pretrained = Union[bool, str, None]
 
 
-class PretrainedWeightsError(RuntimeError):
+class PretrainedWeightsError(PartreidError, RuntimeError):
     """Pretrained weights could not be obtained (offline, no file)."""
 
 
@@ -93,7 +95,9 @@ class Backbone(nn.Module):
             cut = f"stage{s}.{len(self.stages[s - 1]) - 1}"
         if cut not in names:
             valid = ["input", "stem", "stage1..stage4", "stage{s}.{b}"] + sorted(CUT_ALIASES)
-            raise ValueError(f"unknown cut point {cut!r} for backbone {self.name}; valid: {valid}")
+            raise InvalidValueError(
+                f"unknown cut point {cut!r} for backbone {self.name}; valid: {valid}"
+            )
         return names.index(cut) + 1
 
     def split(self, cut: str) -> Tuple[nn.Sequential, nn.Sequential]:
@@ -177,7 +181,7 @@ def _load_pretrained(bb: Backbone, pretrained: Pretrained) -> None:
     if isinstance(pretrained, str) and pretrained.lower() not in ("imagenet", "true"):
         path = os.path.expanduser(pretrained)
         if not os.path.isfile(path):
-            raise FileNotFoundError(
+            raise NotFoundError(
                 f"pretrained weights file not found: {path}. Pass model.pretrained=<path to a "
                 f"torchvision {bb.name} state dict>, model.pretrained=imagenet to use torchvision's "
                 "download, or model.pretrained=false to train from scratch."
@@ -194,7 +198,7 @@ def _load_pretrained(bb: Backbone, pretrained: Pretrained) -> None:
         head = ("fc.", "classifier.")
         missing = [k for k in missing if not k.startswith(head)]
         if missing or unexpected:
-            raise ValueError(
+            raise InvalidValueError(
                 f"weights file {path} does not fit torchvision's {bb.name}: "
                 f"{len(missing)} missing keys (e.g. {missing[:3]}), {len(unexpected)} unexpected "
                 f"keys (e.g. {unexpected[:3]}). Expected a {bb.name} state dict in torchvision's layout."
@@ -227,13 +231,13 @@ def build_backbone(
         last_stride: 1 (Re-ID convention: stage4 keeps the stage3 resolution) or 2.
     """
     if last_stride not in (1, 2):
-        raise ValueError(f"last_stride must be 1 or 2, got {last_stride}")
+        raise InvalidValueError(f"last_stride must be 1 or 2, got {last_stride}")
     if name.startswith("resnet") and name in BACKBONES:
         bb = _resnet(name, last_stride)
     elif name in ("mobilenet_v2", "mobilenetv2"):
         bb = _mobilenet_v2(last_stride)
     else:
-        raise ValueError(f"unknown backbone {name!r}; available: {list(BACKBONES)}")
+        raise InvalidValueError(f"unknown backbone {name!r}; available: {list(BACKBONES)}")
     if pretrained and pretrained not in ("false", "none", "False"):
         _load_pretrained(bb, pretrained)
     del bb._tv

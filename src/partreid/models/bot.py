@@ -10,6 +10,7 @@ from typing import Dict
 import torch
 from torch import nn
 
+from ..errors import InvalidValueError
 from .backbones import build_backbone
 from .parts import ReductionHead, pool2d
 from .registry import register_model
@@ -37,7 +38,7 @@ class BoT(nn.Module):
     ):
         super().__init__()
         if test_feature not in ("after_bn", "before_bn"):
-            raise ValueError(
+            raise InvalidValueError(
                 f"test_feature must be 'after_bn' or 'before_bn', got {test_feature!r}"
             )
         self.backbone = build_backbone(backbone, pretrained, last_stride)

@@ -32,6 +32,7 @@ from typing import Dict, List, Sequence, Tuple
 import torch
 from torch import nn
 
+from ..errors import InvalidValueError
 from .backbones import build_backbone
 from .parts import ReductionHead, pool2d, stripe_bounds, stripe_pool, window_max
 from .registry import register_model
@@ -50,9 +51,9 @@ def window_lengths(k: int, local_part: str = "coarse") -> List[int]:
     ``fine`` (CGPN-2): the k single stripes, L = 1. ``none``: no local part.
     """
     if local_part not in LOCAL_PARTS:
-        raise ValueError(f"local_part must be one of {LOCAL_PARTS}, got {local_part!r}")
+        raise InvalidValueError(f"local_part must be one of {LOCAL_PARTS}, got {local_part!r}")
     if k < 1:
-        raise ValueError(f"a branch needs at least 1 stripe, got {k}")
+        raise InvalidValueError(f"a branch needs at least 1 stripe, got {k}")
     if local_part == "none":
         return []
     if local_part == "fine":
@@ -180,7 +181,7 @@ class CGPN(nn.Module):
     ):
         super().__init__()
         if isinstance(stripes, (int, str)) or not all(isinstance(k, int) for k in stripes):
-            raise ValueError(
+            raise InvalidValueError(
                 f"model.stripes must be a list of stripe counts, one per branch "
                 f"(e.g. [2, 3, 4]), got {stripes!r}"
             )
@@ -190,11 +191,11 @@ class CGPN(nn.Module):
         _check_choice("triplet_features", triplet_features, TRIPLET_FEATURES)
         _check_choice("global_conv_init", global_conv_init, CONV_INITS)
         if not stripes or any(k < 1 for k in stripes):
-            raise ValueError(
+            raise InvalidValueError(
                 f"model.stripes must be a non-empty list of stripe counts >= 1, got {stripes}"
             )
         if int(global_parts) < 1:
-            raise ValueError(f"model.global_parts (M) must be >= 1, got {global_parts}")
+            raise InvalidValueError(f"model.global_parts (M) must be >= 1, got {global_parts}")
         self.stripes = stripes
         self.global_parts = int(global_parts)
         self.global_part = bool(global_part)
@@ -229,7 +230,7 @@ class CGPN(nn.Module):
         ]
         self.feature_names = self.global_names + self.local_names
         if not self.feature_names:
-            raise ValueError(
+            raise InvalidValueError(
                 f"CGPN with global_part=false and local_part={local_part!r} and "
                 f"stripes={stripes} has no features; keep a global or a local part"
             )
@@ -240,7 +241,7 @@ class CGPN(nn.Module):
             "none": None,
         }[triplet_features]
         if selected == []:
-            raise ValueError(
+            raise InvalidValueError(
                 f"model.triplet_features={triplet_features!r} selects no features of this "
                 f"CGPN (global_part={global_part}, local_part={local_part!r}); use "
                 "'local' for CGPN-3, 'global' otherwise, or 'none'"
@@ -299,13 +300,13 @@ class CGPN(nn.Module):
 
 def _check_choice(key: str, value: str, choices: Sequence[str]) -> None:
     if value not in choices:
-        raise ValueError(f"model.{key} must be one of {list(choices)}, got {value!r}")
+        raise InvalidValueError(f"model.{key} must be one of {list(choices)}, got {value!r}")
 
 
 def _check_height(t: torch.Tensor, branch: CGPNBranch, x: torch.Tensor) -> None:
     need = max(branch.num_stripes if branch.num_local else 1, branch.global_parts or 1)
     if t.shape[2] < need:
-        raise ValueError(
+        raise InvalidValueError(
             f"input {tuple(x.shape[2:])} gives a {t.shape[2]}-row map, too short for "
             f"{need} stripes; use taller images or fewer stripes"
         )

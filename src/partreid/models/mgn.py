@@ -19,6 +19,7 @@ from typing import Dict, Sequence
 import torch
 from torch import nn
 
+from ..errors import InvalidValueError
 from .backbones import build_backbone
 from .parts import ReductionHead, pool2d, stripe_pool
 from .registry import register_model
@@ -79,15 +80,17 @@ class MGN(nn.Module):
     ):
         super().__init__()
         if triplet_on not in ("pooled", "reduced"):
-            raise ValueError(f"model.triplet_on must be 'pooled' or 'reduced', got {triplet_on!r}")
+            raise InvalidValueError(
+                f"model.triplet_on must be 'pooled' or 'reduced', got {triplet_on!r}"
+            )
         if isinstance(parts, (int, str)) or not all(isinstance(k, int) for k in parts):
-            raise ValueError(
+            raise InvalidValueError(
                 f"model.parts must be a list of stripe counts, one per part branch "
                 f"(e.g. [2, 3]), got {parts!r}"
             )
         parts = [int(k) for k in parts]
         if any(k < 1 for k in parts):
-            raise ValueError(f"model.parts must list stripe counts >= 1, got {parts}")
+            raise InvalidValueError(f"model.parts must list stripe counts >= 1, got {parts}")
         self.triplet_on = triplet_on
         bb = build_backbone(backbone, pretrained, last_stride)
         self.trunk, rest = bb.split("res_conv4_1")  # conv1 .. res_conv4_1, shared

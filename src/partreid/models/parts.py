@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import InvalidValueError
+
 
 def pool2d(x: torch.Tensor, mode: str = "max") -> torch.Tensor:
     """Global pooling of an N x C x H x W map to N x C (``max`` = GMP, ``avg`` = GAP)."""
@@ -15,7 +17,7 @@ def pool2d(x: torch.Tensor, mode: str = "max") -> torch.Tensor:
         return x.amax(dim=(2, 3))
     if mode == "avg":
         return x.mean(dim=(2, 3))
-    raise ValueError(f"pooling mode must be 'max' or 'avg', got {mode!r}")
+    raise InvalidValueError(f"pooling mode must be 'max' or 'avg', got {mode!r}")
 
 
 def stripe_bounds(height: int, k: int) -> list:
@@ -25,7 +27,7 @@ def stripe_bounds(height: int, k: int) -> list:
     the first stripes, so stripes never overlap and every row belongs to exactly one stripe.
     """
     if not 1 <= k <= height:
-        raise ValueError(f"cannot cut a map of height {height} into {k} stripes")
+        raise InvalidValueError(f"cannot cut a map of height {height} into {k} stripes")
     base, extra = divmod(height, k)
     bounds, start = [], 0
     for i in range(k):
@@ -52,7 +54,7 @@ def window_max(stripes: torch.Tensor, length: int) -> torch.Tensor:
     """
     k = stripes.shape[-1]
     if not 1 <= length <= k:
-        raise ValueError(f"window length {length} must be in 1..{k}")
+        raise InvalidValueError(f"window length {length} must be in 1..{k}")
     return stripes.unfold(-1, length, 1).amax(-1)
 
 

@@ -17,6 +17,7 @@ from typing import Dict
 import torch
 from torch import nn
 
+from ..errors import InvalidValueError
 from .abp import abp_pool as _abp_pool
 from .backbones import build_backbone
 from .parts import ReductionHead, stripe_pool
@@ -54,14 +55,14 @@ class PCB(nn.Module):
     ):
         super().__init__()
         if isinstance(stripes, bool) or not isinstance(stripes, int) or stripes < 1:
-            raise ValueError(f"model.stripes must be a positive integer, got {stripes!r}")
+            raise InvalidValueError(f"model.stripes must be a positive integer, got {stripes!r}")
         for name, value, valid in (
             ("pooling", pooling, ("avg", "max")),
             ("test_feature", test_feature, ("reduced", "pooled")),
             ("abp_pool", abp_pool, ("avg", "max")),
         ):
             if value not in valid:
-                raise ValueError(f"model.{name} must be one of {list(valid)}, got {value!r}")
+                raise InvalidValueError(f"model.{name} must be one of {list(valid)}, got {value!r}")
         self.backbone = build_backbone(backbone, pretrained, last_stride)
         self.stripes = stripes
         self.pooling = pooling

@@ -23,6 +23,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
+from ..errors import InvalidValueError
 from .parts import stripe_bounds
 
 
@@ -30,7 +31,7 @@ def split_stripes(x: torch.Tensor, k: int) -> List[torch.Tensor]:
     """Cut N x C x H x W into ``k`` horizontal stripes (views), top to bottom."""
     h = x.shape[2]
     if not 1 <= k <= h:
-        raise ValueError(
+        raise InvalidValueError(
             f"receptive partition cannot cut a map of height {h} into {k} stripes; "
             "partition earlier (a larger map) or use fewer stripes"
         )
@@ -74,7 +75,7 @@ class ReceptivePartition(nn.Module):
     def __init__(self, layers: nn.Module, k: int, original: bool = True):
         super().__init__()
         if k < 1:
-            raise ValueError(f"receptive partition needs k >= 1 stripes, got {k}")
+            raise InvalidValueError(f"receptive partition needs k >= 1 stripes, got {k}")
         self.layers = layers
         self.k = k
         self.original = original

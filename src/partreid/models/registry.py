@@ -11,6 +11,8 @@ from typing import Callable, Dict, List
 
 from torch import nn
 
+from ..errors import InvalidValueError, UnknownNameError
+
 _MODELS: Dict[str, Callable[..., nn.Module]] = {}
 
 
@@ -19,7 +21,7 @@ def register_model(name: str):
 
     def deco(cls):
         if name in _MODELS:
-            raise ValueError(f"model {name!r} registered twice")
+            raise InvalidValueError(f"model {name!r} registered twice")
         _MODELS[name] = cls
         cls.model_name = name
         return cls
@@ -45,7 +47,7 @@ def model_options(name: str) -> Dict[str, object]:
 
 def _get(name: str):
     if name not in _MODELS:
-        raise KeyError(f"unknown model {name!r}; registered models: {list_models()}")
+        raise UnknownNameError(f"unknown model {name!r}; registered models: {list_models()}")
     return _MODELS[name]
 
 
@@ -60,7 +62,7 @@ def build_model(name: str, num_classes: int, **cfg) -> nn.Module:
     valid = model_options(name)
     unknown = sorted(set(cfg) - set(valid))
     if unknown:
-        raise KeyError(
+        raise UnknownNameError(
             f"unknown option(s) {unknown} for model {name!r}; valid options: {sorted(valid)}"
         )
     return cls(num_classes=num_classes, **cfg)

@@ -25,6 +25,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
+from ..errors import InvalidValueError
 from .abp import abp_borders as _abp_borders
 from .abp import abp_pool as _abp_pool
 from .backbones import build_backbone
@@ -49,7 +50,7 @@ Paths = List[Tuple[Optional[torch.Tensor], Optional[List[torch.Tensor]]]]
 
 def _choice(name: str, value: str, valid: Sequence[str]) -> str:
     if value not in valid:
-        raise ValueError(f"model.{name} must be one of {list(valid)}, got {value!r}")
+        raise InvalidValueError(f"model.{name} must be one of {list(valid)}, got {value!r}")
     return value
 
 
@@ -108,13 +109,15 @@ class RMGL(nn.Module):
         if not stripes or any(
             not isinstance(k, int) or isinstance(k, bool) or k < 1 for k in stripes
         ):
-            raise ValueError(
+            raise InvalidValueError(
                 f"model.stripes must be a non-empty list of positive integers, got {stripes!r}"
             )
         if only_rp and not rp:
-            raise ValueError("model.only_rp=true drops the original path and needs model.rp=true")
+            raise InvalidValueError(
+                "model.only_rp=true drops the original path and needs model.rp=true"
+            )
         if only_rp and abp:
-            raise ValueError(
+            raise InvalidValueError(
                 "model.abp re-pools the original path's stripes, which model.only_rp=true "
                 "removes; set model.abp=false"
             )
@@ -165,7 +168,7 @@ class RMGL(nn.Module):
         try:
             return len(bb.split(PARTITION_DEPTHS.get(key, depth))[0])
         except ValueError:
-            raise ValueError(
+            raise InvalidValueError(
                 f"model.partition_depth: unknown depth {depth!r}; use one of "
                 f"{sorted(PARTITION_DEPTHS) + list(OUTPUT_DEPTHS)} or a backbone cut point "
                 "(res_conv2c, stage2, stage3.0, ...: right after it)"

@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from ..data.io import Item, read_image  # noqa: E402
+from ..errors import InvalidValueError
 from .activations import _denormalize  # noqa: E402
 
 COLOURS = ["#ff3030", "#30c0ff", "#ffd020", "#50ff50", "#ff50ff", "#ffffff"]
@@ -29,7 +30,7 @@ def draw_abp_borders(
     """One row per image, one panel per branch: the image with that branch's ABP stripe borders
     (uniform stripes dashed for comparison)."""
     if not hasattr(model, "abp_borders"):
-        raise ValueError(
+        raise InvalidValueError(
             f"model {type(model).__name__} has no activation balanced pooling "
             "(use an RMGL or PCB config with model.abp=true)"
         )

@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 
+from ..errors import InvalidValueError, NotFoundError
 from ..metrics.bootstrap import paired_bootstrap_ratio, percentile_interval
 from .robustness import LABELS, curve, draw_robustness_curves, mean_curve
 
@@ -39,7 +40,7 @@ def load_run(path: str) -> Dict[str, Any]:
     """The metrics of a run: ``RUN/metrics.json`` (or the given .json file)."""
     f = os.path.join(path, "metrics.json") if os.path.isdir(path) else path
     if not os.path.isfile(f):
-        raise FileNotFoundError(
+        raise NotFoundError(
             f"{f}: no metrics.json here; expected a run folder written by `partreid train` or "
             "`partreid eval --out DIR` (or the path of its metrics.json)"
         )
@@ -47,9 +48,9 @@ def load_run(path: str) -> Dict[str, Any]:
         with open(f) as fh:
             m = json.load(fh)
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{f} is not valid JSON: {exc}") from exc
+        raise InvalidValueError(f"{f} is not valid JSON: {exc}") from exc
     if not isinstance(m, dict) or "mAP" not in m:
-        raise ValueError(f"{f}: not a partreid metrics file (no top-level 'mAP')")
+        raise InvalidValueError(f"{f}: not a partreid metrics file (no top-level 'mAP')")
     return m
 
 
@@ -77,7 +78,7 @@ def compare_runs(run_args: Sequence[str], out_dir: str) -> Dict[str, Any]:
     for arg in run_args:
         label, path = parse_run(arg)
         if any(label == lab for lab, _ in runs):
-            raise ValueError(f"two runs are labelled {label!r}; name them LABEL=RUN")
+            raise InvalidValueError(f"two runs are labelled {label!r}; name them LABEL=RUN")
         runs.append((label, load_run(path)))
     os.makedirs(out_dir, exist_ok=True)
     notes: List[str] = []

@@ -25,6 +25,7 @@ from typing import Annotated, Any, Dict, Optional
 
 import numpy as np
 
+from ..errors import InvalidValueError, MissingExtraError
 from ..utils.logs import setup_logging
 from .gallery import GalleryPathError
 from .worker import SearchEngine, ServeLimits, UploadError, decode_upload, install_pixel_limit
@@ -40,7 +41,7 @@ PAGE_CSP = (
 
 
 def _missing_extra(exc: ImportError) -> ImportError:
-    return ImportError(
+    return MissingExtraError(
         f"partreid serve needs FastAPI and uvicorn ({exc.name} is missing): "
         'pip install "partreid[serve]"'
     )
@@ -382,12 +383,12 @@ def build_engine(
     from .gallery import default_cache_dir, load_gallery
 
     if runtime not in RUNTIMES:
-        raise ValueError(f"unknown runtime {runtime!r}; valid: {', '.join(RUNTIMES)}")
+        raise InvalidValueError(f"unknown runtime {runtime!r}; valid: {', '.join(RUNTIMES)}")
     limits = limits or ServeLimits()
     module = None
     if checkpoint.endswith(".onnx"):
         if runtime == "torch":
-            raise ValueError(
+            raise InvalidValueError(
                 f"--runtime torch needs a partreid checkpoint (.pth), not {checkpoint}"
             )
         model: Any = checkpoint
@@ -395,7 +396,9 @@ def build_engine(
         module = model = load_model(checkpoint)
         on_cpu = resolve_device(str(device)).type == "cpu"
         if runtime == "onnx" and not on_cpu:
-            raise ValueError(f"--runtime onnx runs on the CPU here; use --device cpu, not {device}")
+            raise InvalidValueError(
+                f"--runtime onnx runs on the CPU here; use --device cpu, not {device}"
+            )
         if runtime == "onnx" or (runtime == "auto" and on_cpu and _onnx_available()):
             from ..deploy.export import cached_onnx
 
@@ -474,9 +477,9 @@ def serve_command(
 ) -> int:
     """What ``partreid serve`` runs: the limits from the options, then :func:`serve`."""
     if not 0 < port < 65536:
-        raise ValueError(f"--port must be 1..65535, got {port}")
+        raise InvalidValueError(f"--port must be 1..65535, got {port}")
     if max_upload_mb <= 0:
-        raise ValueError(f"--max-upload-mb must be positive, got {max_upload_mb}")
+        raise InvalidValueError(f"--max-upload-mb must be positive, got {max_upload_mb}")
     limits = ServeLimits(
         max_upload_bytes=int(max_upload_mb * 1024 * 1024),
         max_pixels=max_pixels,

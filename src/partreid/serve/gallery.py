@@ -27,13 +27,14 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import numpy as np
 
 from ..data.io import list_image_files
+from ..errors import NotFoundError, PartreidError
 
 log = logging.getLogger("partreid")
 
 INDEX_MARKER = "index.json"  # what GalleryIndex.save writes into an index folder
 
 
-class GalleryPathError(ValueError):
+class GalleryPathError(PartreidError, ValueError):
     """A gallery image request that is malformed, leaves the gallery, or names no gallery item.
 
     ``status`` is the HTTP status it maps to (400 malformed, 403 outside, 404 unknown).
@@ -250,7 +251,7 @@ def load_gallery(
     from ..deploy.index import GalleryIndex, open_gallery
 
     if not os.path.exists(gallery):
-        raise FileNotFoundError(
+        raise NotFoundError(
             f"gallery not found: {gallery} (expected a folder of crops, a features .npz from "
             "`partreid extract`, or an index folder from `partreid index`)"
         )
@@ -265,7 +266,7 @@ def load_gallery(
     t0 = time.time()
     files = list_images(folder)
     if not files:
-        raise FileNotFoundError(
+        raise NotFoundError(
             f"gallery folder {gallery} holds no images and is not an index folder from "
             f"`partreid index` (no {INDEX_MARKER})"
         )

@@ -19,6 +19,8 @@ from typing import Any, Dict, List, Tuple
 
 import numpy as np
 
+from ..errors import InvalidValueError, PartreidError
+
 log = logging.getLogger("partreid")
 
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "PPM", "TIFF")
@@ -39,9 +41,9 @@ class ServeLimits:
     def __post_init__(self) -> None:
         for k, v in asdict(self).items():
             if not isinstance(v, int) or v < 1:
-                raise ValueError(f"serve limit {k} must be a positive integer, got {v!r}")
+                raise InvalidValueError(f"serve limit {k} must be a positive integer, got {v!r}")
         if self.default_topk > self.max_topk:
-            raise ValueError(
+            raise InvalidValueError(
                 f"default top-K {self.default_topk} exceeds the top-K limit {self.max_topk}"
             )
         if self.default_page_size > self.max_page_size:
@@ -52,7 +54,7 @@ class ServeLimits:
         return asdict(self)
 
 
-class UploadError(ValueError):
+class UploadError(PartreidError, ValueError):
     """A bad upload; ``status`` is the HTTP status (400 not an image, 413 too big, 415 type)."""
 
     def __init__(self, message: str, status: int = 400):

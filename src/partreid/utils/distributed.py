@@ -34,6 +34,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..errors import InvalidValueError, PartreidError
+
 log = logging.getLogger("partreid")
 
 DEFAULT_TIMEOUT_S = 600.0  # a collective that waits longer than this stops the run
@@ -60,7 +62,7 @@ __all__ = [
 ]
 
 
-class DistributedError(RuntimeError):
+class DistributedError(PartreidError, RuntimeError):
     """A collective failed: another process stopped, or did not answer within the timeout."""
 
 
@@ -87,7 +89,9 @@ def _env_int(name: str, default: int) -> int:
     try:
         return int(value)
     except ValueError as exc:
-        raise ValueError(f"environment variable {name}={value!r}: expected an integer") from exc
+        raise InvalidValueError(
+            f"environment variable {name}={value!r}: expected an integer"
+        ) from exc
 
 
 def env_world() -> Tuple[int, int, int]:
@@ -95,7 +99,9 @@ def env_world() -> Tuple[int, int, int]:
     world = _env_int("WORLD_SIZE", 1)
     rank_, local = _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)
     if world < 1 or not 0 <= rank_ < world:
-        raise ValueError(f"torchrun environment: need 0 <= RANK < WORLD_SIZE, got {rank_}/{world}")
+        raise InvalidValueError(
+            f"torchrun environment: need 0 <= RANK < WORLD_SIZE, got {rank_}/{world}"
+        )
     return rank_, world, local
 
 
@@ -106,11 +112,11 @@ def _pick_device(device: Union[str, torch.device], local_rank: int, world: int) 
     dev = torch.device(name)
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device {name!r}: CUDA is not available on this machine")
+            raise InvalidValueError(f"device {name!r}: CUDA is not available on this machine")
         if world > 1 or dev.index is None:  # one device per process: cuda:LOCAL_RANK
             count = torch.cuda.device_count()
             if local_rank >= count:
-                raise ValueError(
+                raise InvalidValueError(
                     f"LOCAL_RANK={local_rank} but this machine has {count} CUDA device(s); "
                     "start at most one process per GPU (torchrun --nproc-per-node)"
                 )
@@ -136,12 +142,14 @@ def init_distributed(
     if world == 1:
         return DistInfo(0, 1, 0, dev, None)
     if float(timeout_s) <= 0:
-        raise ValueError(f"timeout_s: expected a positive number of seconds, got {timeout_s}")
+        raise InvalidValueError(
+            f"timeout_s: expected a positive number of seconds, got {timeout_s}"
+        )
     backend = backend or ("nccl" if dev.type == "cuda" else "gloo")
     if not dist.is_initialized():
         missing = [v for v in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(v)]
         if missing:
-            raise ValueError(
+            raise InvalidValueError(
                 f"WORLD_SIZE={world} but {', '.join(missing)} not set: start the processes with "
                 "torchrun (e.g. `torchrun --nproc-per-node 2 -m partreid train ...`)"
             )
@@ -225,7 +233,7 @@ def all_gather_rows(t: torch.Tensor) -> List[torch.Tensor]:
     if not is_distributed():
         return [t]
     if t.dim() == 0:
-        raise ValueError("all_gather_rows: expected a tensor with at least one dimension")
+        raise InvalidValueError("all_gather_rows: expected a tensor with at least one dimension")
     world = world_size()
     comm = _comm_device(t.device)
     try:
@@ -235,7 +243,9 @@ def all_gather_rows(t: torch.Tensor) -> List[torch.Tensor]:
         sizes = [s.tolist() for s in shapes]
         trailing = max((s[1:] for s in sizes if s[0] > 0), default=sizes[0][1:])
         if any(s[0] > 0 and s[1:] != trailing for s in sizes):
-            raise ValueError(f"all_gather_rows: trailing shapes differ across processes: {sizes}")
+            raise InvalidValueError(
+                f"all_gather_rows: trailing shapes differ across processes: {sizes}"
+            )
         n_max = max(s[0] for s in sizes)
         padded = torch.zeros((n_max, *trailing), dtype=t.dtype, device=comm)
         if t.shape[0]:
@@ -268,7 +278,7 @@ def gather_in_order(local: torch.Tensor, n: int) -> torch.Tensor:
     """Concatenate every process's :func:`shard_bounds` block in rank order -> all ``n`` rows."""
     if not is_distributed():
         if local.shape[0] != n:
-            raise ValueError(f"gather_in_order: expected {n} rows, got {local.shape[0]}")
+            raise InvalidValueError(f"gather_in_order: expected {n} rows, got {local.shape[0]}")
         return local
     parts = all_gather_rows(local)
     out = torch.cat(parts)
@@ -294,7 +304,7 @@ def per_process_pk(p: int, k: int, world: Optional[int] = None) -> Tuple[int, in
     """``(P_local, K)``: the global P x K batch split over ``world`` processes by identities."""
     w = world_size() if world is None else int(world)
     if int(p) % w:
-        raise ValueError(
+        raise InvalidValueError(
             f"sampler.p={p} is the global number of identities per batch and must be divisible by "
             f"the number of processes ({w}); choose sampler.p as a multiple of {w}"
         )

@@ -33,6 +33,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ...errors import PartreidError
 from ..io import check_images, list_image_files
 
 Item = Tuple[str, int, int]
@@ -44,7 +45,7 @@ logger = logging.getLogger("partreid.data")
 COMMON_OPTIONS: Dict[str, object] = {"verify": False}
 
 
-class DatasetError(ValueError):
+class DatasetError(PartreidError, ValueError):
     """A data set cannot be loaded as asked (bad option, bad layout, bad list or CSV)."""
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 from typing import Dict, List, Optional, Tuple
 
+from ...errors import InvalidValueError
 from .base import (
     DatasetError,
     DatasetNotFoundError,
@@ -63,7 +64,7 @@ def camid_from_name(name: str) -> int:
     fields = os.path.basename(name).split("_")
     cam = int(fields[2])
     if not 1 <= cam <= 15:
-        raise ValueError(f"camera {cam} outside 1..15")
+        raise InvalidValueError(f"camera {cam} outside 1..15")
     return cam - 1
 
 
@@ -86,7 +87,7 @@ def read_list(list_path: str, image_dir: str, data_dir: str) -> List[Item]:
         parts = line.split()
         try:
             if len(parts) != 2:
-                raise ValueError("expected '<path> <pid>'")
+                raise InvalidValueError("expected '<path> <pid>'")
             items.append((os.path.join(base, parts[0]), int(parts[1]), camid_from_name(parts[0])))
         except (ValueError, IndexError) as exc:
             bad.append(f"line {n}: {line!r} ({exc})")
