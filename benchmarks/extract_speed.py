@@ -130,7 +130,7 @@ def main() -> int:
 
         def load_only():
             from partreid.data.sources import open_source
-            from partreid.deploy.extract import _loader
+            from partreid.inference.stream import _loader
 
             for _ in _loader(ext, open_source(folder).dataset(ext.transform), False):
                 pass
@@ -140,7 +140,8 @@ def main() -> int:
 
         runs = {"bare": bare, "extract": lambda: run_extract(ext, "torch"), "load": load_only}
         if not args.no_onnx:
-            from partreid.deploy.export import OnnxModel, export_onnx
+            from partreid.deploy.export import export_onnx
+            from partreid.inference import OnnxModel
 
             onnx_path = export_onnx(ext.model, os.path.join(tmp, "model.onnx"))
             sess = OnnxModel(onnx_path, "cpu", threads=args.threads)

@@ -254,7 +254,7 @@ def main(argv: Optional[List[str]] = None) -> List[Dict]:
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    from partreid.engine.setup import resolve_device
+    from partreid.utils.device import resolve_device
 
     device = resolve_device(args.device)
     if args.combos:

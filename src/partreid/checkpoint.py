@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._version import __version__
 from .errors import PartreidError
 
 FORMAT = "partreid"
@@ -100,8 +101,6 @@ def model_meta(
     metrics: Optional[Dict[str, Any]] = None,
 ) -> Dict[str, Any]:
     """What a checkpoint says about its model: enough to rebuild it and feed it images."""
-    from ._version import __version__
-
     return {
         "model": dict(cfg.model),
         "num_classes": int(num_classes),

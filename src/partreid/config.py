@@ -17,6 +17,8 @@ import yaml
 
 from .data.transforms import TransformsConfig
 from .errors import PartreidError
+from .losses import LossComputer
+from .models import list_models, model_options
 
 
 class ConfigError(PartreidError, ValueError):
@@ -281,9 +283,6 @@ def _build_section(cls, data: Dict[str, Any], where: str):
 
 
 def _check_model_and_losses(cfg: Config) -> None:
-    from .losses import LossComputer
-    from .models import list_models, model_options
-
     name = cfg.model.get("name")
     if name not in list_models():
         raise ConfigError(f"model.name: unknown model {name!r}; registered: {list_models()}")

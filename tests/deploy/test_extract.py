@@ -16,9 +16,9 @@ from PIL import Image
 from partreid.checkpoint import CheckpointError
 from partreid.cli import main
 from partreid.data.sources import SourceError, open_source, read_mot_boxes
-from partreid.deploy.extract import run_items
 from partreid.features import Features
 from partreid.inference import Extractor
+from partreid.inference.stream import run_items
 from partreid.utils.distributed import shard_bounds
 
 

@@ -18,6 +18,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from ..errors import MissingExtraError, NotFoundError, PartreidError
@@ -63,8 +64,6 @@ class Source:
 # images
 # --------------------------------------------------------------------------------------------
 def _load_image(path: str, transform: Callable):
-    from PIL import Image
-
     try:
         with Image.open(path) as img:
             return transform(img.convert("RGB")), ""

@@ -36,12 +36,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._version import __version__
+from ..checkpoint import load_checkpoint, save_checkpoint
 from ..data.io import list_image_files
-from ..errors import InvalidValueError, MissingExtraError, NotFoundError, PartreidError
+from ..errors import InvalidValueError, PartreidError
+from ..inference import Extractor, FlipAveraged, OnnxModel, load_model, model_from_checkpoint
+from ..inference.onnx import ONNX_FORMAT
+from ..utils.extras import require
 
 log = logging.getLogger("partreid")
 
-ONNX_FORMAT = "partreid-onnx/1"
 CHECK_IMAGES = 16
 
 
@@ -49,25 +53,11 @@ class OnnxParityError(PartreidError, RuntimeError):
     """ONNX Runtime's features differ from PyTorch's by more than the tolerance."""
 
 
-def _need(module: str, extra: str = "deploy"):
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise MissingExtraError(
-            f"this needs {module}: pip install 'partreid[{extra}]' (or pip install {module})"
-        ) from None
-
-
 # --------------------------------------------------------------------------------------------
 # inference-only weights
 # --------------------------------------------------------------------------------------------
 def export_weights(checkpoint: str, out: str) -> Dict[str, Any]:
     """Write ``checkpoint`` without its training state to ``out``; return the two sizes."""
-    from ..checkpoint import load_checkpoint, save_checkpoint
-    from ..inference import model_from_checkpoint
-
     ckpt = load_checkpoint(checkpoint)
     model_from_checkpoint(ckpt, checkpoint)  # refuses weights that do not fit their description
     if os.path.abspath(out) == os.path.abspath(checkpoint):
@@ -109,19 +99,6 @@ def cummax_decomposition(x: torch.Tensor, dim: int) -> Tuple[torch.Tensor, torch
     return values.movedim(-1, dim), indices.movedim(-1, dim)
 
 
-class FlipAveraged(nn.Module):
-    """``model`` with test-time flip-averaging: 0.5 * (f(x) + f(mirror x)), one 2N batch."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        n = images.shape[0]
-        f = self.model(torch.cat([images, torch.flip(images, dims=[3])], dim=0))
-        return 0.5 * (f[:n] + f[n:])
-
-
 def onnx_metadata(info, flip: bool) -> Dict[str, str]:
     """The ``metadata_props`` an exported partreid model carries."""
     d = info.to_dict()
@@ -145,8 +122,8 @@ def export_graph(
 
     ``torch.export`` traces it; ``cummax`` (ABP) is decomposed into ONNX-able ops first.
     """
-    onnx = _need("onnx")
-    _need("onnxscript")
+    onnx = require("onnx", "deploy")
+    require("onnxscript", "deploy")
     batch = torch.export.Dim("batch", min=1, max=65536)
     with torch.no_grad():
         program = torch.export.export(net.eval(), (example,), dynamic_shapes=({0: batch},))
@@ -184,52 +161,6 @@ def export_onnx(model: nn.Module, out: str, flip: bool = True) -> str:
     net = FlipAveraged(model) if flip else model
     example = torch.randn(2, 3, info.height, info.width)
     return export_graph(net, example, out, onnx_metadata(info, flip))
-
-
-class OnnxModel:
-    """An exported partreid ONNX file run with ONNX Runtime; ``info`` from its metadata."""
-
-    def __init__(self, path: str, device: str = "auto", threads: int = 0):
-        from ..inference import ModelInfo
-
-        ort = _need("onnxruntime")
-        if not os.path.isfile(path):
-            raise NotFoundError(f"ONNX model not found: {path}")
-        providers = ["CPUExecutionProvider"]
-        if str(device) != "cpu" and "CUDAExecutionProvider" in ort.get_available_providers():
-            providers.insert(0, "CUDAExecutionProvider")
-        try:
-            opts = ort.SessionOptions()
-            opts.intra_op_num_threads = int(threads)  # 0: ONNX Runtime's default (all cores)
-            # idle worker threads sleep instead of spinning: same speed alone (132.8 vs 131.8
-            # img/s at batch 64, demo CGPN), and the server's search after each forward pass
-            # no longer competes with them (10k exact at 8 clients: 64.5 vs 49.8 req/s)
-            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            self.session = ort.InferenceSession(path, opts, providers=providers)
-        except Exception as exc:
-            raise InvalidValueError(f"cannot load ONNX model {path}: {exc}") from None
-        props = self.session.get_modelmeta().custom_metadata_map
-        if "partreid" not in props:
-            raise InvalidValueError(
-                f"{path} is not a partreid ONNX export (no 'partreid' metadata); write one with "
-                "`partreid export CKPT --format onnx --out F.onnx`"
-            )
-        meta = json.loads(props["partreid"])
-        if meta.get("format") != ONNX_FORMAT:
-            raise InvalidValueError(f"{path}: unknown partreid ONNX format {meta.get('format')!r}")
-        self.path = path
-        self.flip_in_graph = bool(meta["flip_in_graph"])
-        self.info = ModelInfo(**{**meta["info"], "path": os.path.abspath(path)})
-        self.input_name = self.session.get_inputs()[0].name
-
-    def run(self, images: np.ndarray, flip: bool = True) -> np.ndarray:
-        """Features of a preprocessed float32 batch; flip-averaged (in the graph or here)."""
-        x = np.ascontiguousarray(images, dtype=np.float32)
-        f = self.session.run(None, {self.input_name: x})[0]
-        if flip and not self.flip_in_graph:
-            g = self.session.run(None, {self.input_name: np.ascontiguousarray(x[..., ::-1])})[0]
-            f = 0.5 * (f + g)
-        return np.asarray(f, dtype=np.float32)
 
 
 # --------------------------------------------------------------------------------------------
@@ -278,8 +209,6 @@ def _normalise(f: np.ndarray) -> np.ndarray:
 def onnx_parity(onnx_path: str, model: nn.Module, images: List) -> Dict[str, float]:
     """Largest |difference| of L2-normalised ONNX Runtime vs PyTorch features, at batch 1 and
     at batch len(images); raw-feature differences too."""
-    from ..inference import Extractor
-
     torch_ext = Extractor(model, device="cpu", batch_size=len(images), num_workers=0)
     onnx_ext = Extractor(onnx_path, device="cpu", batch_size=len(images), num_workers=0)
     onnx_ext.flip = torch_ext.flip = True
@@ -297,8 +226,6 @@ def onnx_parity(onnx_path: str, model: nn.Module, images: List) -> Dict[str, flo
 def onnx_cache_path(checkpoint: str, cache_dir: str) -> str:
     """Where :func:`cached_onnx` keeps ``checkpoint``'s export: keyed by its real path, size
     and mtime and by the partreid and torch versions that exported it."""
-    from .._version import __version__
-
     st = os.stat(checkpoint)
     key = [os.path.realpath(checkpoint), st.st_size, st.st_mtime_ns, __version__, torch.__version__]
     digest = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:24]
@@ -363,8 +290,6 @@ def export_command(
         return 0
     if fmt != "onnx":
         raise InvalidValueError(f"unknown export format {fmt!r}; valid: weights, onnx")
-    from ..inference import load_model
-
     model = load_model(checkpoint, "cpu")
     images, origin = check_images_for(
         model.info, check_images

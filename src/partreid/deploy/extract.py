@@ -1,135 +1,14 @@
-"""``partreid extract``: stream an input through an :class:`~partreid.inference.Extractor`.
-
-Batches come from a DataLoader whose workers read and preprocess images (or decode the video)
-while the model runs on the previous batch; only the float32 features are kept. Under
-``torchrun --nproc_per_node N -m partreid extract ...`` every process takes a contiguous share
-of the items (gloo on the CPU, nccl on CUDA; rank and world size from the environment) and the
-shares are gathered in rank order, so the merged file lists the items in the single-process
-order.
-"""
+"""``partreid extract``: the command around :meth:`partreid.inference.Extractor.extract`
+(torchrun-aware: every process joins the group and takes its share of the items)."""
 
 from __future__ import annotations
 
-import logging
-import os
-import time
-from typing import List, Optional, Tuple
+from typing import Optional
 
-import numpy as np
-from torch.utils.data import DataLoader
-
-from ..data.sources import SourceError, collate_items, open_source
 from ..features import Features
+from ..inference import Extractor
 from ..utils import distributed as D
 from ..utils.logs import setup_logging
-
-log = logging.getLogger("partreid")
-
-
-def _loader(extractor, dataset, video: bool) -> DataLoader:
-    workers = min(extractor.num_workers, 1) if video else extractor.num_workers
-    return DataLoader(
-        dataset,
-        batch_size=extractor.batch_size,
-        shuffle=False,
-        num_workers=workers,
-        collate_fn=collate_items,
-        pin_memory=extractor.device.type == "cuda",
-        prefetch_factor=4 if workers else None,
-    )
-
-
-def run_items(extractor, src, start: int, stop: int) -> Tuple[np.ndarray, np.ndarray, List]:
-    """Features of items ``start..stop`` of ``src``: ``(features, indices kept, failures)``."""
-    from tqdm import tqdm
-
-    dataset = src.dataset(extractor.transform, start, stop)
-    feats, kept, failed = [], [], []
-    bar = tqdm(
-        total=stop - start,
-        unit="img",
-        desc=f"extract {os.path.basename(src.location.rstrip('/'))}",
-        disable=not extractor.progress or not D.is_main(),
-        dynamic_ncols=True,
-    )
-    with bar:
-        for images, indices, errors in _loader(extractor, dataset, src.kind == "video"):
-            failed.extend(errors)
-            if images is not None:
-                feats.append(extractor.forward(images))
-                kept.append(indices.numpy())
-            bar.update(len(indices) + len(errors))
-    dim = extractor.feature_dim
-    return (
-        np.concatenate(feats) if feats else np.zeros((0, dim), np.float32),
-        np.concatenate(kept) if kept else np.zeros(0, np.int64),
-        failed,
-    )
-
-
-def extract_source(extractor, source: str, boxes: Optional[str] = None, out: Optional[str] = None):
-    """What :meth:`Extractor.extract` does (see there)."""
-    import torch.distributed as dist
-
-    t0 = time.time()
-    src = open_source(source, boxes)
-    rank, world = D.rank(), D.world_size()
-    start, stop = D.shard_bounds(len(src), rank, world)
-    feats, kept, failed = run_items(extractor, src, start, stop)
-    if world > 1:
-        parts = [None] * world
-        dist.all_gather_object(parts, (feats, kept, failed))
-        feats = np.concatenate([p[0] for p in parts])
-        kept = np.concatenate([p[1] for p in parts])
-        failed = [f for p in parts for f in p[2]]
-    if failed:
-        shown = "\n  ".join(f"{src.paths[i]}: {e}" for i, e in failed[:20])
-        more = f"\n  ... and {len(failed) - 20} more" if len(failed) > 20 else ""
-        if len(kept) == 0:
-            raise SourceError(
-                f"none of the {len(src)} item(s) of {source} could be read:\n  {shown}{more}"
-            )
-        log.warning(
-            "%d of %d item(s) of %s could not be read and were left out:\n  %s%s",
-            len(failed),
-            len(src),
-            source,
-            shown,
-            more,
-        )
-    meta = extractor.meta(source)
-    meta.update(
-        source_kind=src.kind,
-        num_items=len(src),
-        num_unreadable=len(failed),
-        unreadable=[f"{src.paths[i]}: {e}" for i, e in failed[:100]],
-        world_size=world,
-        **src.notes,
-    )
-    result = Features.build(
-        feats,
-        [src.paths[i] for i in kept],
-        pids=src.pids[kept],
-        camids=src.camids[kept],
-        frames=src.frames[kept],
-        track_ids=src.track_ids[kept],
-        boxes=src.boxes[kept],
-        meta=meta,
-    )
-    seconds = time.time() - t0
-    if out and rank == 0:
-        out = result.save(out)
-        log.info(
-            "%d features (%d-d) of %s -> %s in %.1f s (%.1f images/s)",
-            len(result),
-            result.dim,
-            source,
-            out,
-            seconds,
-            len(result) / max(seconds, 1e-9),
-        )
-    D.barrier()
-    return result
 
 
 def extract_command(
@@ -145,8 +24,6 @@ def extract_command(
     progress: bool = True,
 ) -> Features:
     """``partreid extract MODEL INPUT --out FEATS``: the whole command (torchrun-aware)."""
-    from ..inference import Extractor
-
     setup_logging()
     info = D.init_distributed(device)  # under torchrun: join the group, take cuda:LOCAL_RANK
     try:

@@ -39,6 +39,7 @@ import torch
 
 from ..errors import NotFoundError, PartreidError
 from ..features import Features, FeaturesFileError
+from ..metrics import re_rank_features
 from ..metrics.distance import METRICS, merge_topk_stable, squared_euclidean, topk_smallest_stable
 
 log = logging.getLogger("partreid")
@@ -740,8 +741,6 @@ class GalleryIndex:
         only when the shortlist is the whole gallery and the query is alone (eval re-ranks all
         queries together).  Queries are independent: a batch gives the same answer as singles.
         """
-        from ..metrics import re_rank_features
-
         q = np.ascontiguousarray(queries, dtype=np.float32)
         m = len(q)
         out_d = torch.full((m, topk), float("inf"))

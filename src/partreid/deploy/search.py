@@ -23,6 +23,7 @@ from ..data.io import IMAGE_EXTENSIONS
 from ..data.names import market_labels
 from ..errors import NotFoundError
 from ..features import Features
+from ..inference import Extractor
 from ..utils.logs import setup_logging
 from .index import GalleryIndex, GalleryIndexError, open_gallery
 
@@ -78,8 +79,6 @@ def load_queries(
         if a and b and os.path.abspath(a) != os.path.abspath(b):
             log.warning("query features come from %s but the gallery's from %s", a, b)
         return q
-    from ..inference import Extractor
-
     if os.path.isfile(query) and not query.lower().endswith(IMAGE_EXTENSIONS):
         raise GalleryIndexError(
             f"query {query}: expected a features .npz, an image ({', '.join(IMAGE_EXTENSIONS)}) "

@@ -9,10 +9,13 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from ..data import build_dataset
 from ..errors import InvalidValueError
+from ..inference import load_trained
+from ..report.activations import draw_activation_maps
 from ..report.html import write_html
-from ..utils.device import resolve_device
+from ..report.ranked_list import draw_ranked_lists
 from ..utils.logs import setup_logging
 from .evaluator import evaluate, format_metrics
+from .robustness import check_robustness_config, robustness_report
 from .setup import load_data, test_transform
 
 log = logging.getLogger("partreid")
@@ -34,8 +37,6 @@ def evaluate_run(
     With ``out_dir``, also draws ``ranked_list.png`` (and ``ranked_list_<set>.png``).
     ``features`` receives ``ds``'s query and gallery features (see :func:`evaluate`).
     """
-    from ..report.ranked_list import draw_ranked_lists
-
     tf = test_transform(cfg)
     sets = [(cfg.data.name, ds)]
     for spec in cfg.data.test:
@@ -94,8 +95,6 @@ def write_run_report(
     out_dir = out_dir or cfg.output_dir
     os.makedirs(out_dir, exist_ok=True)
     if cfg.eval.robustness.enabled:  # a wrong kind or severity fails before the clean test
-        from .robustness import check_robustness_config
-
         check_robustness_config(cfg.eval.robustness)
     clean: Dict[str, Any] = {}  # the clean features, reused by the robustness sweep
     metrics = evaluate_run(cfg, model, ds, device, use_amp, out_dir=out_dir, features=clean)
@@ -105,8 +104,6 @@ def write_run_report(
         m["ranked_list"] for m in metrics.get("cross_domain", {}).values() if "ranked_list" in m
     ]
     if hasattr(model, "activation_maps") and cfg.eval.num_visualize > 0:
-        from ..report.activations import draw_activation_maps
-
         items = ds.query[:: max(1, len(ds.query) // 4)][:4]
         try:
             draw_activation_maps(
@@ -116,8 +113,6 @@ def write_run_report(
         except Exception as exc:  # a picture must not lose a finished run's metrics
             log.warning("could not draw activation maps: %s", exc)
     if cfg.eval.robustness.enabled:
-        from .robustness import robustness_report
-
         metrics["robustness"], rob_images = robustness_report(
             cfg, model, ds, test_transform(cfg), device, use_amp, out_dir, clean_features=clean
         )
@@ -148,20 +143,9 @@ def evaluate_checkpoint(
     Without ``config`` the checkpoint's own training config is used; ``overrides`` change it
     (``data.root=...``, ``eval.rerank=true``, test-time ``model.*`` options).
     """
-    from ..checkpoint import load_checkpoint
-    from ..config import load_config
-    from ..inference import model_from_checkpoint
-
-    ckpt = load_checkpoint(checkpoint)
-    if config:
-        cfg = load_config(config, overrides)
-    else:
-        cfg = load_config(None, overrides, base=ckpt.get("meta", {}).get("config"))
+    cfg, model, device = load_trained(checkpoint, config, overrides)
     out = out or cfg.output_dir
     setup_logging(os.path.join(out, "log.txt"))
-    device = resolve_device(cfg.train.device)
-    model = model_from_checkpoint(ckpt, checkpoint, device, overrides=dict(cfg.model))
-    del ckpt
     if only_test:
         # evaluate only the extra test sets: the first becomes the main one
         if not cfg.data.test:

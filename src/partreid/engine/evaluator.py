@@ -14,6 +14,7 @@ from .. import metrics as M
 from ..data.io import Item
 from ..data.loader import build_test_loader
 from ..errors import InvalidValueError
+from ..inference import flip_averaged
 from ..utils import distributed as D
 
 log = logging.getLogger("partreid")
@@ -35,9 +36,7 @@ def extract_features(
     for images, pid, camid, _ in loader:
         images = images.to(device, non_blocking=True)
         with torch.autocast(device.type, enabled=use_amp):
-            f = model(images).float()
-            if flip:
-                f = 0.5 * (f + model(torch.flip(images, dims=[3])).float())
+            f = flip_averaged(model, images) if flip else model(images).float()
         feats.append(f)
         pids.append(pid.numpy())
         camids.append(camid.numpy())
@@ -136,33 +135,17 @@ def evaluate(
         features.update(feats)
     (qf, q_pids, q_cams), (gf, g_pids, g_cams) = feats["query"], feats["gallery"]
     distmat = distances(qf, gf, cfg)
-    r = M.evaluate_rank(distmat, q_pids, g_pids, q_cams, g_cams, max_rank=cfg.max_rank)
-    if r["num_valid_queries"] == 0:
-        raise InvalidValueError(
-            f"{name}: no query has a valid match in the gallery (same identity, "
-            "other camera); check the query/gallery split"
-        )
-    cmc = np.asarray(r["cmc"])
-
-    def at(k):
-        return float(cmc[min(k, len(cmc)) - 1])
-
-    out = {
-        "rank1": at(1),
-        "rank5": at(5),
-        "rank10": at(10),
-        "mAP": float(r["mAP"]),
-        "mINP": float(r["mINP"]),
-        "num_query": len(query),
-        "num_gallery": len(gallery),
-        "num_valid_queries": int(r["num_valid_queries"]),
-        "num_skipped_queries": int(
-            r.get("num_skipped_queries", len(query) - r["num_valid_queries"])
-        ),
-        "feature_dim": int(qf.shape[1]),
-        "extract_seconds": round(t1 - t0, 2),
-        "match_seconds": round(time.time() - t1, 2),
-    }
+    m = M.rank_metrics(distmat, q_pids, g_pids, q_cams, g_cams, max_rank=cfg.max_rank, name=name)
+    out = {k: m[k] for k in ("rank1", "rank5", "rank10", "mAP", "mINP")}
+    out.update(
+        num_query=len(query),
+        num_gallery=len(gallery),
+        num_valid_queries=m["num_valid_queries"],
+        num_skipped_queries=m["num_skipped_queries"],
+        feature_dim=int(qf.shape[1]),
+        extract_seconds=round(t1 - t0, 2),
+        match_seconds=round(time.time() - t1, 2),
+    )
     if cfg.cuhk03_metric:
         s = M.evaluate_cuhk03_single_gallery_shot(
             distmat, q_pids, g_pids, q_cams, g_cams, max_rank=cfg.max_rank

@@ -30,6 +30,11 @@ from ..data.occlusion import (
     image_key,
 )
 from ..errors import InvalidValueError
+from ..report.robustness import (
+    draw_example_strip,
+    draw_robustness_curves,
+    format_robustness_table,
+)
 from .evaluator import distances, extract_features
 
 log = logging.getLogger("partreid")
@@ -37,23 +42,9 @@ log = logging.getLogger("partreid")
 POINT_METRICS = ("rank1", "rank5", "mAP", "mINP")
 
 
-def rank_metrics(distmat, q_pids, g_pids, q_cams, g_cams, max_rank: int = 50) -> Dict[str, Any]:
-    """rank-1/5, mAP and mINP (fractions), the number of valid queries and each query's AP
-    (``ap``, NaN where a query has no valid match) of a distance matrix."""
-    r = M.evaluate_rank(distmat, q_pids, g_pids, q_cams, g_cams, max_rank=max_rank, per_query=True)
-    if r["num_valid_queries"] == 0:
-        raise InvalidValueError(
-            "no query has a valid match in the gallery (same identity, other camera)"
-        )
-    cmc = np.asarray(r["cmc"])
-    return {
-        "rank1": float(cmc[0]),
-        "rank5": float(cmc[min(5, len(cmc)) - 1]),
-        "mAP": float(r["mAP"]),
-        "mINP": float(r["mINP"]),
-        "num_valid_queries": int(r["num_valid_queries"]),
-        "ap": r["ap"],
-    }
+def _rank_metrics(distmat, q_pids, g_pids, q_cams, g_cams) -> Dict[str, Any]:
+    """The sweep's metrics of one distance matrix, each query's AP (``ap``) among them."""
+    return M.rank_metrics(distmat, q_pids, g_pids, q_cams, g_cams, per_query=True)
 
 
 def _ap_list(ap: np.ndarray) -> List[Optional[float]]:
@@ -129,7 +120,7 @@ def robustness_sweep(
             query, transform, eval_cfg.batch_size, num_workers, pin_memory=False
         )
         qf, q_pids, q_cams = extract_features(model, qry, device, flip=eval_cfg.flip, amp=amp)
-    clean = rank_metrics(distances(qf, gf, eval_cfg), q_pids, g_pids, q_cams, g_cams)
+    clean = _rank_metrics(distances(qf, gf, eval_cfg), q_pids, g_pids, q_cams, g_cams)
     results: Dict[str, List[Dict[str, float]]] = {}
     per_query: Dict[str, Any] = {"clean": _ap_list(clean["ap"])}
     for kind in kinds:
@@ -142,7 +133,7 @@ def robustness_sweep(
             if alter_gallery and s > 0:
                 ds = AlteredImageDataset(gallery, kind, s, seed, donors, transform, "gallery:")
                 ag = _features(model, ds, eval_cfg, device, num_workers, amp)[0]
-            m = rank_metrics(distances(aq, ag, eval_cfg), q_pids, g_pids, q_cams, g_cams)
+            m = _rank_metrics(distances(aq, ag, eval_cfg), q_pids, g_pids, q_cams, g_cams)
             results[kind].append({"severity": s, **{k: m[k] for k in POINT_METRICS}})
             per_query[kind].append(_ap_list(m["ap"]))
         log.info(
@@ -219,12 +210,6 @@ def robustness_report(
     """Run the ``eval.robustness`` sweep on ``ds``'s query/gallery, log one table, draw the
     curves (``robustness.png``) and the altered examples (``robustness_examples.png``) into
     ``out_dir``; return the robustness dict and the picture names."""
-    from ..report.robustness import (
-        draw_example_strip,
-        draw_robustness_curves,
-        format_robustness_table,
-    )
-
     rc = cfg.eval.robustness
     check_robustness_config(rc)
     kinds = check_kinds(rc.kinds)

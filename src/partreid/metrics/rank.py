@@ -416,6 +416,41 @@ def evaluate_rank(
         )
 
 
+def rank_metrics(
+    distmat: ArrayLike,
+    q_pids: ArrayLike,
+    g_pids: ArrayLike,
+    q_camids: ArrayLike,
+    g_camids: ArrayLike,
+    max_rank: int = 50,
+    per_query: bool = False,
+    name: str = "",
+) -> Dict[str, Any]:
+    """:func:`evaluate_rank` packed as partreid reports it: ``rank1``, ``rank5``, ``rank10``,
+    ``mAP``, ``mINP`` (fractions), ``num_valid_queries``, ``num_skipped_queries`` and, with
+    ``per_query``, each query's AP (``ap``, NaN without a valid match). No valid query at all is
+    an error (prefixed with ``name``)."""
+    r = evaluate_rank(
+        distmat, q_pids, g_pids, q_camids, g_camids, max_rank=max_rank, per_query=per_query
+    )
+    if r["num_valid_queries"] == 0:
+        raise InvalidValueError(
+            f"{name + ': ' if name else ''}no query has a valid match in the gallery (same "
+            "identity, other camera); check the query/gallery split"
+        )
+    cmc = r["cmc"]
+    out = {f"rank{k}": float(cmc[min(k, len(cmc)) - 1]) for k in (1, 5, 10)}
+    out.update(
+        mAP=float(r["mAP"]),
+        mINP=float(r["mINP"]),
+        num_valid_queries=int(r["num_valid_queries"]),
+        num_skipped_queries=int(r["num_skipped_queries"]),
+    )
+    if per_query:
+        out["ap"] = r["ap"]
+    return out
+
+
 def _evaluate_rank(
     distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int, chunk_size, per_query: bool
 ) -> Dict[str, Any]:

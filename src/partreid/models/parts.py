@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InvalidValueError
@@ -101,12 +100,3 @@ def init_head(module: nn.Module) -> None:
             nn.init.normal_(m.weight, std=0.001)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-
-
-def flip_average(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """Test feature averaged with the feature of the horizontally flipped images."""
-    return 0.5 * (model(images) + model(torch.flip(images, dims=[3])))
-
-
-def l2_normalize(x: torch.Tensor) -> torch.Tensor:
-    return F.normalize(x, dim=1)

@@ -6,6 +6,8 @@ import html
 import os
 from typing import Any, Dict, List, Optional
 
+from .robustness import robustness_table_html
+
 METRIC_KEYS = ("rank1", "rank5", "rank10", "mAP", "mINP")
 
 
@@ -34,8 +36,6 @@ def write_html(
     )
     extra = "".join(f"<p>{html.escape(n)}</p>" for n in (notes or []))
     if robustness:
-        from .robustness import robustness_table_html
-
         pics = robustness_table_html(robustness) + pics
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
