@@ -34,7 +34,7 @@ from torch import nn
 
 from ..errors import InvalidValueError
 from .backbones import build_backbone
-from .parts import ReductionHead, pool2d, stripe_bounds, stripe_pool, window_max
+from .parts import ReductionHead, pool2d, stripe_pool, window_max
 from .registry import register_model
 
 LOCAL_PARTS = ("coarse", "fine", "none")
@@ -67,12 +67,6 @@ def local_windows(k: int, local_part: str = "coarse") -> List[Tuple[int, int]]:
     return [
         (s, s + length) for length in window_lengths(k, local_part) for s in range(k - length + 1)
     ]
-
-
-def window_rows(height: int, k: int, local_part: str = "coarse") -> List[Tuple[int, int]]:
-    """Row ranges ``[(start, end), ...]`` of the map that each local feature pools over."""
-    bounds = stripe_bounds(height, k)
-    return [(bounds[a][0], bounds[b - 1][1]) for a, b in local_windows(k, local_part)]
 
 
 class CGPNBranch(nn.Module):
