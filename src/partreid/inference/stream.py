@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import List, Optional, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch.distributed as dist
@@ -41,30 +41,36 @@ def _loader(extractor, dataset, video: bool) -> DataLoader:
     )
 
 
-def run_items(extractor, src, start: int, stop: int) -> Tuple[np.ndarray, np.ndarray, List]:
-    """Features of items ``start..stop`` of ``src``: ``(features, indices kept, failures)``."""
+def iter_batches(
+    extractor, src, start: int, stop: int, desc: str = "extract"
+) -> Iterator[Tuple[np.ndarray, np.ndarray, List]]:
+    """Features of items ``start..stop`` of ``src``, batch by batch: ``(features, item indices,
+    failures)`` with a progress bar; failures are ``(index, error)`` of unreadable items."""
     dataset = src.dataset(extractor.transform, start, stop)
-    feats, kept, failed = [], [], []
     bar = tqdm(
         total=stop - start,
         unit="img",
-        desc=f"extract {os.path.basename(src.location.rstrip('/'))}",
+        desc=f"{desc} {os.path.basename(src.location.rstrip('/'))}",
         disable=not extractor.progress or not D.is_main(),
         dynamic_ncols=True,
     )
+    empty = np.zeros((0, extractor.feature_dim), np.float32)
     with bar:
         for images, indices, errors in _loader(extractor, dataset, src.kind == "video"):
-            failed.extend(errors)
-            if images is not None:
-                feats.append(extractor.forward(images))
-                kept.append(indices.numpy())
+            feats = extractor.forward(images) if images is not None else empty
+            kept = indices.numpy() if images is not None else np.zeros(0, np.int64)
+            yield feats, kept, list(errors)
             bar.update(len(indices) + len(errors))
-    dim = extractor.feature_dim
-    return (
-        np.concatenate(feats) if feats else np.zeros((0, dim), np.float32),
-        np.concatenate(kept) if kept else np.zeros(0, np.int64),
-        failed,
-    )
+
+
+def run_items(extractor, src, start: int, stop: int) -> Tuple[np.ndarray, np.ndarray, List]:
+    """Features of items ``start..stop`` of ``src``: ``(features, indices kept, failures)``."""
+    feats, kept, failed = [np.zeros((0, extractor.feature_dim), np.float32)], [], []
+    for f, k, errors in iter_batches(extractor, src, start, stop):
+        feats.append(f)
+        kept.append(k)
+        failed.extend(errors)
+    return np.concatenate(feats), np.concatenate(kept or [np.zeros(0, np.int64)]), failed
 
 
 def extract_source(extractor, source: str, boxes: Optional[str] = None, out: Optional[str] = None):
