@@ -17,7 +17,7 @@ nothing loaded from elsewhere.
 """
 
 import logging
-from typing import Optional
+from typing import Any, Optional
 
 from ..deploy.runtime import build_extractor
 from ..errors import InvalidValueError
@@ -33,7 +33,7 @@ log = logging.getLogger("partreid")
 
 def create_app(
     worker: SearchWorker, limits: Optional[ServeLimits] = None, title: str = "partreid search"
-):
+) -> Any:
     """The FastAPI application over a :class:`SearchWorker` (its gallery; its limits unless
     ``limits`` is given)."""
     require_serve_extra()

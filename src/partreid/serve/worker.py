@@ -15,14 +15,17 @@ import time
 import warnings
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
+from torch import nn
 
 from ..errors import InvalidValueError, PartreidError
+from ..inference import Extractor
+from .gallery import ServedGallery
 
 log = logging.getLogger("partreid")
 
@@ -158,7 +161,13 @@ def _settle(job: _Job, fn, *args) -> None:
 class SearchWorker:
     """The model (an :class:`~partreid.inference.Extractor`), the gallery, one worker thread."""
 
-    def __init__(self, extractor, gallery, limits: ServeLimits, module=None):
+    def __init__(
+        self,
+        extractor: Extractor,
+        gallery: ServedGallery,
+        limits: ServeLimits,
+        module: Optional[nn.Module] = None,
+    ):
         self.extractor = extractor
         self.gallery = gallery
         self.limits = limits
@@ -203,7 +212,7 @@ class SearchWorker:
         st["pending"] = self._queue.qsize()
         return st
 
-    def preprocess(self, img):
+    def preprocess(self, img: Any) -> torch.Tensor:
         """RGB PIL image -> normalised (3, H, W) tensor."""
         return self.transform(img)
 
