@@ -244,7 +244,7 @@ def main() -> None:
     work = args.workdir or tempfile.mkdtemp(prefix="partreid_serve_load_")
     os.makedirs(work, exist_ok=True)
     ckpt = make_checkpoint(os.path.join(work, "cgpn_demo_untrained.pth"))
-    from partreid import load_model
+    from partreid.inference import load_model
 
     dim = load_model(ckpt).info.feature_dim
     images = query_images(40, os.path.join(work, "queries"))

@@ -67,16 +67,16 @@ def make_gallery(root: str, seed: int = 1) -> dict:
 
 @pytest.fixture(scope="session")
 def serve_setup(tmp_path_factory):
-    """Checkpoint, gallery folder and a loaded SearchEngine (with its cache folder)."""
+    """Checkpoint, gallery folder and a loaded SearchWorker (with its cache folder)."""
     import torch
 
-    from partreid.serve import ServeLimits, build_engine
+    from partreid.serve import ServeLimits, build_worker
 
     torch.set_num_threads(1)
     root = str(tmp_path_factory.mktemp("serve"))
     ckpt = make_checkpoint(os.path.join(root, "bot.pth"))
     paths = make_gallery(root)
-    engine = build_engine(
+    worker = build_worker(
         ckpt,
         paths["gallery"],
         cache_dir=os.path.join(root, "cache"),
@@ -85,8 +85,8 @@ def serve_setup(tmp_path_factory):
         batch_size=32,
         num_workers=0,
     )
-    yield {"root": root, "checkpoint": ckpt, "engine": engine, **paths}
-    engine.close()
+    yield {"root": root, "checkpoint": ckpt, "worker": worker, **paths}
+    worker.close()
 
 
 @pytest.fixture(scope="session")
@@ -96,5 +96,5 @@ def client(serve_setup):
 
     from partreid.serve import create_app
 
-    with TestClient(create_app(serve_setup["engine"])) as c:
+    with TestClient(create_app(serve_setup["worker"])) as c:
         yield c

@@ -22,9 +22,9 @@ def _upload(path, name=None, ctype="image/jpeg"):
     return {"image": (name or os.path.basename(path), data, ctype)}
 
 
-def _reference(engine, query_feature, exclude=None):
+def _reference(worker, query_feature, exclude=None):
     """Gallery rows by euclidean distance to ``query_feature`` (numpy, ties by row)."""
-    g = engine.gallery.features.features.astype(np.float64)
+    g = worker.gallery.features.features.astype(np.float64)
     d = np.sqrt(((g - query_feature.astype(np.float64)) ** 2).sum(1))
     order = np.lexsort((np.arange(len(d)), d))
     if exclude is not None:
@@ -81,7 +81,7 @@ def test_gallery_pages_cover_every_item_once(client, serve_setup):
 
 
 def test_gallery_filters_match_numpy(client, serve_setup):
-    g = serve_setup["engine"].gallery
+    g = serve_setup["worker"].gallery
     cam = int(g.camids[0])
     pid = int(g.pids[0])
     for query, mask in (
@@ -112,7 +112,7 @@ def test_gallery_item_and_image(client, serve_setup):
 
 
 def test_search_exact_gallery_image_is_first_and_ranking_matches_numpy(client, serve_setup):
-    engine = serve_setup["engine"]
+    worker = serve_setup["worker"]
     files = _files(serve_setup["gallery"])
     target = files[5]
     r = client.post("/api/search?topk=8", files=_upload(target))
@@ -121,18 +121,18 @@ def test_search_exact_gallery_image_is_first_and_ranking_matches_numpy(client, s
     first = res[0]
     assert os.path.join(serve_setup["gallery"], first["path"]) == target
     assert first["distance"] == pytest.approx(0.0, abs=0.05)  # others are ~1-2 away
-    qf = engine.extractor([target])[0]
-    order, d = _reference(engine, qf)
+    qf = worker.extractor([target])[0]
+    order, d = _reference(worker, qf)
     assert [x["index"] for x in res] == order[:8].tolist()
     np.testing.assert_allclose([x["distance"] for x in res], d[order[:8]], rtol=1e-3, atol=0.05)
     assert [x["rank"] for x in res] == list(range(1, 9))
 
 
 def test_search_by_item_leaves_itself_out(client, serve_setup):
-    engine = serve_setup["engine"]
+    worker = serve_setup["worker"]
     res = client.get("/api/search/item/2?topk=5").json()
     assert res["query"]["index"] == 2
-    order, d = _reference(engine, engine.gallery.features.features[2], exclude=2)
+    order, d = _reference(worker, worker.gallery.features.features[2], exclude=2)
     assert [x["index"] for x in res["results"]] == order[:5].tolist()
     pid = res["query"]["pid"]
     for x in res["results"]:
@@ -149,12 +149,12 @@ def test_search_marks_matches_only_when_the_query_identity_is_known(client, serv
 
 
 def test_rerank_switch_uses_the_index_reranking(client, serve_setup):
-    engine = serve_setup["engine"]
+    worker = serve_setup["worker"]
     target = _files(serve_setup["query"])[1]
     r = client.post("/api/search?topk=10&rerank=true", files=_upload(target)).json()
     assert r["rerank"] is True
-    qf = engine.extractor([target])
-    dist, idx = engine.gallery.index.search(qf, topk=10, rerank=True)
+    qf = worker.extractor([target])
+    dist, idx = worker.gallery.index.search(qf, topk=10, rerank=True)
     assert [x["index"] for x in r["results"]] == idx[0].tolist()
     np.testing.assert_allclose([x["distance"] for x in r["results"]], dist[0], atol=1e-5)
 
@@ -202,7 +202,7 @@ def small_client(serve_setup):
     from partreid.serve import ServeLimits, create_app
 
     limits = ServeLimits(max_upload_bytes=20_000, max_pixels=10_000, max_topk=20, max_page_size=10)
-    with TestClient(create_app(serve_setup["engine"], limits=limits)) as c:
+    with TestClient(create_app(serve_setup["worker"], limits=limits)) as c:
         yield c
 
 
@@ -357,7 +357,7 @@ def test_gallery_paths_stay_inside_the_gallery(client, path, status):
 
 
 def test_gallery_item_that_is_a_symlink_out_is_refused(client, serve_setup):
-    g = serve_setup["engine"].gallery
+    g = serve_setup["worker"].gallery
     i = int(np.flatnonzero(g.rel_paths == "0099_c1_link.jpg")[0])
     r = client.get(f"/api/gallery/{i}/image")
     assert r.status_code == 403 and "outside the gallery" in r.json()["detail"]
@@ -390,18 +390,18 @@ def test_batched_requests_each_get_their_own_results(serve_setup):
     """Jobs queued together (one forward pass, grouped searches) are answered per request."""
     from PIL import Image
 
-    engine = serve_setup["engine"]
+    worker = serve_setup["worker"]
     files = _files(serve_setup["gallery"])[:6]
-    tensors = [engine.preprocess(Image.open(f).convert("RGB")) for f in files]
-    feats = engine.extractor(files)
+    tensors = [worker.preprocess(Image.open(f).convert("RGB")) for f in files]
+    feats = worker.extractor(files)
     # mixed top-K and re-ranking, plus a feature query, all queued before the worker wakes
     futures = [
-        engine.submit_image(t, topk=3 + (i % 2), rerank=(i % 3 == 0)) for i, t in enumerate(tensors)
+        worker.submit_image(t, topk=3 + (i % 2), rerank=(i % 3 == 0)) for i, t in enumerate(tensors)
     ]
-    futures.append(engine.submit_feature(feats[2], topk=5, rerank=False))
+    futures.append(worker.submit_feature(feats[2], topk=5, rerank=False))
     for i, fut in enumerate(futures[:-1]):
         dist, idx = fut.result(timeout=60)
-        want_d, want_i = engine.gallery.index.search(
+        want_d, want_i = worker.gallery.index.search(
             feats[i : i + 1], topk=3 + (i % 2), rerank=(i % 3 == 0)
         )
         assert idx.tolist() == want_i[0].tolist()
@@ -409,7 +409,7 @@ def test_batched_requests_each_get_their_own_results(serve_setup):
         # that near 0 (neighbours here are ~1-2 apart)
         np.testing.assert_allclose(dist, want_d[0], rtol=1e-3, atol=0.05)
     dist, idx = futures[-1].result(timeout=60)
-    assert idx[0] == engine.gallery.index.search(feats[2:3], topk=1)[1][0, 0]
+    assert idx[0] == worker.gallery.index.search(feats[2:3], topk=1)[1][0, 0]
 
 
 def test_health_counts_the_workers_batches(client, serve_setup):

@@ -48,13 +48,13 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def live_server(serve_setup):
-    """uvicorn on 127.0.0.1:<free port> in a thread, over the session's engine."""
+    """uvicorn on 127.0.0.1:<free port> in a thread, over the session's worker."""
     uvicorn = pytest.importorskip("uvicorn")
     from partreid.serve import create_app
 
     port = _free_port()
     config = uvicorn.Config(
-        create_app(serve_setup["engine"]), host="127.0.0.1", port=port, log_level="warning"
+        create_app(serve_setup["worker"]), host="127.0.0.1", port=port, log_level="warning"
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
@@ -108,7 +108,7 @@ def browser():
 def test_page_uploads_a_crop_and_shows_the_ranked_gallery(
     browser, live_server, serve_setup, tmp_path
 ):
-    gallery = serve_setup["engine"].gallery
+    gallery = serve_setup["worker"].gallery
     expected = 6
     target = os.path.join(serve_setup["gallery"], str(gallery.rel_paths[expected]))
     pid = int(gallery.pids[expected])

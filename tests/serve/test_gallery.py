@@ -36,7 +36,7 @@ def test_folder_is_extracted_once_then_reused_until_it_changes(serve_setup, smal
     from partreid.serve import load_gallery
 
     ckpt = serve_setup["checkpoint"]
-    extractor = serve_setup["engine"].extractor
+    extractor = serve_setup["worker"].extractor
     factory = CountingFactory(extractor)
     cache = str(tmp_path / "cache")
     first = load_gallery(small_folder, ckpt, factory, cache)
@@ -66,7 +66,7 @@ def test_features_file_and_index_folder_galleries(serve_setup, small_folder, tmp
     from partreid.deploy.index import GalleryIndex
     from partreid.serve import load_gallery
 
-    extractor = serve_setup["engine"].extractor
+    extractor = serve_setup["worker"].extractor
     feats = extractor.extract(small_folder)
     npz = feats.save(str(tmp_path / "g.npz"))
     never = CountingFactory(None)
@@ -83,7 +83,7 @@ def test_features_file_and_index_folder_galleries(serve_setup, small_folder, tmp
 
 def test_bad_galleries_give_clear_errors(serve_setup, tmp_path):
     from partreid.features import Features, FeaturesFileError
-    from partreid.serve import SearchEngine, ServedGallery, load_gallery
+    from partreid.serve import SearchWorker, ServedGallery, load_gallery
     from partreid.serve.gallery import GalleryPathError
 
     with pytest.raises(FileNotFoundError, match="gallery not found"):
@@ -97,7 +97,7 @@ def test_bad_galleries_give_clear_errors(serve_setup, tmp_path):
     wrong = Features.build(np.zeros((3, 7), np.float32), ["/x/a.jpg", "/x/b.jpg", "/x/c.jpg"])
     served = ServedGallery(GalleryIndex.build(wrong), "wrong.npz", "features", None)
     with pytest.raises(FeaturesFileError, match="7-d features"):
-        SearchEngine(serve_setup["engine"].extractor, served, serve_setup["engine"].limits)
+        SearchWorker(serve_setup["worker"].extractor, served, serve_setup["worker"].limits)
     with pytest.raises(GalleryPathError, match="no image folder"):
         served.image_file(0)
 
@@ -114,3 +114,14 @@ def test_cli_serve_reports_bad_arguments(serve_setup, tmp_path, capsys):
     args = ["serve", serve_setup["checkpoint"], "--gallery", ".", "--max-topk", "0"]
     assert main(args) == 2
     assert "max_topk" in capsys.readouterr().err
+
+
+def test_missing_serve_extra_names_the_package_and_the_extra(serve_setup, monkeypatch):
+    import sys
+
+    from partreid.errors import MissingExtraError
+    from partreid.serve import create_app
+
+    monkeypatch.setitem(sys.modules, "fastapi", None)  # as if FastAPI were not installed
+    with pytest.raises(MissingExtraError, match=r"\(fastapi is missing\).*partreid\[serve\]"):
+        create_app(serve_setup["worker"])

@@ -27,7 +27,9 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import numpy as np
 
 from ..data.io import list_image_files
+from ..deploy.index import GalleryIndex, open_gallery
 from ..errors import NotFoundError, PartreidError
+from ..features import Features
 
 log = logging.getLogger("partreid")
 
@@ -248,8 +250,6 @@ def load_gallery(
     ``extractor_factory()`` returns the :class:`~partreid.inference.Extractor` used to extract
     a folder (called only when the cache does not already hold it).
     """
-    from ..deploy.index import GalleryIndex, open_gallery
-
     if not os.path.exists(gallery):
         raise NotFoundError(
             f"gallery not found: {gallery} (expected a folder of crops, a features .npz from "
@@ -261,7 +261,14 @@ def load_gallery(
     if _is_index_folder(gallery):
         index = open_gallery(gallery)
         return ServedGallery(index, gallery, "index", _image_root(index.features, gallery))
+    return _load_folder(gallery, checkpoint, extractor_factory, cache_dir or default_cache_dir())
 
+
+def _load_folder(
+    gallery: str, checkpoint: str, extractor_factory: Callable[[], Any], cache_dir: str
+) -> ServedGallery:
+    """A crop folder: its index from the cache, else its features from the cache (or extracted
+    now) indexed and cached."""
     folder = os.path.realpath(gallery)
     t0 = time.time()
     files = list_images(folder)
@@ -270,41 +277,13 @@ def load_gallery(
             f"gallery folder {gallery} holds no images and is not an index folder from "
             f"`partreid index` (no {INDEX_MARKER})"
         )
-    key = cache_key(checkpoint, folder, files)
-    cache = os.path.join(cache_dir or default_cache_dir(), key)
-    index_dir = os.path.join(cache, "index")
-    feats_file = os.path.join(cache, "features.npz")
-    if os.path.isdir(index_dir):
-        try:
-            index = GalleryIndex.load(index_dir)
-            log.info(
-                "gallery %s: %d images, features and index reused from %s",
-                gallery,
-                len(index),
-                cache,
-            )
-            return ServedGallery(index, gallery, "folder", folder, cached=True, cache_path=cache)
-        except Exception as exc:  # a broken cache entry is rebuilt, and said so
-            log.warning("gallery cache %s is unreadable (%s); rebuilding it", cache, exc)
-    if os.path.isfile(feats_file):
-        from ..features import Features
-
-        feats = Features.load(feats_file)
-        cached = True
-        log.info("gallery %s: features reused from %s", gallery, feats_file)
-    else:
-        log.info(
-            "gallery %s: extracting features of %d images (once; cached in %s)",
-            gallery,
-            len(files),
-            cache,
-        )
-        feats = extractor_factory().extract(folder)
-        os.makedirs(cache, exist_ok=True)
-        feats.save(feats_file)
-        cached = False
+    cache = os.path.join(cache_dir, cache_key(checkpoint, folder, files))
+    index = _cached_index(gallery, cache)
+    if index is not None:
+        return ServedGallery(index, gallery, "folder", folder, cached=True, cache_path=cache)
+    feats, cached = _folder_features(gallery, folder, len(files), extractor_factory, cache)
     index = GalleryIndex.build(feats)
-    index.save(index_dir)
+    index.save(os.path.join(cache, "index"))
     with open(os.path.join(cache, "source.json"), "w") as f:
         json.dump(
             {
@@ -320,3 +299,36 @@ def load_gallery(
         "gallery %s: %d items indexed in %.1f s (%s)", gallery, len(index), time.time() - t0, cache
     )
     return ServedGallery(index, gallery, "folder", folder, cached=cached, cache_path=cache)
+
+
+def _cached_index(gallery: str, cache: str) -> Optional[GalleryIndex]:
+    """The index cached in ``cache``; ``None`` when there is none or it is unreadable."""
+    index_dir = os.path.join(cache, "index")
+    if not os.path.isdir(index_dir):
+        return None
+    try:
+        index = GalleryIndex.load(index_dir)
+    except Exception as exc:  # a broken cache entry is rebuilt, and said so
+        log.warning("gallery cache %s is unreadable (%s); rebuilding it", cache, exc)
+        return None
+    log.info("gallery %s: %d images, features and index reused from %s", gallery, len(index), cache)
+    return index
+
+
+def _folder_features(
+    gallery: str, folder: str, count: int, extractor_factory: Callable[[], Any], cache: str
+) -> Tuple[Features, bool]:
+    """``(features, whether they came from the cache)``: extracted and saved in ``cache`` when
+    it does not hold them yet."""
+    feats_file = os.path.join(cache, "features.npz")
+    if os.path.isfile(feats_file):
+        feats = Features.load(feats_file)
+        log.info("gallery %s: features reused from %s", gallery, feats_file)
+        return feats, True
+    log.info(
+        "gallery %s: extracting features of %d images (once; cached in %s)", gallery, count, cache
+    )
+    feats = extractor_factory().extract(folder)
+    os.makedirs(cache, exist_ok=True)
+    feats.save(feats_file)
+    return feats, False

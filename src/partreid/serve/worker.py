@@ -1,6 +1,6 @@
 """What the server computes: upload decoding under limits, query features, search, heat maps.
 
-All model and index work runs on ONE worker thread fed by a queue (:class:`SearchEngine`):
+All model and index work runs on ONE worker thread fed by a queue (:class:`SearchWorker`):
 requests that arrive together are batched into one forward pass and one index search, the
 event loop never blocks, and the model is never used by two threads at once.
 """
@@ -15,11 +15,17 @@ import time
 import warnings
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+from torch import nn
 
 from ..errors import InvalidValueError, PartreidError
+from ..inference import Extractor
+from .gallery import ServedGallery
 
 log = logging.getLogger("partreid")
 
@@ -64,16 +70,12 @@ class UploadError(PartreidError, ValueError):
 
 def install_pixel_limit(max_pixels: int) -> None:
     """Make PIL refuse images over ``max_pixels``: the bomb warning becomes an error."""
-    from PIL import Image
-
     Image.MAX_IMAGE_PIXELS = int(max_pixels)
     warnings.simplefilter("error", Image.DecompressionBombWarning)
 
 
 def decode_upload(data: bytes, limits: ServeLimits, name: str = "upload"):
     """Bytes -> RGB PIL image, or :class:`UploadError` with a message saying what is wrong."""
-    from PIL import Image, UnidentifiedImageError
-
     if len(data) > limits.max_upload_bytes:
         raise UploadError(
             f"{name} is {len(data)} bytes, more than the limit of {limits.max_upload_bytes}", 413
@@ -124,10 +126,6 @@ def heatmap_png(maps: Dict[str, Any], height: int, width: int) -> bytes:
     Each map is upsampled bilinearly, min-max normalised, and the maps are averaged (each
     branch counts once), then normalised again.
     """
-    import torch
-    import torch.nn.functional as F
-    from PIL import Image
-
     acc = torch.zeros(height, width)
     for m in maps.values():
         m = m.detach().float().cpu().reshape(1, 1, *m.shape[-2:])
@@ -152,10 +150,24 @@ class _Job:
     future: Future
 
 
-class SearchEngine:
+def _settle(job: _Job, fn, *args) -> None:
+    """Give ``job``'s future the result of ``fn(*args)``, or the exception it raised."""
+    try:
+        job.future.set_result(fn(*args))
+    except Exception as exc:
+        job.future.set_exception(exc)
+
+
+class SearchWorker:
     """The model (an :class:`~partreid.inference.Extractor`), the gallery, one worker thread."""
 
-    def __init__(self, extractor, gallery, limits: ServeLimits, module=None):
+    def __init__(
+        self,
+        extractor: Extractor,
+        gallery: ServedGallery,
+        limits: ServeLimits,
+        module: Optional[nn.Module] = None,
+    ):
         self.extractor = extractor
         self.gallery = gallery
         self.limits = limits
@@ -200,7 +212,7 @@ class SearchEngine:
         st["pending"] = self._queue.qsize()
         return st
 
-    def preprocess(self, img):
+    def preprocess(self, img: Any) -> torch.Tensor:
         """RGB PIL image -> normalised (3, H, W) tensor."""
         return self.transform(img)
 
@@ -231,8 +243,6 @@ class SearchEngine:
         return job.future
 
     def _work(self) -> None:
-        import torch
-
         while True:
             job = self._queue.get()
             if job is None:
@@ -263,7 +273,7 @@ class SearchEngine:
 
     def _run(self, jobs: List[_Job]) -> None:
         for j in [j for j in jobs if j.kind == "heatmap"]:
-            self._guard(j, self._heatmap, j.data)
+            _settle(j, self._heatmap, j.data)
         searches = [j for j in jobs if j.kind != "heatmap"]
         if not searches:
             return
@@ -293,12 +303,6 @@ class SearchEngine:
         with self._stats_lock:
             self._stats["model_s"] += t1 - t0
             self._stats["search_s"] += time.perf_counter() - t1
-
-    def _guard(self, job: _Job, fn, *args) -> None:
-        try:
-            job.future.set_result(fn(*args))
-        except Exception as exc:
-            job.future.set_exception(exc)
 
     def _heatmap(self, tensor) -> bytes:
         dev = next(self.module.parameters()).device
