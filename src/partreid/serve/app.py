@@ -22,7 +22,7 @@ from typing import Any, Optional
 from ..deploy.runtime import build_extractor
 from ..errors import InvalidValueError
 from ..utils.logs import setup_logging
-from .errors import add_error_handlers, missing_extra, require_serve_extra
+from .error_responses import add_error_handlers, missing_extra, require_serve_extra
 from .gallery import default_cache_dir, load_gallery
 from .middleware import add_size_limit_and_nosniff
 from .routes import add_page, gallery_router, health_router, heatmap_router, search_router
