@@ -203,6 +203,13 @@ def video_info(path: str) -> Tuple[int, int, int]:
         return int(stream.width), int(stream.height), int(stream.frames or 0)
 
 
+def video_frame_rate(path: str) -> float:
+    """Frames per second the video's stream declares (0.0 when it does not say)."""
+    with _open_video(path) as container:
+        rate = container.streams.video[0].average_rate
+    return float(rate) if rate else 0.0
+
+
 def clip_boxes(boxes: np.ndarray, width: int, height: int) -> Tuple[np.ndarray, np.ndarray]:
     """Clip x, y, w, h boxes to a ``width x height`` frame (integer pixel edges).
 

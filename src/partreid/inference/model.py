@@ -9,6 +9,8 @@ feats = model(torch.stack([tf(img) for img in images]))
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Union
 
@@ -84,6 +86,16 @@ class ModelInfo:
     def to_dict(self) -> Dict[str, Any]:
         """Plain-value copy (JSON-serialisable)."""
         return dataclasses.asdict(self)
+
+    def fingerprint(self) -> str:
+        """A short digest of what makes features comparable: the model, its options, input
+        and training (data set, config, step, metrics); the same for a checkpoint, its
+        weights-only export and its ONNX export, other for another model or training run."""
+        d = self.to_dict()
+        for k in ("path", "partreid_version", "torch_version"):
+            d.pop(k)
+        blob = json.dumps(d, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
 
 
 def load_model(
