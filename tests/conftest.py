@@ -1,8 +1,13 @@
-"""Project-wide fixtures: a tiny generated data set and a tiny training config."""
+"""Project-wide fixtures: a tiny generated data set, a tiny training config and a checkpoint."""
 
 from __future__ import annotations
 
 import pytest
+import torch
+
+from partreid.checkpoint import model_meta, save_checkpoint
+from partreid.config import load_config
+from partreid.models import build_model
 
 
 @pytest.fixture(scope="session")
@@ -87,3 +92,24 @@ def _reset_partreid_logger():
         log.removeHandler(h)
         h.close()
     log.propagate = True
+
+
+@pytest.fixture(scope="session")
+def ckpt(tmp_path_factory):
+    """A resnet18 BoT (random weights, 64 x 32 input, eval.distance=cosine) checkpoint."""
+    path = tmp_path_factory.mktemp("ckpt") / "bot.pth"
+    cfg = load_config(
+        None,
+        [
+            "model.name=bot",
+            "model.backbone=resnet18",
+            "model.pretrained=false",
+            "input.height=64",
+            "input.width=32",
+            "eval.distance=cosine",
+        ],
+    )
+    torch.manual_seed(0)
+    model = build_model("bot", 5, backbone="resnet18", pretrained=False)
+    save_checkpoint(str(path), model.state_dict(), model_meta(cfg, model, 5))
+    return str(path)
