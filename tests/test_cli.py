@@ -1,9 +1,12 @@
 """The command line as a user meets it: clear messages for bad inputs."""
 
+import json
 import shutil
 from pathlib import Path
 
-from partreid.cli import main
+import pytest
+
+from partreid.cli import _eval_overrides, build_parser, main
 
 BOT = str(Path(__file__).resolve().parents[1] / "configs" / "bot" / "market1501.yaml")
 
@@ -69,3 +72,23 @@ def test_list(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
     assert "bot:" in out and "market1501" in out
+
+
+def test_eval_test_sets_become_data_test_entries():
+    args = build_parser().parse_args(
+        ["eval", "--checkpoint", "c.pth", "--test", "viper=/d/viper", "--test", "market1501=/m"]
+    )
+    (over,) = _eval_overrides(args)
+    assert over.startswith("data.test=")
+    assert json.loads(over[len("data.test=") :]) == [
+        {
+            "name": "manifest",
+            "root": "/d/viper",
+            "label": "viper",
+            "options": {"test_fraction": 0.5, "query_cams": [1], "gallery_cams": [2]},
+        },
+        {"name": "market1501", "root": "/m"},
+    ]
+    bad = build_parser().parse_args(["eval", "--checkpoint", "c.pth", "--test", "viper"])
+    with pytest.raises(SystemExit, match="--test expects NAME=ROOT"):
+        _eval_overrides(bad)

@@ -1,4 +1,8 @@
-"""``partreid`` command line: train, eval, demo, visualize, list. No logic of its own lives here."""
+"""``partreid`` command line: train, eval, demo, visualize, list. No logic of its own lives here.
+
+Each command is one ``_add_<command>`` function that registers its arguments and its
+``cmd_<command>``, which turns the parsed arguments into one call of the module doing the work.
+"""
 
 from __future__ import annotations
 
@@ -8,16 +12,34 @@ import os
 import sys
 from typing import List, Optional
 
+from .checkpoint import inspect_checkpoint
+from .config import load_config
+from .data import list_datasets
+from .data.datasets.manifest import named_test_set
+from .demo import run_demo
+from .deploy.export import export_command
+from .deploy.extract import extract_command
+from .deploy.search import index_command, search_command
+from .engine import train
+from .engine.checkpointing import TrainingInterrupted
+from .engine.eval_run import evaluate_checkpoint
+from .errors import PartreidError
+from .models import list_models, model_options
+from .report.compare import compare_runs
+from .serve.app import serve_command
+from .visualize import visualize
 
-def _overrides(args) -> List[str]:
+# --------------------------------------------------------------------------------------------
+# What each command calls
+# --------------------------------------------------------------------------------------------
+
+
+def _overrides(args: argparse.Namespace) -> List[str]:
     return list(getattr(args, "overrides", []) or [])
 
 
-def cmd_train(args) -> int:
-    from .config import load_config
-    from .engine import train
-    from .engine.checkpointing import TrainingInterrupted
-
+def cmd_train(args: argparse.Namespace) -> int:
+    """``partreid train``: train from a config; a pre-empted run says how to continue."""
     cfg = load_config(args.config, _overrides(args))
     resume = None if args.resume is None else (args.resume or "auto")
     try:
@@ -28,14 +50,26 @@ def cmd_train(args) -> int:
     return 0
 
 
-def cmd_inspect(args) -> int:
-    from .checkpoint import inspect_checkpoint
-
+def cmd_inspect(args: argparse.Namespace) -> int:
+    """``partreid inspect``: print what a checkpoint holds."""
     inspect_checkpoint(args.checkpoint, as_json=args.json)
     return 0
 
 
-def _eval_overrides(args) -> List[str]:
+def _test_sets(specs: List[str]) -> List[dict]:
+    """``--test NAME=ROOT`` arguments -> ``data.test`` entries."""
+    tests = []
+    for spec in specs:
+        name, _, root = spec.partition("=")
+        if not root:
+            raise SystemExit(
+                f"--test expects NAME=ROOT (e.g. viper=../shared/data/classic/viper), got {spec!r}"
+            )
+        tests.append(named_test_set(name, root))
+    return tests
+
+
+def _eval_overrides(args: argparse.Namespace) -> List[str]:
     over = _overrides(args)
     if args.rerank:
         over.append("eval.rerank=true")
@@ -46,64 +80,38 @@ def _eval_overrides(args) -> List[str]:
     if getattr(args, "robustness", False):
         over.append("eval.robustness.enabled=true")
     if args.test:
-        from .data.datasets import CLASSIC_PROTOCOLS
-
-        tests = []
-        for spec in args.test:
-            name, _, root = spec.partition("=")
-            if not root:
-                raise SystemExit(
-                    f"--test expects NAME=ROOT (e.g. viper=../shared/data/classic/viper), got {spec!r}"
-                )
-            if name in CLASSIC_PROTOCOLS:  # a classic set's manifest with its standard protocol
-                tests.append(
-                    {
-                        "name": "manifest",
-                        "root": root,
-                        "label": name,
-                        "options": dict(CLASSIC_PROTOCOLS[name]),
-                    }
-                )
-            else:
-                tests.append({"name": name, "root": root})
-        over.append("data.test=" + json.dumps(tests))
+        over.append("data.test=" + json.dumps(_test_sets(args.test)))
     return over
 
 
-def cmd_eval(args) -> int:
-    from .engine.eval_run import evaluate_checkpoint
-
+def cmd_eval(args: argparse.Namespace) -> int:
+    """``partreid eval``: evaluate a checkpoint."""
     evaluate_checkpoint(
         args.checkpoint, args.config, _eval_overrides(args), out=args.out, only_test=args.only_test
     )
     return 0
 
 
-def cmd_compare(args) -> int:
-    from .report.compare import compare_runs
-
+def cmd_compare(args: argparse.Namespace) -> int:
+    """``partreid compare``: several runs side by side; prints the Markdown."""
     print(compare_runs(args.runs, args.out)["markdown"])
     return 0
 
 
-def cmd_demo(args) -> int:
-    from .demo import run_demo
-
+def cmd_demo(args: argparse.Namespace) -> int:
+    """``partreid demo``: synthetic data, a CPU-sized training run, a report."""
     run_demo(args.out, model=args.model, epochs=args.epochs)
     return 0
 
 
-def cmd_visualize(args) -> int:
-    from .visualize import visualize
-
+def cmd_visualize(args: argparse.Namespace) -> int:
+    """``partreid visualize``: figures of a trained model."""
     visualize(args.what, args.config, args.checkpoint, args.out, args.num, _overrides(args))
     return 0
 
 
-def cmd_list(args) -> int:
-    from .data import list_datasets
-    from .models import list_models, model_options
-
+def cmd_list(args: argparse.Namespace) -> int:
+    """``partreid list``: the models with their options, and the data sets."""
     print("models:")
     for m in list_models():
         print(f"  {m}: " + ", ".join(f"{k}={v!r}" for k, v in model_options(m).items()))
@@ -111,9 +119,8 @@ def cmd_list(args) -> int:
     return 0
 
 
-def cmd_extract(args) -> int:
-    from .deploy.extract import extract_command
-
+def cmd_extract(args: argparse.Namespace) -> int:
+    """``partreid extract``: features of crops, a manifest, an image or a video."""
     extract_command(
         args.model,
         args.input,
@@ -129,9 +136,8 @@ def cmd_extract(args) -> int:
     return 0
 
 
-def cmd_export(args) -> int:
-    from .deploy.export import export_command
-
+def cmd_export(args: argparse.Namespace) -> int:
+    """``partreid export``: inference-only weights or an ONNX model."""
     return export_command(
         args.checkpoint,
         args.format,
@@ -142,9 +148,8 @@ def cmd_export(args) -> int:
     )
 
 
-def cmd_serve(args) -> int:
-    from .serve.app import serve_command
-
+def cmd_serve(args: argparse.Namespace) -> int:
+    """``partreid serve``: search a gallery over HTTP."""
     return serve_command(
         args.checkpoint,
         args.gallery,
@@ -161,9 +166,8 @@ def cmd_serve(args) -> int:
     )
 
 
-def cmd_index(args) -> int:
-    from .deploy.search import index_command
-
+def cmd_index(args: argparse.Namespace) -> int:
+    """``partreid index``: index a gallery features file."""
     index_command(
         args.features,
         args.out,
@@ -185,9 +189,8 @@ def cmd_index(args) -> int:
     return 0
 
 
-def cmd_search(args) -> int:
-    from .deploy.search import search_command
-
+def cmd_search(args: argparse.Namespace) -> int:
+    """``partreid search``: top-K gallery matches of query features or images."""
     search_command(
         args.index,
         args.query,
@@ -206,10 +209,12 @@ def cmd_search(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="partreid", description="Part-based person re-identification.")
-    sub = p.add_subparsers(dest="command", required=True)
+# --------------------------------------------------------------------------------------------
+# The arguments of each command
+# --------------------------------------------------------------------------------------------
 
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
     t = sub.add_parser("train", help="train a model from a config")
     t.add_argument(
         "-c", "--config", required=True, help="YAML config (configs/<model>/<data>.yaml)"
@@ -225,6 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("overrides", nargs="*", help="section.key=value overrides")
     t.set_defaults(func=cmd_train)
 
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
     e = sub.add_parser("eval", help="evaluate a checkpoint")
     e.add_argument("-c", "--config", help="YAML config (default: the one saved in the checkpoint)")
     e.add_argument("--checkpoint", required=True)
@@ -253,6 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("overrides", nargs="*")
     e.set_defaults(func=cmd_eval)
 
+
+def _add_compare(sub: argparse._SubParsersAction) -> None:
     cp = sub.add_parser("compare", help="one table (and robustness figure) of several runs")
     cp.add_argument(
         "runs", nargs="+", metavar="RUN", help="run folder (or metrics.json), or LABEL=RUN"
@@ -260,12 +269,16 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--out", default="compare", help="output folder (default: ./compare)")
     cp.set_defaults(func=cmd_compare)
 
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
     d = sub.add_parser("demo", help="generate a synthetic data set, train on the CPU, report")
     d.add_argument("--out", default="partreid_demo", help="output folder (default: partreid_demo)")
     d.add_argument("--model", default=None, help="model to train (default: cgpn, CPU-sized)")
     d.add_argument("--epochs", type=int, default=None)
     d.set_defaults(func=cmd_demo)
 
+
+def _add_visualize(sub: argparse._SubParsersAction) -> None:
     v = sub.add_parser("visualize", help="draw figures of a trained model")
     v.add_argument(
         "what",
@@ -281,11 +294,15 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("overrides", nargs="*")
     v.set_defaults(func=cmd_visualize)
 
+
+def _add_inspect(sub: argparse._SubParsersAction) -> None:
     ins = sub.add_parser("inspect", help="print what a checkpoint holds (read safely)")
     ins.add_argument("checkpoint", help="a .pth checkpoint")
     ins.add_argument("--json", action="store_true", help="machine-readable JSON output")
     ins.set_defaults(func=cmd_inspect)
 
+
+def _add_extract(sub: argparse._SubParsersAction) -> None:
     x = sub.add_parser("extract", help="features of a folder, manifest, image or video -> .npz")
     x.add_argument("model", help="a partreid checkpoint (.pth) or an exported .onnx")
     x.add_argument(
@@ -303,6 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--no-progress", action="store_true", help="no progress bar")
     x.set_defaults(func=cmd_extract)
 
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
     xp = sub.add_parser("export", help="inference-only weights or an ONNX model")
     xp.add_argument("checkpoint", help="a partreid checkpoint (.pth)")
     xp.add_argument("--format", choices=["weights", "onnx"], required=True)
@@ -323,6 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     xp.set_defaults(func=cmd_export)
 
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
     sv = sub.add_parser("serve", help="search a gallery over HTTP, with a web page")
     sv.add_argument("checkpoint", help="partreid checkpoint (.pth) or exported ONNX model")
     sv.add_argument(
@@ -355,6 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sv.set_defaults(func=cmd_serve)
 
+
+def _add_index(sub: argparse._SubParsersAction) -> None:
     ix = sub.add_parser("index", help="index a gallery features file for search (faiss or torch)")
     ix.add_argument("features", help="gallery features file (.npz from `partreid extract`)")
     ix.add_argument("--out", required=True, help="index folder to write")
@@ -389,6 +412,8 @@ def build_parser() -> argparse.ArgumentParser:
     ix.add_argument("--refine", type=int, help="approximate kinds: shortlist = refine x topk")
     ix.set_defaults(func=cmd_index)
 
+
+def _add_search(sub: argparse._SubParsersAction) -> None:
     se = sub.add_parser("search", help="top-K gallery matches of query features or images")
     se.add_argument("index", help="index folder (`partreid index`) or a gallery features .npz")
     se.add_argument("query", help="query features (.npz), an image, or a folder of images")
@@ -414,15 +439,40 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--refine", type=int, help="shortlist = refine x topk (default: the index's)")
     se.set_defaults(func=cmd_search)
 
+
+def _add_list(sub: argparse._SubParsersAction) -> None:
     ls = sub.add_parser("list", help="list models (with their options) and data sets")
     ls.set_defaults(func=cmd_list)
+
+
+#: The commands in the order ``partreid --help`` lists them.
+COMMANDS = (
+    _add_train,
+    _add_eval,
+    _add_compare,
+    _add_demo,
+    _add_visualize,
+    _add_inspect,
+    _add_extract,
+    _add_export,
+    _add_serve,
+    _add_index,
+    _add_search,
+    _add_list,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``partreid`` argument parser: one sub-command per entry of :data:`COMMANDS`."""
+    p = argparse.ArgumentParser(prog="partreid", description="Part-based person re-identification.")
+    sub = p.add_subparsers(dest="command", required=True)
+    for add_command in COMMANDS:
+        add_command(sub)
     return p
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Run one ``partreid`` command; a user error is printed in one line (exit status 2)."""
-    from .errors import PartreidError
-
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

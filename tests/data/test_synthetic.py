@@ -13,7 +13,13 @@ import pytest
 from PIL import Image
 
 from partreid.data.datasets import DatasetError, build_dataset, generate_synthetic
-from partreid.data.datasets.synthetic import MARKER, main, read_marker
+from partreid.data.datasets.synthetic import (
+    MARKER,
+    SyntheticParams,
+    load_synthetic,
+    main,
+    read_marker,
+)
 from partreid.data.io import UnreadableImageError
 
 TINY = dict(
@@ -73,6 +79,24 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path):
     assert read_marker(str(tmp_path / "a"))["params"] == read_marker(str(tmp_path / "b"))["params"]
     same_names = set(a) & set(c)
     assert sum(a[k] == c[k] for k in same_names) == 0
+
+
+def test_params_object_and_keywords_make_the_same_set(tmp_path):
+    """``generate_synthetic(root, SyntheticParams(...))`` and keyword options are one call."""
+    generate_synthetic(tmp_path / "kw", seed=2, **TINY)
+    generate_synthetic(tmp_path / "obj", SyntheticParams(seed=2, **TINY))
+    generate_synthetic(tmp_path / "mix", SyntheticParams(seed=2, **TINY), num_junk=0)
+    assert file_bytes(tmp_path / "kw") == file_bytes(tmp_path / "obj")
+    assert (tmp_path / "kw" / MARKER).read_bytes() == (tmp_path / "obj" / MARKER).read_bytes()
+    assert read_marker(str(tmp_path / "mix"))["params"]["num_junk"] == 0
+    with pytest.raises(TypeError):
+        generate_synthetic(tmp_path / "bad", num_identities=5)
+
+
+def test_loader_options_are_the_params_fields():
+    """The data set's options (``build_dataset("synthetic", ...)``) have the generator's defaults."""
+    kw = load_synthetic.__kwdefaults__
+    assert {k: kw[k] for k in vars(SyntheticParams())} == vars(SyntheticParams())
 
 
 def test_identity_is_constant_across_images():

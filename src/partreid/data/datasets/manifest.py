@@ -56,6 +56,19 @@ CLASSIC_PROTOCOLS: Dict[str, Dict[str, object]] = {
     "caviar4reid": dict(test_fraction=0.5),
 }
 
+
+def named_test_set(name: str, root: str) -> Dict[str, object]:
+    """A ``data.test`` entry: a classic set's manifest with its standard protocol, else ``name``."""
+    if name in CLASSIC_PROTOCOLS:
+        return {
+            "name": "manifest",
+            "root": root,
+            "label": name,
+            "options": dict(CLASSIC_PROTOCOLS[name]),
+        }
+    return {"name": name, "root": root}
+
+
 _INT = re.compile(r"^[-+]?\d+$")
 
 

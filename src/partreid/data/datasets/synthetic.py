@@ -34,7 +34,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -315,14 +315,25 @@ def draw_person(
     img: Image.Image, ident: Identity, view: str, b: _Body, rng: np.random.Generator
 ) -> None:
     """Draw one pedestrian (legs, bag, torso, arms, head) with a random pose."""
-    draw = ImageDraw.Draw(img)
     side = view == "side"
-    sw = (0.075 if side else 0.12) * ident.width
-    hw = (0.07 if side else 0.1) * ident.width
+    sw = (0.075 if side else 0.12) * ident.width  # shoulder half-width
+    hw = (0.07 if side else 0.1) * ident.width  # hip half-width
     stride = rng.uniform(0.05, 0.35) * (1.6 if side else 1.0)
     swing = rng.uniform(0.05, 0.45)
+    draw = ImageDraw.Draw(img)
+    _legs(draw, b, ident, side, hw, stride)
+    _behind_torso(draw, b, ident, view, sw)
+    _torso(img, b, ident, view, sw, hw)
+    draw = ImageDraw.Draw(img)
+    _bag_over_torso(draw, b, ident, view, sw, hw)
+    _arms(draw, b, ident, side, sw, swing, rng)
+    _head(draw, b, ident, view)
 
-    # legs: trousers / shorts / skirt, then shoes
+
+def _legs(
+    draw: ImageDraw.ImageDraw, b: _Body, ident: Identity, side: bool, hw: float, stride: float
+) -> None:
+    """Legs in trousers / shorts / a skirt, then shoes, and the hips or the skirt on top."""
     leg_len, leg_w = 0.45, 0.075
     if ident.bottom_type == "trousers":
         segs = [(1.0, ident.bottom)]
@@ -347,16 +358,23 @@ def draw_person(
             fill=ident.bottom,
         )
 
-    # a backpack seen from the side sticks out behind the torso
-    if ident.bag == "backpack" and side:
+
+def _behind_torso(
+    draw: ImageDraw.ImageDraw, b: _Body, ident: Identity, view: str, sw: float
+) -> None:
+    """What the torso hides in part: a backpack seen from the side, long hair from the front."""
+    if ident.bag == "backpack" and view == "side":
         draw.rounded_rectangle(
             b.box(-sw - 0.04, 0.3, 0.055, 0.12), radius=b.width(0.02), fill=ident.bag_color
         )
     if ident.hair_style == "long" and view == "front":
         draw.rectangle(b.box(0.0, 0.12, 0.065, 0.05), fill=ident.hair)  # hair falling behind
 
-    _torso(img, b, ident, view, sw, hw)
-    draw = ImageDraw.Draw(img)
+
+def _bag_over_torso(
+    draw: ImageDraw.ImageDraw, b: _Body, ident: Identity, view: str, sw: float, hw: float
+) -> None:
+    """A backpack from the back (or its straps from the front), a shoulder bag and its strap."""
     if ident.bag == "backpack":
         if view == "back":
             draw.rounded_rectangle(
@@ -373,7 +391,17 @@ def draw_person(
         draw.line([b.p(-sw * 0.8, 0.16), b.p(hw, 0.47)], fill=ident.bag_color, width=b.width(0.018))
         draw.rectangle(b.box(hw + 0.02, 0.5, 0.045, 0.04), fill=ident.bag_color)
 
-    # arms: sleeves in the top colour, short sleeves show skin
+
+def _arms(
+    draw: ImageDraw.ImageDraw,
+    b: _Body,
+    ident: Identity,
+    side: bool,
+    sw: float,
+    swing: float,
+    rng: np.random.Generator,
+) -> None:
+    """Arms with sleeves in the top colour (short sleeves show skin), hands, a handbag."""
     arm_segs = [(1.0, ident.top)] if ident.long_sleeves else [(0.38, ident.top), (0.62, ident.skin)]
     signs = (1,) if side else (-1, 1)
     for sign in signs:
@@ -389,7 +417,10 @@ def draw_person(
         if ident.bag == "handbag" and sign == signs[-1]:
             draw.rectangle(b.box(hand[0], hand[1] + 0.06, 0.05, 0.05), fill=ident.bag_color)
 
-    # head: face from the front/side, hair from the back
+
+def _head(draw: ImageDraw.ImageDraw, b: _Body, ident: Identity, view: str) -> None:
+    """The head: face from the front and side, hair from the back, or a cap."""
+    side = view == "side"
     head = b.box(0.0 if not side else 0.01, 0.075, 0.05, 0.065)
     if ident.hair_style == "long" and view != "front":
         draw.rectangle(b.box(0.0, 0.12, 0.058, 0.06), fill=ident.hair)
@@ -508,165 +539,173 @@ def render_image(
 # --------------------------------------------------------------------------------------------
 # The data set
 # --------------------------------------------------------------------------------------------
-def _params(**kw) -> Dict[str, object]:
-    return json.loads(json.dumps(kw))  # what the marker file stores, for comparison
+@dataclass(frozen=True)
+class SyntheticParams:
+    """What a synthetic set is made from (``synthetic.json`` records it); see
+    :func:`generate_synthetic` for the meaning of each field."""
+
+    num_ids: int = 100
+    test_fraction: float = 0.4
+    num_cams: int = 4
+    images_per_id_per_cam: int = 3
+    cams_per_id: Optional[int] = None
+    seed: int = 0
+    height: int = 128
+    width: int = 64
+    occlusion: float = 0.15
+    cutoff: float = 0.08
+    num_distractors: int = 20
+    num_junk: int = 10
+    quality: int = 90
+
+    def record(self) -> Dict[str, object]:
+        """The parameters as the marker file stores them (JSON values), for comparison."""
+        return json.loads(json.dumps(asdict(self)))
+
+    def check(self) -> int:
+        """Validate the parameters; return the number of test identities."""
+        if not 2 <= self.num_cams <= 9:
+            raise DatasetError(
+                f"num_cams must be in 2..9 (one digit in the file names), got {self.num_cams}"
+            )
+        if self.cams_per_id is not None and not 2 <= self.cams_per_id <= self.num_cams:
+            raise DatasetError(
+                f"cams_per_id must be in 2..num_cams={self.num_cams} or None, "
+                f"got {self.cams_per_id}"
+            )
+        if self.images_per_id_per_cam < 2:
+            raise DatasetError(
+                "images_per_id_per_cam must be >= 2 (one query + gallery), "
+                f"got {self.images_per_id_per_cam}"
+            )
+        if not 0 <= self.test_fraction <= 1:
+            raise DatasetError(f"test_fraction must be in [0, 1], got {self.test_fraction}")
+        num_test = int(round(self.num_ids * self.test_fraction))
+        if self.num_ids < 2 or self.num_ids - num_test < 1 or num_test < 1 or self.num_ids > 9999:
+            raise DatasetError(
+                f"num_ids={self.num_ids} with test_fraction={self.test_fraction} must leave at "
+                "least one train and one test identity (and num_ids <= 9999)"
+            )
+        if self.height < 16 or self.width < 8:
+            raise DatasetError(
+                f"image size {self.height}x{self.width} (h x w) is too small; use at least 16x8"
+            )
+        for name, p in (("occlusion", self.occlusion), ("cutoff", self.cutoff)):
+            if not 0 <= p <= 1:
+                raise DatasetError(f"{name} is a probability in [0, 1], got {p}")
+        if self.num_distractors < 0 or self.num_junk < 0 or not 1 <= self.quality <= 100:
+            raise DatasetError("num_distractors and num_junk must be >= 0 and quality in 1..100")
+        return num_test
 
 
-def _check_params(
-    num_ids,
-    test_fraction,
-    num_cams,
-    images_per_id_per_cam,
-    cams_per_id,
-    height,
-    width,
-    occlusion,
-    cutoff,
-    num_distractors,
-    num_junk,
-    quality,
-) -> int:
-    """Validate the generator's parameters; return the number of test identities."""
-    if not 2 <= num_cams <= 9:
-        raise DatasetError(
-            f"num_cams must be in 2..9 (one digit in the file names), got {num_cams}"
-        )
-    if cams_per_id is not None and not 2 <= cams_per_id <= num_cams:
-        raise DatasetError(
-            f"cams_per_id must be in 2..num_cams={num_cams} or None, got {cams_per_id}"
-        )
-    if images_per_id_per_cam < 2:
-        raise DatasetError(
-            f"images_per_id_per_cam must be >= 2 (one query + gallery), got {images_per_id_per_cam}"
-        )
-    if not 0 <= test_fraction <= 1:
-        raise DatasetError(f"test_fraction must be in [0, 1], got {test_fraction}")
-    num_test = int(round(num_ids * test_fraction))
-    if num_ids < 2 or num_ids - num_test < 1 or num_test < 1 or num_ids > 9999:
-        raise DatasetError(
-            f"num_ids={num_ids} with test_fraction={test_fraction} must leave at least one train "
-            "and one test identity (and num_ids <= 9999)"
-        )
-    if height < 16 or width < 8:
-        raise DatasetError(f"image size {height}x{width} (h x w) is too small; use at least 16x8")
-    for name, p in (("occlusion", occlusion), ("cutoff", cutoff)):
-        if not 0 <= p <= 1:
-            raise DatasetError(f"{name} is a probability in [0, 1], got {p}")
-    if num_distractors < 0 or num_junk < 0 or not 1 <= quality <= 100:
-        raise DatasetError("num_distractors and num_junk must be >= 0 and quality in 1..100")
-    return num_test
+class _SplitFolders:
+    """The three Market-layout folders of a new set: writes crops into them and counts them."""
+
+    def __init__(self, root: str, quality: int):
+        self.dirs = {s: os.path.join(root, s) for s in (TRAIN_DIR, QUERY_DIR, GALLERY_DIR)}
+        for d in self.dirs.values():
+            os.makedirs(d)
+        self.quality = quality
+        self.counts = {TRAIN_DIR: 0, QUERY_DIR: 0, GALLERY_DIR: 0}
+
+    def save(self, img: Image.Image, subset: str, name: str) -> None:
+        img.save(os.path.join(self.dirs[subset], name), quality=self.quality)
+        self.counts[subset] += 1
 
 
-def generate_synthetic(
-    root: str | os.PathLike[str],
-    *,
-    num_ids: int = 100,
-    test_fraction: float = 0.4,
-    num_cams: int = 4,
-    images_per_id_per_cam: int = 3,
-    cams_per_id: Optional[int] = None,
-    seed: int = 0,
-    height: int = 128,
-    width: int = 64,
-    occlusion: float = 0.15,
-    cutoff: float = 0.08,
-    num_distractors: int = 20,
-    num_junk: int = 10,
-    quality: int = 90,
-) -> Dict[str, object]:
-    """Write a synthetic Market-1501-layout data set into ``root``; return its metadata.
+def _file_name(pid: int, cam: int, frame: int) -> str:
+    """``PPPP_cC_fFFFF.jpg`` (camera 0-based here, 1-based in the name)."""
+    return f"{pid:04d}_c{cam + 1}_f{frame:04d}.jpg"
 
-    ``num_ids`` identities (pids 1..num_ids), ``round(num_ids * test_fraction)`` of them (the
-    highest pids) for test. Each identity is seen by ``cams_per_id`` random cameras (``None``:
-    all ``num_cams``), ``images_per_id_per_cam`` images each. ``occlusion`` / ``cutoff`` are the
-    per-image probabilities of an occluder / of losing the head or legs out of the box. Images
-    are ``height x width`` JPEGs at ``quality``. An existing ``root`` is replaced only if it
-    holds a previous synthetic set (its ``synthetic.json``) or is empty.
-    """
-    num_test = _check_params(
-        num_ids,
-        test_fraction,
-        num_cams,
-        images_per_id_per_cam,
-        cams_per_id,
-        height,
-        width,
-        occlusion,
-        cutoff,
-        num_distractors,
-        num_junk,
-        quality,
-    )
-    params = _params(
-        num_ids=num_ids,
-        test_fraction=test_fraction,
-        num_cams=num_cams,
-        images_per_id_per_cam=images_per_id_per_cam,
-        cams_per_id=cams_per_id,
-        seed=seed,
-        height=height,
-        width=width,
-        occlusion=occlusion,
-        cutoff=cutoff,
-        num_distractors=num_distractors,
-        num_junk=num_junk,
-        quality=quality,
-    )
-    root = os.fspath(root)
-    _prepare_root(root)
-    start = time.perf_counter()
-    cams = [sample_camera(_rng(seed, 1, c), c) for c in range(num_cams)]
-    dirs = {s: os.path.join(root, s) for s in (TRAIN_DIR, QUERY_DIR, GALLERY_DIR)}
-    for d in dirs.values():
-        os.makedirs(d)
-    num_train = num_ids - num_test
-    order = _rng(seed, 2)
-    counts = {TRAIN_DIR: 0, QUERY_DIR: 0, GALLERY_DIR: 0}
 
-    def save(img: Image.Image, subset: str, pid: int, cam: int, frame: int) -> None:
-        img.save(
-            os.path.join(dirs[subset], f"{pid:04d}_c{cam + 1}_f{frame:04d}.jpg"), quality=quality
-        )
-        counts[subset] += 1
+def _identity_cameras(p: SyntheticParams, pid: int) -> List[int]:
+    """The cameras that see identity ``pid`` (``cams_per_id`` of them, or all), sorted."""
+    pick = _rng(p.seed, 4, pid)
+    return sorted(pick.choice(p.num_cams, p.cams_per_id or p.num_cams, replace=False).tolist())
 
-    for pid in range(1, num_ids + 1):
-        ident = sample_identity(_rng(seed, 3, pid))
-        pick = _rng(seed, 4, pid)
-        cam_ids = sorted(pick.choice(num_cams, cams_per_id or num_cams, replace=False).tolist())
+
+def _write_identities(
+    out: _SplitFolders, p: SyntheticParams, cams: Sequence[Camera], num_train: int
+) -> None:
+    """Every identity's images: train ids into train; per test id and camera one query, the
+    rest gallery."""
+    order = _rng(p.seed, 2)  # which image of a test identity and camera is the query
+    for pid in range(1, p.num_ids + 1):
+        ident = sample_identity(_rng(p.seed, 3, pid))
         is_test = pid > num_train
-        for cam in cam_ids:
-            query_k = int(order.integers(images_per_id_per_cam)) if is_test else -1
-            for k in range(images_per_id_per_cam):
-                rng = _rng(seed, 5, pid, cam, k)
-                img = render_image(ident, cams[cam], rng, height, width, occlusion, cutoff)
+        for cam in _identity_cameras(p, pid):
+            query_k = int(order.integers(p.images_per_id_per_cam)) if is_test else -1
+            for k in range(p.images_per_id_per_cam):
+                rng = _rng(p.seed, 5, pid, cam, k)
+                img = render_image(ident, cams[cam], rng, p.height, p.width, p.occlusion, p.cutoff)
                 subset = TRAIN_DIR if not is_test else (QUERY_DIR if k == query_k else GALLERY_DIR)
-                save(img, subset, pid, cam, k)
-    for k in range(num_distractors):  # pid 0: people seen once, in the gallery only
-        rng = _rng(seed, 6, k)
-        cam = int(rng.integers(num_cams))
-        img = render_image(sample_identity(rng), cams[cam], rng, height, width, occlusion, cutoff)
-        save(img, GALLERY_DIR, 0, cam, k)
-    for k in range(num_junk):  # pid -1: background or a badly cut box
-        rng = _rng(seed, 7, k)
-        cam = int(rng.integers(num_cams))
+                out.save(img, subset, _file_name(pid, cam, k))
+
+
+def _write_distractors(out: _SplitFolders, p: SyntheticParams, cams: Sequence[Camera]) -> None:
+    """pid 0: people seen once, in the gallery only."""
+    for k in range(p.num_distractors):
+        rng = _rng(p.seed, 6, k)
+        cam = int(rng.integers(p.num_cams))
+        ident = sample_identity(rng)
+        img = render_image(ident, cams[cam], rng, p.height, p.width, p.occlusion, p.cutoff)
+        out.save(img, GALLERY_DIR, _file_name(0, cam, k))
+
+
+def _write_junk(out: _SplitFolders, p: SyntheticParams, cams: Sequence[Camera]) -> None:
+    """pid -1: background only or a badly cut box, in the gallery."""
+    for k in range(p.num_junk):
+        rng = _rng(p.seed, 7, k)
+        cam = int(rng.integers(p.num_cams))
         ident = sample_identity(rng) if rng.random() < 0.6 else None
-        img = render_image(ident, cams[cam], rng, height, width, 0.0, 0.0, junk=True)
-        img.save(os.path.join(dirs[GALLERY_DIR], f"-1_c{cam + 1}_f{k:04d}.jpg"), quality=quality)
-        counts[GALLERY_DIR] += 1
-    seconds = time.perf_counter() - start
+        img = render_image(ident, cams[cam], rng, p.height, p.width, 0.0, 0.0, junk=True)
+        out.save(img, GALLERY_DIR, f"-1_c{cam + 1}_f{k:04d}.jpg")
+
+
+def _write_marker(
+    root: str, p: SyntheticParams, num_train: int, counts: Dict[str, int]
+) -> Dict[str, object]:
+    """Write ``synthetic.json`` (last: it marks a complete set); return what it holds."""
     meta = {
         "generator": "partreid.data.datasets.synthetic",
         "version": GENERATOR_VERSION,
-        "params": params,
+        "params": p.record(),
         "train_ids": list(range(1, num_train + 1)),
-        "test_ids": list(range(num_train + 1, num_ids + 1)),
+        "test_ids": list(range(num_train + 1, p.num_ids + 1)),
         "counts": counts,
     }
-    with open(
-        os.path.join(root, MARKER), "w", encoding="utf-8"
-    ) as f:  # written last: marks completion
+    with open(os.path.join(root, MARKER), "w", encoding="utf-8") as f:
         json.dump(meta, f, indent=1)
-    total = sum(counts.values())
+    return meta
+
+
+def generate_synthetic(
+    root: str | os.PathLike[str], params: Optional[SyntheticParams] = None, **options: object
+) -> Dict[str, object]:
+    """Write a synthetic Market-1501-layout data set into ``root``; return its metadata.
+
+    ``params`` (default :class:`SyntheticParams`) with ``options`` (any of its fields, e.g.
+    ``num_ids=8``) replaced. ``num_ids`` identities (pids 1..num_ids),
+    ``round(num_ids * test_fraction)`` of them (the highest pids) for test. Each identity is
+    seen by ``cams_per_id`` random cameras (``None``: all ``num_cams``),
+    ``images_per_id_per_cam`` images each. ``occlusion`` / ``cutoff`` are the per-image
+    probabilities of an occluder / of losing the head or legs out of the box. Images are
+    ``height x width`` JPEGs at ``quality``. An existing ``root`` is replaced only if it holds
+    a previous synthetic set (its ``synthetic.json``) or is empty.
+    """
+    p = replace(params or SyntheticParams(), **options)
+    num_train = p.num_ids - p.check()
+    root = os.fspath(root)
+    _prepare_root(root)
+    start = time.perf_counter()
+    cams = [sample_camera(_rng(p.seed, 1, c), c) for c in range(p.num_cams)]
+    out = _SplitFolders(root, p.quality)
+    _write_identities(out, p, cams, num_train)
+    _write_distractors(out, p, cams)
+    _write_junk(out, p, cams)
+    seconds = time.perf_counter() - start
+    meta = _write_marker(root, p, num_train, out.counts)
+    total = sum(out.counts.values())
     logger.info("generated %d synthetic images in %s in %.2f s", total, root, seconds)
     return {**meta, "seconds": seconds}
 
@@ -729,7 +768,7 @@ def load_synthetic(
     train_only: bool = False,
 ) -> ReIDDataset:
     """Synthetic pedestrians; generated into ``root`` unless it holds a set made with these options."""
-    gen = dict(
+    params = SyntheticParams(
         num_ids=num_ids,
         test_fraction=test_fraction,
         num_cams=num_cams,
@@ -746,12 +785,12 @@ def load_synthetic(
     )
     meta = read_marker(root)
     notes = []
-    if meta and meta.get("version") == GENERATOR_VERSION and meta.get("params") == _params(**gen):
+    if meta and meta.get("version") == GENERATOR_VERSION and meta.get("params") == params.record():
         notes.append(f"reused the synthetic set in {root} ({MARKER} matches)")
     else:
         why = "no synthetic set there yet" if meta is None else "its parameters differ"
         logger.info("generating a synthetic data set in %s (%s)", root, why)
-        info = generate_synthetic(root, **gen)
+        info = generate_synthetic(root, params)
         notes.append(f"generated into {root} in {info['seconds']:.1f} s (seed {seed})")
     ds = load_market_layout(
         root,
@@ -775,15 +814,17 @@ def main(argv: Optional[List[str]] = None) -> None:
     """``python -m partreid.data.datasets.synthetic OUT [options]``: generate and summarise."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("out", help="output folder (empty, new, or a previous synthetic set)")
-    defaults = {k: v for k, v in generate_synthetic.__kwdefaults__.items()}
-    for key, default in defaults.items():
-        kind = float if isinstance(default, float) else int
+    for f in fields(SyntheticParams):
+        kind = float if isinstance(f.default, float) else int
         parser.add_argument(
-            "--" + key.replace("_", "-"), type=kind, default=default, help=f"default {default}"
+            "--" + f.name.replace("_", "-"),
+            type=kind,
+            default=f.default,
+            help=f"default {f.default}",
         )
     args = vars(parser.parse_args(argv))
     out = args.pop("out")
-    info = generate_synthetic(out, **args)
+    info = generate_synthetic(out, SyntheticParams(**args))
     counts = info["counts"]
     print(f"wrote {sum(counts.values())} images to {out} in {info['seconds']:.2f} s: {counts}")
 
