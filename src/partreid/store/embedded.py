@@ -51,7 +51,6 @@ from partreid.store.base import (
     normalize,
     parse_track,
     to_distance,
-    tracklet_key,
 )
 
 FORMAT = "partreid-store/1"
