@@ -208,22 +208,6 @@ def check_search_args(queries: Any, k: int, by: str, dim: int, where: str) -> np
     return normalize(q)
 
 
-def rank(scores: np.ndarray, keys: Sequence[Any], k: int) -> List[int]:
-    """Positions of the k best of ``scores`` (highest first), ties by ascending key."""
-    scores = np.asarray(scores, dtype=np.float64)
-    n = scores.shape[0]
-    if n == 0:
-        return []
-    if n > k:
-        kth = np.partition(-scores, k - 1)[k - 1]
-        cand = np.nonzero(-scores <= kth)[0]  # every tie of the k-th is a candidate
-    else:
-        cand = np.arange(n)
-    dist = to_distance(scores[cand])
-    order = sorted(range(len(cand)), key=lambda i: (dist[i], keys[cand[i]]))
-    return [int(cand[i]) for i in order[:k]]
-
-
 class GalleryStore:
     """A growing gallery of crops and their tracklets (see the module docstring)."""
 
