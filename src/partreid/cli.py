@@ -19,11 +19,13 @@ from .data.datasets.manifest import named_test_set
 from .demo import run_demo
 from .deploy.export import export_command
 from .deploy.extract import extract_command
+from .deploy.ingest import ingest_command
 from .deploy.search import index_command, search_command
+from .deploy.store_search import delete_command, search_store_command, stats_command
 from .engine import train
 from .engine.checkpointing import TrainingInterrupted
 from .engine.eval_run import evaluate_checkpoint
-from .errors import PartreidError
+from .errors import InvalidValueError, PartreidError
 from .models import list_models, model_options
 from .report.compare import compare_runs
 from .serve.app import serve_command
@@ -190,7 +192,12 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    """``partreid search``: top-K gallery matches of query features or images."""
+    """``partreid search``: top-K gallery matches of query features or images (of a store's
+    tracklets or crops with ``--store``)."""
+    if args.store:
+        return _search_store(args)
+    if args.index is None or args.query is None:
+        raise InvalidValueError("search needs INDEX QUERY, or --store STORE QUERY")
     search_command(
         args.index,
         args.query,
@@ -206,6 +213,52 @@ def cmd_search(args: argparse.Namespace) -> int:
         ef_search=args.ef_search,
         refine=args.refine,
     )
+    return 0
+
+
+def _search_store(args: argparse.Namespace) -> int:
+    if args.query is not None:  # argparse puts the one positional into ``index``
+        raise InvalidValueError("with --store give one QUERY (an image or a folder), no index")
+    search_store_command(
+        args.store,
+        args.index,
+        topk=args.topk,
+        by=args.by,
+        cameras=args.cameras,
+        after=args.after,
+        before=args.before,
+        tracklet=args.tracklet,
+        checkpoint=args.checkpoint,
+        out=args.out,
+        device=args.device,
+    )
+    return 0
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    """``partreid ingest``: crops of a camera into a store."""
+    ingest_command(
+        args.checkpoint,
+        args.input,
+        args.store,
+        boxes=args.boxes,
+        camera=args.camera,
+        start_time=args.start_time,
+        fps=args.fps,
+        device=args.device,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        progress=not args.no_progress,
+    )
+    return 0
+
+
+def cmd_store(args: argparse.Namespace) -> int:
+    """``partreid store delete|stats``."""
+    if args.store_command == "stats":
+        stats_command(args.store, as_json=args.json)
+    else:
+        delete_command(args.store, before=args.before, camera=args.camera, track=args.track)
     return 0
 
 
@@ -415,8 +468,12 @@ def _add_index(sub: argparse._SubParsersAction) -> None:
 
 def _add_search(sub: argparse._SubParsersAction) -> None:
     se = sub.add_parser("search", help="top-K gallery matches of query features or images")
-    se.add_argument("index", help="index folder (`partreid index`) or a gallery features .npz")
-    se.add_argument("query", help="query features (.npz), an image, or a folder of images")
+    se.add_argument(
+        "index",
+        nargs="?",
+        help="index folder (`partreid index`) or a gallery features .npz (with --store: QUERY)",
+    )
+    se.add_argument("query", nargs="?", help="query features (.npz), an image, or a folder")
     se.add_argument("--topk", type=int, default=10, help="matches per query (default: 10)")
     se.add_argument(
         "--checkpoint",
@@ -437,7 +494,51 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
     se.add_argument("--nprobe", type=int, help="ivf*: cells scanned (default: the index's)")
     se.add_argument("--ef-search", type=int, help="hnsw: beam width (default: the index's)")
     se.add_argument("--refine", type=int, help="shortlist = refine x topk (default: the index's)")
+    _add_store_filters(se)
     se.set_defaults(func=cmd_search)
+
+
+def _add_store_filters(se: argparse.ArgumentParser) -> None:
+    st = se.add_argument_group("gallery store (--store)")
+    st.add_argument("--store", help="search a store: a folder or milvus://... (then: QUERY only)")
+    st.add_argument(
+        "--by", choices=["tracklet", "crop"], default="tracklet", help="rank tracklets or crops"
+    )
+    st.add_argument("--cameras", help="only these cameras: 3,4,7 or 3-7")
+    st.add_argument("--after", help="only from this time on (ISO 8601, UTC unless +HH:MM)")
+    st.add_argument("--before", help="only before this time (ISO 8601)")
+    st.add_argument("--tracklet", help="query by a stored tracklet: CAMERA:TRACK (or crop:ID)")
+
+
+def _add_ingest(sub: argparse._SubParsersAction) -> None:
+    ig = sub.add_parser("ingest", help="crops of a camera (folder, manifest, video) into a store")
+    ig.add_argument("checkpoint", help="trained checkpoint (.pth) or exported .onnx")
+    ig.add_argument("input", help="folder of crops, manifest CSV, or a video (with --boxes)")
+    ig.add_argument("--store", required=True, help="store: a folder, or milvus://...")
+    ig.add_argument("--boxes", help="MOT box file for a video (frame,id,x,y,w,h,...)")
+    ig.add_argument("--camera", type=int, help="camera id (default: from Market-style names)")
+    ig.add_argument("--start-time", help="time of the first frame, ISO 8601 (UTC unless +HH:MM)")
+    ig.add_argument("--fps", type=float, help="frames per second (default: the video's own)")
+    ig.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda:0")
+    ig.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+    ig.add_argument("--num-workers", type=int, default=2, help="loader worker processes")
+    ig.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ig.set_defaults(func=cmd_ingest)
+
+
+def _add_store(sub: argparse._SubParsersAction) -> None:
+    sp = sub.add_parser("store", help="what a store holds (stats), forgetting (delete)")
+    ops = sp.add_subparsers(dest="store_command", required=True, metavar="{stats,delete}")
+    stats = ops.add_parser("stats", help="counts per camera, time span, dimension, model")
+    stats.add_argument("store", help="a folder, or milvus://...")
+    stats.add_argument("--json", action="store_true", help="print JSON")
+    de = ops.add_parser("delete", help="delete crops (conditions combine with AND)")
+    de.add_argument("store", help="a folder, or milvus://...")
+    de.add_argument("--before", help="crops seen before this time (ISO 8601)")
+    de.add_argument("--camera", type=int, help="crops of this camera")
+    de.add_argument("--track", help="one tracklet: CAMERA:TRACK (or TRACK with --camera)")
+    for p in (stats, de):
+        p.set_defaults(func=cmd_store)
 
 
 def _add_list(sub: argparse._SubParsersAction) -> None:
@@ -458,6 +559,8 @@ COMMANDS = (
     _add_serve,
     _add_index,
     _add_search,
+    _add_ingest,
+    _add_store,
     _add_list,
 )
 

@@ -66,11 +66,11 @@ def format_time(seconds: float) -> str:
 
 
 def crop_ids(src: Source, camera: np.ndarray) -> np.ndarray:
-    """Stable int63 ids: a hash of camera, real source path, frame, track id and box."""
+    """Stable int63 ids: a hash of camera, absolute source path, frame, track id and box."""
     out = np.empty(len(src), np.int64)
     for i, path in enumerate(src.paths):
         box = ",".join("nan" if np.isnan(v) else f"{v:.1f}" for v in src.boxes[i])
-        key = f"{camera[i]}|{os.path.realpath(path)}|{src.frames[i]}|{src.track_ids[i]}|{box}"
+        key = f"{camera[i]}|{os.path.abspath(path)}|{src.frames[i]}|{src.track_ids[i]}|{box}"
         digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
         out[i] = int.from_bytes(digest, "little") & 0x7FFF_FFFF_FFFF_FFFF
     return out
