@@ -213,3 +213,26 @@ def test_delete_matches_fresh_store(store_uri, gallery):
         assert meta["start"] == pytest.approx(b.timestamp[live].min())
         with pytest.raises(ValueError, match="no tracklet"):
             st.get_tracklet(f"{cam}:{trk}")
+
+
+@pytest.mark.parametrize("faiss_on", [True, False])
+def test_embedded_large_subset_paths(tmp_path, gallery, monkeypatch, faiss_on):
+    """Filtered subsets above SMALL go through faiss + IDSelector, or numpy blocks without it."""
+    from partreid.store import embedded
+
+    if faiss_on:
+        pytest.importorskip("faiss")
+    else:
+        monkeypatch.setattr(embedded, "_faiss", lambda: None)
+    monkeypatch.setattr(embedded, "SMALL", 5)
+    q = queries(gallery)
+    with open_store(str(tmp_path / "s"), create=True, info=INFO) as st:
+        st.add(gallery.select(np.arange(400)))
+        st.search(q[:1], 1)  # builds the in-memory indexes, then updated incrementally
+        st.search(q[:1], 1, by="tracklet")
+        st.add(gallery)
+        st.delete(before=100.0)
+        keep = gallery.select(gallery.timestamp >= 100)
+        for by in ("crop", "tracklet"):
+            for flt in FILTERS[:4]:
+                check(st.search(q, K, by=by, **flt), reference(keep, q, by, **flt), by)

@@ -71,6 +71,7 @@ CREATE INDEX IF NOT EXISTS crops_cam_ts ON crops(camera, ts);
 CREATE INDEX IF NOT EXISTS crops_cam_track ON crops(camera, track_id);
 CREATE INDEX IF NOT EXISTS crops_ts ON crops(ts);
 CREATE UNIQUE INDEX IF NOT EXISTS crops_row ON crops(row);
+CREATE INDEX IF NOT EXISTS crops_tracklet ON crops(tracklet);
 CREATE TABLE IF NOT EXISTS tracklets(
     tid INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE, camera INTEGER NOT NULL,
     track_id INTEGER NOT NULL, n INTEGER NOT NULL, t0 REAL NOT NULL, t1 REAL NOT NULL,
@@ -553,21 +554,28 @@ class EmbeddedStore(GalleryStore):
             ]
             hits.sort(key=lambda h: (h.distance, h.tracklet))
             hits = hits[:k]
-            for h in hits:
-                h.best = self._best_crop(q[qi], h)
+            self._best_crops(q[qi], hits, [int(t[i]) for i in range(len(t))], meta)
             out.append(hits)
         return out
 
-    def _best_crop(self, query: np.ndarray, h: TrackletHit) -> Hit:
-        if h.track_id < 0:
-            sql, args = f"SELECT {_CROP_COLS} FROM crops WHERE id=?", (int(h.tracklet[5:]),)
-        else:
-            sql = f"SELECT {_CROP_COLS} FROM crops WHERE camera=? AND track_id=?"
-            args = (h.camera, h.track_id)
-        rs = self._db.execute(sql, args).fetchall()
+    def _best_crops(
+        self, query: np.ndarray, hits: List[TrackletHit], tids: List[int], meta: Dict[int, tuple]
+    ) -> None:
+        """Set each hit's ``best``: its crop nearest the query (one SQL query for all hits)."""
+        by_key = {meta[t][1]: t for t in tids}
+        want = [by_key[h.tracklet] for h in hits]
+        if not want:
+            return
+        sql = f"SELECT {_CROP_COLS}, tracklet FROM crops WHERE tracklet IN ({','.join('?' * len(want))})"
+        rs = self._db.execute(sql, want).fetchall()
         d = to_distance(self._gather(np.array([r[1] for r in rs], np.int64)) @ query)
-        i = min(range(len(rs)), key=lambda i: (d[i], rs[i][0]))
-        return _hit(rs[i], float(d[i]))
+        best: Dict[int, Tuple[float, int, int]] = {}
+        for i, r in enumerate(rs):
+            key = (float(d[i]), int(r[0]), i)
+            if r[12] not in best or key < best[r[12]]:
+                best[r[12]] = key
+        for h, t in zip(hits, want):
+            h.best = _hit(rs[best[t][2]], best[t][0])
 
     # -- delete ---------------------------------------------------------------------------
 

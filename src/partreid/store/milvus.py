@@ -137,7 +137,7 @@ class MilvusStore(GalleryStore):
             )
             raise StoreError(f"store {uri}: cannot connect to {where}: {msg}") from None
         self._lock = threading.RLock()
-        self._dirty = False
+        self._dirty = True  # rows of an earlier session may be unflushed: seal before searching
         self._crops, self._tr, self._meta = (
             f"{prefix}_{s}" for s in ("crops", "tracklets", "meta")
         )
@@ -530,6 +530,7 @@ class MilvusStore(GalleryStore):
         """Close the connection (Milvus keeps the data)."""
         with self._lock:
             if self._c is not None:
+                self._seal()
                 self._c.close()
                 self._c = None
 
