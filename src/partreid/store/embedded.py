@@ -1,0 +1,766 @@
+"""The embedded gallery store: one folder, no server.
+
+Layout of the folder::
+
+    store.json     format, info (with dim) -- written once, at creation, atomically (tmp + rename)
+    meta.sqlite    crops, tracklets and the committed vector row count (SQLite, WAL mode)
+    vectors.f32    the crops' L2-normalised features, float32, row after row (append-only)
+
+Crash safety (``kill -9`` at any moment loses at most the unfinished batch): ``add`` first
+writes the new rows at the end of ``vectors.f32`` and fsyncs them, then commits ONE SQLite
+transaction (``synchronous=FULL``) that inserts the crops referencing those rows, updates their
+tracklets and sets ``meta.rows`` (the committed row count). On open, ``vectors.f32`` is
+truncated to ``meta.rows`` rows: rows written by an uncommitted batch are dropped. A delete is
+one transaction as well: the crops' metadata rows are removed (their vector rows become
+unreferenced garbage, never read again; the file is not compacted) and their tracklets updated.
+A deleted id may be added again later (as a new crop).
+
+Tracklets (see :mod:`partreid.store.base`): per track, SQLite keeps the running float64 sum of
+the normalised crop features, the count and the span; add adds to the sum, delete subtracts
+exactly, the span is recomputed from the remaining crops. A one-crop tracklet (track_id -1)
+keeps no sum: its feature is its crop's row.
+
+Search: the filter runs in SQLite first (indexes on (camera, timestamp), (camera, track_id),
+timestamp; tracklets on (camera, end) and end). A filtered subset of at most ``SMALL`` rows is
+ranked exactly with numpy on its gathered rows; larger or unfiltered searches use an in-memory
+faiss ``IndexFlatIP`` (exact) with an ``IDSelectorBatch`` for the filter -- or exact numpy in
+blocks over the vector file when faiss is not installed. The in-memory indexes (faiss for the
+crops, a float32 matrix for the tracklet features) are built from the files on the first search
+that needs them and then updated incrementally by add and delete (never rebuilt). One process
+writes a store; another process that has it open sees the changes after reopening it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from partreid.store.base import (
+    CropBatch,
+    GalleryStore,
+    Hit,
+    StoreError,
+    TrackletHit,
+    TrackRef,
+    check_search_args,
+    normalize,
+    parse_track,
+    to_distance,
+)
+
+FORMAT = "partreid-store/1"
+SMALL = 20000  # filtered subsets up to this many rows: exact numpy on the gathered rows
+MARGIN = 16  # extra candidates fetched from the index so that ties at rank k sort by id
+_CHUNK = 900  # ids per SQL "IN (...)"
+_CROP_COLS = "id, row, camera, ts, track_id, frame, x1, y1, x2, y2, path, pid"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value);
+INSERT OR IGNORE INTO meta VALUES('rows', 0);
+CREATE TABLE IF NOT EXISTS crops(
+    id INTEGER PRIMARY KEY, row INTEGER NOT NULL, camera INTEGER NOT NULL, ts REAL NOT NULL,
+    track_id INTEGER NOT NULL, frame INTEGER NOT NULL,
+    x1 REAL NOT NULL, y1 REAL NOT NULL, x2 REAL NOT NULL, y2 REAL NOT NULL,
+    path TEXT NOT NULL, pid INTEGER NOT NULL, tracklet INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS crops_cam_ts ON crops(camera, ts);
+CREATE INDEX IF NOT EXISTS crops_cam_track ON crops(camera, track_id);
+CREATE INDEX IF NOT EXISTS crops_ts ON crops(ts);
+CREATE UNIQUE INDEX IF NOT EXISTS crops_row ON crops(row);
+CREATE TABLE IF NOT EXISTS tracklets(
+    tid INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE, camera INTEGER NOT NULL,
+    track_id INTEGER NOT NULL, n INTEGER NOT NULL, t0 REAL NOT NULL, t1 REAL NOT NULL,
+    sum BLOB, row INTEGER);
+CREATE INDEX IF NOT EXISTS tracklets_cam_t1 ON tracklets(camera, t1);
+CREATE INDEX IF NOT EXISTS tracklets_t1 ON tracklets(t1);
+"""
+
+
+def open_embedded(uri: str, create: bool, info: Optional[Dict[str, Any]]) -> EmbeddedStore:
+    """Open the embedded store in the folder ``uri`` (``file://`` prefix allowed)."""
+    path = uri[len("file://") :] if uri.lower().startswith("file://") else uri
+    return EmbeddedStore(path, create=create, info=info)
+
+
+def _chunks(a: Sequence[Any], n: int = _CHUNK):
+    for i in range(0, len(a), n):
+        yield a[i : i + n]
+
+
+def _faiss():
+    try:
+        import faiss  # noqa: PLC0415
+    except ImportError:
+        return None
+    return faiss
+
+
+def _fsync_dir(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class EmbeddedStore(GalleryStore):
+    """The gallery in one folder (see the module docstring)."""
+
+    def __init__(self, path: str, create: bool = False, info: Optional[Dict[str, Any]] = None):
+        self.path = os.path.abspath(os.path.expanduser(path))
+        self.uri = path
+        meta_file = os.path.join(self.path, "store.json")
+        if not os.path.isfile(meta_file):
+            if not create:
+                what = "no gallery store in" if os.path.isdir(self.path) else "no folder"
+                raise StoreError(
+                    f"store {path}: {what} {self.path} (expected a store folder with store.json;"
+                    " open it with create=True to make one)"
+                )
+            if info is None:
+                raise StoreError(f"store {path}: creating a store needs info with 'dim'")
+            self._create(meta_file, info)
+        with open(meta_file) as f:
+            head = json.load(f)
+        if head.get("format") != FORMAT:
+            raise StoreError(f"store {path}: {meta_file} is not a {FORMAT} store")
+        self.info = head["info"]
+        if info is not None and int(info["dim"]) != self.dim:
+            raise StoreError(
+                f"store {path} holds {self.dim}-d features; asked for dim {int(info['dim'])}"
+            )
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(
+            os.path.join(self.path, "meta.sqlite"), isolation_level=None, check_same_thread=False
+        )
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._rows = int(self._db.execute("SELECT value FROM meta WHERE key='rows'").fetchone()[0])
+        vec_file = os.path.join(self.path, "vectors.f32")
+        self._vf = open(vec_file, "r+b")  # noqa: SIM115 (held open for the store's life)
+        size, want = os.path.getsize(vec_file), self._rows * self.dim * 4
+        if size < want:
+            raise StoreError(
+                f"store {path}: vectors.f32 has {size // (4 * self.dim)} rows, the metadata"
+                f" references {self._rows}: the vector file was truncated or replaced"
+            )
+        if size > want:  # rows of a batch whose transaction never committed
+            self._vf.truncate(want)
+            self._vf.flush()
+            os.fsync(self._vf.fileno())
+        self._mm: Optional[np.ndarray] = None
+        self._index: Any = None  # faiss index of the crops (ids = vector rows), lazily
+        self._valid: Optional[np.ndarray] = None  # without faiss: live rows mask, lazily
+        self._tv: Optional[np.ndarray] = None  # tracklet features by tid, lazily
+        self._tvalid: Optional[np.ndarray] = None
+
+    # -- creation, files ------------------------------------------------------------------
+
+    def _create(self, meta_file: str, info: Dict[str, Any]) -> None:
+        os.makedirs(self.path, exist_ok=True)
+        info = dict(info)
+        info["dim"] = int(info["dim"])
+        try:
+            text = json.dumps({"format": FORMAT, "info": info}, indent=1, sort_keys=True)
+        except (TypeError, ValueError) as e:
+            raise StoreError(f"store {self.uri}: info is not JSON-able: {e}") from None
+        for name in ("meta.sqlite", "meta.sqlite-wal", "meta.sqlite-shm"):  # a half-made store
+            p = os.path.join(self.path, name)
+            if os.path.exists(p):
+                os.remove(p)
+        open(os.path.join(self.path, "vectors.f32"), "wb").close()
+        db = sqlite3.connect(os.path.join(self.path, "meta.sqlite"), isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.executescript(_SCHEMA)
+        db.close()
+        tmp = meta_file + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, meta_file)  # store.json last: its presence means "created"
+        _fsync_dir(self.path)
+
+    def _vectors(self) -> np.ndarray:
+        """The committed rows of the vector file, memory-mapped (read-only)."""
+        if self._mm is None or self._mm.shape[0] != self._rows:
+            if self._rows == 0:
+                self._mm = np.zeros((0, self.dim), np.float32)
+            else:
+                self._mm = np.memmap(
+                    os.path.join(self.path, "vectors.f32"),
+                    dtype=np.float32,
+                    mode="r",
+                    shape=(self._rows, self.dim),
+                )
+        return self._mm
+
+    def _gather(self, rows: np.ndarray) -> np.ndarray:
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.shape[0] == 0:
+            return np.zeros((0, self.dim), np.float32)
+        order = np.argsort(rows, kind="stable")
+        out = np.empty((rows.shape[0], self.dim), np.float32)
+        out[order] = self._vectors()[rows[order]]
+        return out
+
+    # -- add ------------------------------------------------------------------------------
+
+    def _present(self, ids: np.ndarray) -> np.ndarray:
+        found: set = set()
+        for part in _chunks(ids.tolist()):
+            q = f"SELECT id FROM crops WHERE id IN ({','.join('?' * len(part))})"
+            found.update(r[0] for r in self._db.execute(q, part))
+        return np.array([i in found for i in ids.tolist()], dtype=bool)
+
+    def contains(self, ids: Sequence[int]) -> np.ndarray:
+        """For each id, whether the store holds a crop with that id."""
+        with self._lock:
+            return self._present(np.asarray(ids, dtype=np.int64).reshape(-1))
+
+    def add(self, batch: CropBatch) -> int:
+        """Add a batch atomically (features are L2-normalised here); returns the number added."""
+        with self._lock:
+            self._check_dim(batch)
+            batch = batch.unique()
+            new = batch.select(~self._present(batch.ids))
+            n = len(new)
+            if n == 0:
+                return 0
+            feats = normalize(new.features)
+            r0 = self._rows
+            rows = np.arange(r0, r0 + n, dtype=np.int64)
+            # 1. the vectors, durable before any metadata references them
+            self._vf.seek(r0 * self.dim * 4)
+            self._vf.truncate()
+            self._vf.write(np.ascontiguousarray(feats).tobytes())
+            self._vf.flush()
+            os.fsync(self._vf.fileno())
+            # 2. one transaction: tracklets, crops, committed row count
+            db = self._db
+            changed: Dict[int, Optional[np.ndarray]] = {}  # tid -> new feature
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                tids = np.empty(n, np.int64)
+                tracked = np.nonzero(new.track_id >= 0)[0]
+                if len(tracked):
+                    keys = [f"{c}:{t}" for c, t in zip(new.camera[tracked], new.track_id[tracked])]
+                    uniq, inv = np.unique(np.array(keys), return_inverse=True)
+                    sums = np.zeros((len(uniq), self.dim), np.float64)
+                    np.add.at(sums, inv, feats[tracked].astype(np.float64))
+                    cnt = np.bincount(inv, minlength=len(uniq))
+                    ts = new.timestamp[tracked]
+                    t0 = np.full(len(uniq), np.inf)
+                    t1 = np.full(len(uniq), -np.inf)
+                    np.minimum.at(t0, inv, ts)
+                    np.maximum.at(t1, inv, ts)
+                    for j, key in enumerate(uniq.tolist()):
+                        row = db.execute(
+                            "SELECT tid, n, t0, t1, sum FROM tracklets WHERE key=?", (key,)
+                        ).fetchone()
+                        if row is None:
+                            cam, tr = (int(v) for v in key.split(":"))
+                            s = sums[j]
+                            cur = db.execute(
+                                "INSERT INTO tracklets(key, camera, track_id, n, t0, t1, sum)"
+                                " VALUES (?,?,?,?,?,?,?)",
+                                (
+                                    key,
+                                    cam,
+                                    tr,
+                                    int(cnt[j]),
+                                    float(t0[j]),
+                                    float(t1[j]),
+                                    s.tobytes(),
+                                ),
+                            )
+                            tid = int(cur.lastrowid)
+                        else:
+                            tid = int(row[0])
+                            s = np.frombuffer(row[4], np.float64) + sums[j]
+                            db.execute(
+                                "UPDATE tracklets SET n=?, t0=?, t1=?, sum=? WHERE tid=?",
+                                (
+                                    int(row[1] + cnt[j]),
+                                    min(float(row[2]), float(t0[j])),
+                                    max(float(row[3]), float(t1[j])),
+                                    s.tobytes(),
+                                    tid,
+                                ),
+                            )
+                        tids[tracked[inv == j]] = tid
+                        changed[tid] = normalize(s)
+                for i in np.nonzero(new.track_id < 0)[0].tolist():
+                    cid = int(new.ids[i])
+                    cur = db.execute(
+                        "INSERT INTO tracklets(key, camera, track_id, n, t0, t1, row)"
+                        " VALUES (?,?,-1,1,?,?,?)",
+                        (
+                            f"crop:{cid}",
+                            int(new.camera[i]),
+                            float(new.timestamp[i]),
+                            float(new.timestamp[i]),
+                            int(rows[i]),
+                        ),
+                    )
+                    tids[i] = int(cur.lastrowid)
+                    changed[tids[i]] = feats[i]
+                box = new.box
+                assert box is not None and new.path is not None
+                db.executemany(
+                    f"INSERT INTO crops({_CROP_COLS}, tracklet) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    zip(
+                        new.ids.tolist(),
+                        rows.tolist(),
+                        new.camera.tolist(),
+                        new.timestamp.tolist(),
+                        new.track_id.tolist(),
+                        new.frame.tolist(),
+                        box[:, 0].tolist(),
+                        box[:, 1].tolist(),
+                        box[:, 2].tolist(),
+                        box[:, 3].tolist(),
+                        new.path,
+                        new.pid.tolist(),
+                        tids.tolist(),
+                    ),
+                )
+                db.execute("UPDATE meta SET value=? WHERE key='rows'", (r0 + n,))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            self._rows = r0 + n
+            # 3. the in-memory indexes, if built
+            if self._index is not None:
+                self._index.add_with_ids(feats, rows)
+            if self._valid is not None:
+                self._valid = np.concatenate([self._valid, np.ones(n, bool)])
+            if self._tv is not None:
+                for tid, f in changed.items():
+                    self._set_tracklet(tid, f)
+            return n
+
+    # -- in-memory indexes ----------------------------------------------------------------
+
+    def _crop_index(self) -> Any:
+        faiss = _faiss()
+        if faiss is None:
+            if self._valid is None:
+                v = np.zeros(self._rows, bool)
+                live = np.fromiter(
+                    (r[0] for r in self._db.execute("SELECT row FROM crops")), np.int64
+                )
+                v[live] = True
+                self._valid = v
+            return None
+        if self._index is None:
+            index = faiss.IndexIDMap(faiss.IndexFlatIP(self.dim))
+            live = np.fromiter(
+                (r[0] for r in self._db.execute("SELECT row FROM crops ORDER BY row")), np.int64
+            )
+            mm = self._vectors()
+            for part in _chunks(live, 65536):
+                index.add_with_ids(np.ascontiguousarray(mm[part]), part)
+            self._index = index
+        return self._index
+
+    def _set_tracklet(self, tid: int, feat: Optional[np.ndarray]) -> None:
+        assert self._tv is not None and self._tvalid is not None
+        if tid >= self._tv.shape[0]:
+            cap = max(tid + 1, 2 * self._tv.shape[0], 1024)
+            tv = np.zeros((cap, self.dim), np.float32)
+            tv[: self._tv.shape[0]] = self._tv
+            valid = np.zeros(cap, bool)
+            valid[: self._tvalid.shape[0]] = self._tvalid
+            self._tv, self._tvalid = tv, valid
+        if feat is None:
+            self._tvalid[tid] = False
+            self._tv[tid] = 0
+        else:
+            self._tv[tid] = feat
+            self._tvalid[tid] = True
+
+    def _tracklet_matrix(self) -> Tuple[np.ndarray, np.ndarray]:
+        if self._tv is None:
+            top = self._db.execute("SELECT max(tid) FROM tracklets").fetchone()[0]
+            cap = max(int(top or 0) + 1, 1024)
+            self._tv = np.zeros((cap, self.dim), np.float32)
+            self._tvalid = np.zeros(cap, bool)
+            single_t, single_r = [], []
+            for tid, s, row in self._db.execute("SELECT tid, sum, row FROM tracklets"):
+                if s is None:
+                    single_t.append(tid)
+                    single_r.append(row)
+                else:
+                    self._tv[tid] = normalize(np.frombuffer(s, np.float64))
+                    self._tvalid[tid] = True
+            if single_t:
+                t = np.array(single_t, np.int64)
+                self._tv[t] = self._gather(np.array(single_r, np.int64))
+                self._tvalid[t] = True
+        assert self._tvalid is not None
+        return self._tv, self._tvalid
+
+    # -- search ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _where(
+        by: str, cameras: Optional[Sequence[int]], after: Any, before: Any
+    ) -> Tuple[str, list]:
+        conds, params = [], []
+        if cameras is not None:
+            cams = sorted({int(c) for c in cameras})
+            conds.append(f"camera IN ({','.join('?' * len(cams))})" if cams else "0")
+            params += cams
+        t0, t1 = ("ts", "ts") if by == "crop" else ("t1", "t0")
+        if after is not None:
+            conds.append(f"{t0} >= ?")
+            params.append(float(after))
+        if before is not None:
+            conds.append(f"{t1} < ?")
+            params.append(float(before))
+        return " AND ".join(conds), params
+
+    def search(
+        self,
+        queries: np.ndarray,
+        k: int,
+        by: str = "crop",
+        cameras: Optional[Sequence[int]] = None,
+        after: Optional[float] = None,
+        before: Optional[float] = None,
+    ) -> List[List[Any]]:
+        """The k nearest crops or tracklets of each query, filters applied in SQLite first.
+
+        Queries are L2-normalised; ``distance`` is ``2 - 2 cos`` ascending, ties by id. Crops:
+        ``after <= timestamp < before``; tracklets: span overlaps, ``end >= after and start <
+        before``; ``best`` is the tracklet's crop nearest the query (among all its crops).
+        """
+        with self._lock:
+            q = check_search_args(queries, k, by, self.dim, f"store {self.uri}")
+            k = int(k)
+            where, params = self._where(by, cameras, after, before)
+            if by == "crop":
+                return self._search_crops(q, k, where, params)
+            return self._search_tracklets(q, k, where, params)
+
+    def _search_crops(self, q: np.ndarray, k: int, where: str, params: list) -> List[List[Hit]]:
+        cand: List[Tuple[np.ndarray, np.ndarray]] = []  # per query: rows, scores
+        subset = None
+        if where:
+            subset = np.fromiter(
+                (r[0] for r in self._db.execute(f"SELECT row FROM crops WHERE {where}", params)),
+                np.int64,
+            )
+        if subset is not None and len(subset) <= SMALL:
+            subset.sort()
+            scores = q @ self._gather(subset).T if len(subset) else np.zeros((len(q), 0))
+            for s in scores:
+                top = _top_with_ties(s, k)
+                cand.append((subset[top], s[top]))
+        else:
+            index = self._crop_index()
+            kk = k + MARGIN
+            if index is not None:
+                faiss = _faiss()
+                params_f = None
+                if subset is not None:
+                    selector = faiss.IDSelectorBatch(subset)  # alive during the search
+                    params_f = faiss.SearchParameters(sel=selector)
+                kk = min(kk, max(index.ntotal, 1))
+                sc, rw = index.search(q, kk, params=params_f)
+                for s, r in zip(sc, rw):
+                    ok = r >= 0
+                    cand.append((r[ok], s[ok]))
+            else:
+                mask = self._valid
+                assert mask is not None
+                if subset is not None:
+                    m = np.zeros_like(mask)
+                    m[subset] = True
+                    mask = m
+                cand = _blocked_topk(self._vectors(), mask, q, kk)
+        allrows = np.unique(np.concatenate([c[0] for c in cand])) if cand else np.zeros(0, np.int64)
+        meta = self._crops_by("row", allrows.tolist())
+        out = []
+        for rows, s in cand:
+            hits = [_hit(meta[int(r)], float(d)) for r, d in zip(rows, to_distance(s))]
+            hits.sort(key=lambda h: (h.distance, h.id))
+            out.append(hits[:k])
+        return out
+
+    def _crops_by(self, col: str, values: List[int]) -> Dict[int, tuple]:
+        out: Dict[int, tuple] = {}
+        pos = 1 if col == "row" else 0
+        for part in _chunks(values):
+            sql = f"SELECT {_CROP_COLS} FROM crops WHERE {col} IN ({','.join('?' * len(part))})"
+            for r in self._db.execute(sql, part):
+                out[int(r[pos])] = r
+        return out
+
+    def _search_tracklets(
+        self, q: np.ndarray, k: int, where: str, params: list
+    ) -> List[List[TrackletHit]]:
+        tv, valid = self._tracklet_matrix()
+        cand: List[Tuple[np.ndarray, np.ndarray]] = []
+        if where:
+            sql = f"SELECT tid FROM tracklets WHERE {where}"
+            subset = np.fromiter((r[0] for r in self._db.execute(sql, params)), np.int64)
+            subset.sort()
+            if len(subset) <= SMALL:
+                scores = q @ tv[subset].T if len(subset) else np.zeros((len(q), 0))
+                for s in scores:
+                    top = _top_with_ties(s, k)
+                    cand.append((subset[top], s[top]))
+            else:
+                mask = np.zeros_like(valid)
+                mask[subset] = True
+                cand = _blocked_topk(tv, mask, q, k + MARGIN)
+        else:
+            cand = _blocked_topk(tv, valid, q, k + MARGIN)
+        tids = np.unique(np.concatenate([c[0] for c in cand])) if cand else np.zeros(0, np.int64)
+        meta: Dict[int, tuple] = {}
+        for part in _chunks(tids.tolist()):
+            sql = (
+                "SELECT tid, key, camera, track_id, t0, t1, n FROM tracklets"
+                f" WHERE tid IN ({','.join('?' * len(part))})"
+            )
+            for r in self._db.execute(sql, part):
+                meta[int(r[0])] = r
+        out = []
+        for qi, (t, s) in enumerate(cand):
+            hits = [
+                TrackletHit(
+                    tracklet=meta[int(tid)][1],
+                    camera=int(meta[int(tid)][2]),
+                    track_id=int(meta[int(tid)][3]),
+                    start=float(meta[int(tid)][4]),
+                    end=float(meta[int(tid)][5]),
+                    n_crops=int(meta[int(tid)][6]),
+                    distance=float(d),
+                )
+                for tid, d in zip(t, to_distance(s))
+            ]
+            hits.sort(key=lambda h: (h.distance, h.tracklet))
+            hits = hits[:k]
+            for h in hits:
+                h.best = self._best_crop(q[qi], h)
+            out.append(hits)
+        return out
+
+    def _best_crop(self, query: np.ndarray, h: TrackletHit) -> Hit:
+        if h.track_id < 0:
+            sql, args = f"SELECT {_CROP_COLS} FROM crops WHERE id=?", (int(h.tracklet[5:]),)
+        else:
+            sql = f"SELECT {_CROP_COLS} FROM crops WHERE camera=? AND track_id=?"
+            args = (h.camera, h.track_id)
+        rs = self._db.execute(sql, args).fetchall()
+        d = to_distance(self._gather(np.array([r[1] for r in rs], np.int64)) @ query)
+        i = min(range(len(rs)), key=lambda i: (d[i], rs[i][0]))
+        return _hit(rs[i], float(d[i]))
+
+    # -- delete ---------------------------------------------------------------------------
+
+    def delete(
+        self,
+        before: Optional[float] = None,
+        camera: Optional[int] = None,
+        track: Optional[TrackRef] = None,
+        ids: Optional[Sequence[int]] = None,
+    ) -> int:
+        """Delete the crops matching every given condition (AND); returns the number deleted.
+
+        ``before``: timestamp < before; ``camera``: that camera; ``track``: a tracklet id
+        (``"3:17"``, ``"crop:42"`` or ``(camera, track_id)``); ``ids``: those crop ids. Without
+        any condition it raises :class:`StoreError`. Tracklets are updated, removed when empty.
+        """
+        with self._lock:
+            self._delete_conditions(before, camera, track, ids, f"store {self.uri}")
+            conds, params = [], []
+            if before is not None:
+                conds.append("ts < ?")
+                params.append(float(before))
+            if camera is not None:
+                conds.append("camera = ?")
+                params.append(int(camera))
+            if track is not None:
+                key = parse_track(track)
+                a, _, b = key.partition(":")
+                if a == "crop":
+                    conds.append("id = ?")
+                    params.append(int(b))
+                else:
+                    conds.append("camera = ? AND track_id = ?")
+                    params += [int(a), int(b)]
+            db = self._db
+            if ids is not None:
+                db.execute("CREATE TEMP TABLE IF NOT EXISTS del_ids(id INTEGER PRIMARY KEY)")
+                db.execute("DELETE FROM del_ids")
+                db.executemany(
+                    "INSERT OR IGNORE INTO del_ids VALUES (?)",
+                    ((int(i),) for i in np.asarray(ids, np.int64).reshape(-1)),
+                )
+                conds.append("id IN (SELECT id FROM del_ids)")
+            sel = db.execute(
+                f"SELECT id, row, tracklet FROM crops WHERE {' AND '.join(conds)}", params
+            ).fetchall()
+            if not sel:
+                return 0
+            cid = np.array([r[0] for r in sel], np.int64)
+            rows = np.array([r[1] for r in sel], np.int64)
+            tr = np.array([r[2] for r in sel], np.int64)
+            feats = self._gather(rows).astype(np.float64)
+            uniq, inv = np.unique(tr, return_inverse=True)
+            sums = np.zeros((len(uniq), self.dim), np.float64)
+            np.add.at(sums, inv, feats)
+            cnt = np.bincount(inv, minlength=len(uniq))
+            changed: Dict[int, Optional[np.ndarray]] = {}
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for part in _chunks(cid.tolist()):
+                    db.execute(f"DELETE FROM crops WHERE id IN ({','.join('?' * len(part))})", part)
+                for j, tid in enumerate(uniq.tolist()):
+                    n, s, cam, trk = db.execute(
+                        "SELECT n, sum, camera, track_id FROM tracklets WHERE tid=?", (tid,)
+                    ).fetchone()
+                    if n - cnt[j] <= 0:
+                        db.execute("DELETE FROM tracklets WHERE tid=?", (tid,))
+                        changed[tid] = None
+                        continue
+                    s = np.frombuffer(s, np.float64) - sums[j]
+                    t0, t1 = db.execute(
+                        "SELECT min(ts), max(ts) FROM crops WHERE camera=? AND track_id=?",
+                        (cam, trk),
+                    ).fetchone()
+                    db.execute(
+                        "UPDATE tracklets SET n=?, t0=?, t1=?, sum=? WHERE tid=?",
+                        (int(n - cnt[j]), t0, t1, s.tobytes(), tid),
+                    )
+                    changed[tid] = normalize(s)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            if self._index is not None:
+                self._index.remove_ids(rows)
+            if self._valid is not None:
+                self._valid[rows] = False
+            if self._tv is not None:
+                for tid, f in changed.items():
+                    self._set_tracklet(tid, f)
+            return int(len(cid))
+
+    # -- the rest -------------------------------------------------------------------------
+
+    def stats(self) -> Dict[str, Any]:
+        """Counts of crops and tracklets, per camera, the time span, dim, info and disk use."""
+        with self._lock:
+            db = self._db
+            n, first, last = db.execute("SELECT count(*), min(ts), max(ts) FROM crops").fetchone()
+            per = db.execute("SELECT camera, count(*) FROM crops GROUP BY camera ORDER BY camera")
+            cams = {int(c): int(m) for c, m in per}
+            ntr = db.execute("SELECT count(*) FROM tracklets").fetchone()[0]
+            disk = sum(
+                os.path.getsize(os.path.join(self.path, f))
+                for f in os.listdir(self.path)
+                if os.path.isfile(os.path.join(self.path, f))
+            )
+            return {
+                "backend": "embedded",
+                "uri": self.uri,
+                "crops": int(n),
+                "tracklets": int(ntr),
+                "cameras": cams,
+                "first": first,
+                "last": last,
+                "dim": self.dim,
+                "model": self.info.get("model"),
+                "info": self.info,
+                "vector_rows": self._rows,
+                "disk_bytes": disk,
+            }
+
+    def get_tracklet(self, tracklet_id: TrackRef) -> Tuple[np.ndarray, Dict[str, Any]]:
+        """A stored tracklet's normalised feature (D,) and metadata (for query by tracklet)."""
+        with self._lock:
+            key = parse_track(tracklet_id)
+            r = self._db.execute(
+                "SELECT key, camera, track_id, t0, t1, n, sum, row FROM tracklets WHERE key=?",
+                (key,),
+            ).fetchone()
+            if r is None:
+                raise StoreError(f"store {self.uri}: no tracklet {key!r}")
+            if r[6] is None:
+                feat = self._gather(np.array([r[7]], np.int64))[0]
+            else:
+                feat = normalize(np.frombuffer(r[6], np.float64))
+            meta = dict(
+                tracklet=r[0],
+                camera=int(r[1]),
+                track_id=int(r[2]),
+                start=r[3],
+                end=r[4],
+                n_crops=r[5],
+            )
+            return feat, meta
+
+    def close(self) -> None:
+        """Close the database and the vector file (the store stays as committed)."""
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._vf.close()
+                self._db = None  # type: ignore[assignment]
+                self._mm = None
+                self._index = self._tv = None
+
+
+def _hit(r: tuple, distance: float) -> Hit:
+    return Hit(
+        id=int(r[0]),
+        distance=distance,
+        camera=int(r[2]),
+        timestamp=float(r[3]),
+        track_id=int(r[4]),
+        frame=int(r[5]),
+        box=(float(r[6]), float(r[7]), float(r[8]), float(r[9])),
+        path=str(r[10]),
+        pid=int(r[11]),
+    )
+
+
+def _top_with_ties(s: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the k best scores plus every score tied with the k-th."""
+    if s.shape[0] <= k:
+        return np.arange(s.shape[0])
+    kth = np.partition(s, s.shape[0] - k)[s.shape[0] - k]
+    return np.nonzero(s >= kth)[0]
+
+
+def _blocked_topk(
+    x: np.ndarray, mask: np.ndarray, q: np.ndarray, k: int, block: int = 65536
+) -> List[Tuple[np.ndarray, np.ndarray]]:
+    """Exact top-k (+ ties) of ``q @ x[mask].T`` over ``x`` in blocks: rows and scores per query."""
+    best = [(np.zeros(0, np.int64), np.zeros(0, np.float32)) for _ in range(len(q))]
+    for b0 in range(0, min(x.shape[0], mask.shape[0]), block):
+        m = np.nonzero(mask[b0 : b0 + block])[0]
+        if not len(m):
+            continue
+        rows = m + b0
+        sc = q @ np.asarray(x[rows]).T
+        for i in range(len(q)):
+            r = np.concatenate([best[i][0], rows])
+            s = np.concatenate([best[i][1], sc[i]])
+            top = _top_with_ties(s, k)
+            best[i] = (r[top], s[top])
+    return best
