@@ -1,0 +1,323 @@
+"""``partreid ingest``: crops from a camera into a gallery store, as the footage arrives.
+
+An input is a folder of crops, a manifest CSV, or a video with a MOT box file (the sources of
+``partreid extract``); ``--camera`` names the camera and ``--start-time`` (ISO 8601) the time of
+the first frame, ``--fps`` turns frame numbers into times (a video's own rate by default). A CSV
+with a ``timestamp`` column (ISO 8601 or seconds since the epoch; optional ``camera``,
+``track_id``, ``frame``, ``pid`` columns) gives every crop its own time.
+
+Every crop has a stable id (a hash of camera, source file, frame, track and box), so ingesting
+the same input twice adds nothing, and an ingest killed midway resumes where it stopped: the
+items already in the store are skipped before any image is decoded or any feature computed. The
+store adds each batch atomically. A store remembers the model it was built with (its
+fingerprint, :meth:`partreid.inference.ModelInfo.fingerprint`) and refuses features of another.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+import numpy as np
+
+from ..data.io import IMAGE_EXTENSIONS
+from ..data.sources import Source, SourceError, open_source, video_frame_rate
+from ..errors import InvalidValueError
+from ..inference import Extractor
+from ..inference.stream import iter_batches
+from ..store import CropBatch, GalleryStore, StoreError, open_store
+from ..utils.logs import setup_logging
+
+log = logging.getLogger("partreid")
+
+ADD_ROWS = 256  # crops per store transaction (one fsync each)
+
+
+def parse_time(value: Any, what: str = "time") -> float:
+    """Seconds since the Unix epoch from ISO 8601 (``2026-12-03T14:00:00``, ``...Z``,
+    ``...+01:00``; without an offset the time is UTC) or a number of seconds."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    text = str(value).strip()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        t = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith(("Z", "z")) else text)
+    except ValueError:
+        raise InvalidValueError(
+            f"{what} {value!r} is not a time: expected ISO 8601 such as 2026-12-03T14:00:00 "
+            "(UTC unless it says +HH:MM) or seconds since 1970-01-01"
+        ) from None
+    return (t if t.tzinfo else t.replace(tzinfo=timezone.utc)).timestamp()
+
+
+def format_time(seconds: float) -> str:
+    """ISO 8601 in UTC, to the millisecond."""
+    t = datetime.fromtimestamp(float(seconds), tz=timezone.utc)
+    return t.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def crop_ids(src: Source, camera: np.ndarray) -> np.ndarray:
+    """Stable int63 ids: a hash of camera, real source path, frame, track id and box."""
+    out = np.empty(len(src), np.int64)
+    for i, path in enumerate(src.paths):
+        box = ",".join("nan" if np.isnan(v) else f"{v:.1f}" for v in src.boxes[i])
+        key = f"{camera[i]}|{os.path.realpath(path)}|{src.frames[i]}|{src.track_ids[i]}|{box}"
+        digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
+        out[i] = int.from_bytes(digest, "little") & 0x7FFF_FFFF_FFFF_FFFF
+    return out
+
+
+@dataclass
+class Timing:
+    """Where an input's crops are and when they were seen."""
+
+    camera: np.ndarray
+    timestamp: np.ndarray
+    notes: Dict[str, Any] = field(default_factory=dict)
+
+
+def _camera_column(src: Source, camera: Optional[int]) -> np.ndarray:
+    if camera is not None:
+        return np.full(len(src), int(camera), np.int64)
+    if (src.camids >= 0).all() and len(src):  # Market-style names / manifest camid (0-based)
+        return src.camids.astype(np.int64) + 1
+    raise InvalidValueError(
+        f"{src.location}: which camera? give --camera ID (the file names do not say)"
+    )
+
+
+def source_timing(
+    src: Source, camera: Optional[int], start_time: Optional[str], fps: Optional[float]
+) -> Timing:
+    """Camera and timestamp of every item of a folder, manifest or video source."""
+    cam = _camera_column(src, camera)
+    if start_time is None:
+        raise InvalidValueError(
+            f"{src.location}: when was it recorded? give --start-time (ISO 8601, the time of "
+            "the first frame), or a CSV with a timestamp column"
+        )
+    t0 = parse_time(start_time, "--start-time")
+    if src.kind != "video":
+        return Timing(cam, np.full(len(src), t0, np.float64), {"timestamps": "--start-time"})
+    rate = float(fps) if fps else video_frame_rate(src.location)
+    if not rate or rate <= 0:
+        raise InvalidValueError(
+            f"{src.location}: the video does not say its frame rate; give --fps"
+        )
+    ts = t0 + (src.frames.astype(np.float64) - 1.0) / rate  # MOT frames count from 1
+    return Timing(cam, ts, {"fps": rate, "timestamps": "start + (frame - 1) / fps"})
+
+
+def timed_manifest(csv_path: str, camera: Optional[int]) -> Tuple[Source, Timing]:
+    """A CSV ``image,timestamp[,camera,track_id,frame,pid]`` (paths relative to the CSV)."""
+    with open(csv_path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or "image" not in rows[0]:
+        raise SourceError(f"{csv_path}: expected a header with image,timestamp[,camera,...]")
+    base = os.path.dirname(os.path.abspath(csv_path))
+
+    def col(name: str, fill: int) -> np.ndarray:
+        try:
+            return np.array([int(r.get(name) or fill) for r in rows], np.int64)
+        except ValueError as exc:
+            raise SourceError(f"{csv_path}: column {name} must hold integers ({exc})") from None
+
+    stamps = [parse_time(r["timestamp"], f"{csv_path} line {i}") for i, r in enumerate(rows, 2)]
+    cams = col("camera", -1)
+    if camera is not None:
+        cams[:] = int(camera)
+    if (cams < 0).any():
+        raise InvalidValueError(
+            f"{csv_path}: rows without a camera; add a camera column or --camera"
+        )
+    n = len(rows)
+    src = Source(
+        kind="manifest",
+        location=csv_path,
+        paths=[os.path.join(base, r["image"]) for r in rows],
+        pids=col("pid", -1),
+        camids=cams - 1,
+        frames=col("frame", -1),
+        track_ids=col("track_id", -1),
+        boxes=np.full((n, 4), np.nan, np.float32),
+    )
+    return src, Timing(cams, np.asarray(stamps, np.float64), {"timestamps": "manifest column"})
+
+
+def open_timed_source(
+    source: str,
+    boxes: Optional[str],
+    camera: Optional[int],
+    start_time: Optional[str],
+    fps: Optional[float],
+) -> Tuple[Source, Timing]:
+    """The input's items with their cameras and times (see the module docstring)."""
+    if source.lower().endswith(".csv") and os.path.isfile(source):
+        with open(source, newline="", encoding="utf-8") as f:
+            header = next(csv.reader(f), [])
+        if "timestamp" in header:
+            return timed_manifest(source, camera)
+    if (
+        os.path.isfile(source)
+        and not boxes
+        and not source.lower().endswith(IMAGE_EXTENSIONS + (".csv",))
+    ):
+        raise SourceError(f"{source} is a video: give the person boxes with --boxes gt.txt (MOT)")
+    src = open_source(source, boxes)
+    return src, source_timing(src, camera, start_time, fps)
+
+
+def model_description(extractor: Extractor) -> Dict[str, Any]:
+    """What a store records about the model whose features it holds."""
+    info = extractor.info
+    return {
+        "name": info.name,
+        "feature_dim": int(extractor.feature_dim),
+        "fingerprint": info.fingerprint(),
+        "checkpoint": extractor.source_path,
+        "dataset": info.dataset,
+        "flip": bool(extractor.flip),
+    }
+
+
+def open_store_for(uri: str, model: Dict[str, Any]) -> GalleryStore:
+    """Open (or create) ``uri`` for features of ``model``; another model is refused."""
+    info = {"dim": model["feature_dim"], "model": model}
+    store = open_store(uri, create=True, info=info)
+    have = store.info.get("model", {})
+    if have.get("fingerprint") != model["fingerprint"] or int(store.dim) != model["feature_dim"]:
+        store.close()
+        raise StoreError(
+            f"store {uri} holds {store.dim}-d features of model {have.get('name')!r} "
+            f"(fingerprint {have.get('fingerprint')}, from {have.get('checkpoint')}); "
+            f"{model['checkpoint']} is model {model['name']!r} with {model['feature_dim']}-d "
+            f"features (fingerprint {model['fingerprint']}): ingest with the store's model or "
+            "into a new store"
+        )
+    return store
+
+
+def _runs(missing: np.ndarray) -> Iterator[Tuple[int, int]]:
+    """``(start, stop)`` of every run of True in ``missing``."""
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], missing.astype(np.int8), [0]])))
+    yield from zip(edges[0::2].tolist(), edges[1::2].tolist())
+
+
+def _batch(src: Source, timing: Timing, ids: np.ndarray, idx: np.ndarray, feats) -> CropBatch:
+    boxes = src.boxes[idx].astype(np.float32)
+    xyxy = np.where(
+        np.isnan(boxes), 0.0, np.concatenate([boxes[:, :2], boxes[:, :2] + boxes[:, 2:]], 1)
+    )
+    return CropBatch(
+        ids=ids[idx],
+        features=feats,
+        camera=timing.camera[idx],
+        timestamp=timing.timestamp[idx],
+        track_id=src.track_ids[idx],
+        frame=src.frames[idx],
+        box=xyxy.astype(np.float32),
+        path=[src.paths[i] for i in idx],
+        pid=src.pids[idx],
+    )
+
+
+@dataclass
+class IngestReport:
+    """What one ingest did."""
+
+    items: int = 0
+    added: int = 0
+    already: int = 0
+    unreadable: List[str] = field(default_factory=list)
+    seconds: float = 0.0
+    store_seconds: float = 0.0
+
+    def to_dict(self) -> Dict[str, Any]:
+        """Plain values (JSON)."""
+        d = dict(self.__dict__)
+        d["unreadable"] = len(self.unreadable)
+        return d
+
+
+def ingest(extractor: Extractor, store: GalleryStore, src: Source, timing: Timing) -> IngestReport:
+    """Add every item of ``src`` that the store lacks, in atomic batches of ``ADD_ROWS``."""
+    t0 = time.time()
+    ids = crop_ids(src, timing.camera)
+    missing = ~store.contains(ids)
+    rep = IngestReport(items=len(src), already=int((~missing).sum()))
+    pending: List[Tuple[np.ndarray, np.ndarray]] = []
+
+    def flush() -> None:
+        t = time.time()
+        idx = np.concatenate([i for i, _ in pending])
+        rep.added += store.add(
+            _batch(src, timing, ids, idx, np.concatenate([f for _, f in pending]))
+        )
+        rep.store_seconds += time.time() - t
+        pending.clear()
+
+    for start, stop in _runs(missing):
+        for feats, kept, failed in iter_batches(extractor, src, start, stop, desc="ingest"):
+            rep.unreadable += [f"{src.paths[i]}: {e}" for i, e in failed]
+            if len(kept):
+                pending.append((kept, feats))
+            if sum(len(i) for i, _ in pending) >= ADD_ROWS:
+                flush()
+    if pending:
+        flush()
+    rep.seconds = time.time() - t0
+    return rep
+
+
+def ingest_command(
+    checkpoint: str,
+    source: str,
+    store_uri: str,
+    boxes: Optional[str] = None,
+    camera: Optional[int] = None,
+    start_time: Optional[str] = None,
+    fps: Optional[float] = None,
+    device: str = "auto",
+    batch_size: int = 64,
+    num_workers: int = 2,
+    progress: bool = True,
+) -> IngestReport:
+    """``partreid ingest CKPT INPUT --store STORE``: the whole command."""
+    setup_logging()
+    src, timing = open_timed_source(source, boxes, camera, start_time, fps)
+    ext = Extractor(
+        checkpoint, device=device, batch_size=batch_size, num_workers=num_workers, progress=progress
+    )
+    with open_store_for(store_uri, model_description(ext)) as store:
+        rep = ingest(ext, store, src, timing)
+        total = store.stats()
+    if rep.unreadable:
+        shown = "\n  ".join(rep.unreadable[:20])
+        log.warning(
+            "%d item(s) could not be read and were left out:\n  %s", len(rep.unreadable), shown
+        )
+    log.info(
+        "%s: %d crop(s), %d added, %d already in the store, %d unreadable, in %.1f s "
+        "(%.1f crops/s; %.1f%% of it in the store); %s now holds %d crops in %d tracklets",
+        source,
+        rep.items,
+        rep.added,
+        rep.already,
+        len(rep.unreadable),
+        rep.seconds,
+        rep.added / max(rep.seconds, 1e-9),
+        100.0 * rep.store_seconds / max(rep.seconds, 1e-9),
+        store_uri,
+        total.get("crops", 0),
+        total.get("tracklets", 0),
+    )
+    return rep

@@ -1,0 +1,247 @@
+"""``partreid search --store``, ``partreid store delete`` and ``partreid store stats``: the
+questions an investigator asks a store ("where else was this person between 14:00 and 15:30,
+on cameras 3-7?"), forgetting on request, and what a store holds."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ..data.io import list_image_files
+from ..errors import InvalidValueError, NotFoundError
+from ..inference import Extractor
+from ..store import GalleryStore, Hit, TrackletHit, open_store
+from ..utils.logs import setup_logging
+from .ingest import format_time, parse_time
+
+log = logging.getLogger("partreid")
+
+
+def parse_cameras(text: Optional[str]) -> Optional[List[int]]:
+    """``"3,4,7"`` or ``"3-7"`` (or both, ``"1,3-5"``) -> camera ids; None for no filter."""
+    if text is None or str(text).strip() == "":
+        return None
+    cams: List[int] = []
+    for part in str(text).split(","):
+        a, sep, b = part.strip().partition("-")
+        try:
+            lo, hi = int(a), int(b) if sep else int(a)
+        except ValueError:
+            raise InvalidValueError(
+                f"--cameras {text!r}: expected camera ids such as 3,4,7 or 3-7"
+            ) from None
+        cams.extend(range(min(lo, hi), max(lo, hi) + 1))
+    return sorted(set(cams))
+
+
+def _normalised_mean(feats: np.ndarray) -> np.ndarray:
+    f = feats / np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
+    m = f.mean(0)
+    return (m / max(float(np.linalg.norm(m)), 1e-12))[None, :].astype(np.float32)
+
+
+def query_feature(
+    store: GalleryStore,
+    query: Optional[str],
+    tracklet: Optional[str],
+    checkpoint: Optional[str],
+    device: str = "auto",
+    batch_size: int = 64,
+) -> Tuple[np.ndarray, str]:
+    """The query as one feature row and a description: a stored tracklet, one image, or a
+    folder of images of one person (a query tracklet: the mean of their normalised features)."""
+    if tracklet:
+        feat, meta = store.get_tracklet(tracklet)
+        return np.asarray(feat, np.float32)[None, :], f"tracklet {tracklet} ({meta})"
+    if not query:
+        raise InvalidValueError("give a query image or folder, or --tracklet CAMERA:TRACK")
+    if not os.path.exists(query):
+        raise NotFoundError(f"query not found: {query} (an image, a folder of images)")
+    ckpt = checkpoint or (store.info.get("model") or {}).get("checkpoint")
+    if not ckpt or not os.path.exists(ckpt):
+        raise NotFoundError(
+            f"the store's model {ckpt!r} is not here; give --checkpoint CKPT (the model the "
+            "store was built with)"
+        )
+    ext = Extractor(ckpt, device=device, batch_size=batch_size, num_workers=0, progress=False)
+    want = (store.info.get("model") or {}).get("fingerprint")
+    if want and ext.info.fingerprint() != want:
+        raise InvalidValueError(
+            f"{ckpt} is not the model store {store.uri} was built with (fingerprint "
+            f"{ext.info.fingerprint()} vs {want})"
+        )
+    paths = list_image_files(query)[0] if os.path.isdir(query) else [query]
+    if not paths:
+        raise NotFoundError(f"no images under {query}")
+    return _normalised_mean(ext(paths)), f"{len(paths)} image(s) of {query}"
+
+
+def _crop_record(rank: int, h: Hit) -> Dict[str, Any]:
+    return {
+        "rank": rank,
+        "id": int(h.id),
+        "distance": round(float(h.distance), 6),
+        "camera": int(h.camera),
+        "time": format_time(h.timestamp),
+        "tracklet": h.tracklet,
+        "frame": int(h.frame),
+        "box": [round(float(v), 1) for v in h.box],
+        "path": h.path,
+        "pid": int(h.pid),
+    }
+
+
+def _tracklet_record(rank: int, t: TrackletHit) -> Dict[str, Any]:
+    rec = {
+        "rank": rank,
+        "tracklet": t.tracklet,
+        "distance": round(float(t.distance), 6),
+        "camera": int(t.camera),
+        "track_id": int(t.track_id),
+        "start": format_time(t.start),
+        "end": format_time(t.end),
+        "n_crops": int(t.n_crops),
+    }
+    if t.best is not None:
+        best = _crop_record(0, t.best)
+        rec.update(best_time=best["time"], best_frame=best["frame"], best_path=best["path"])
+        rec.update(best_box=best["box"], best_distance=best["distance"])
+    return rec
+
+
+def search_store(
+    store: GalleryStore,
+    feature: np.ndarray,
+    topk: int,
+    by: str = "tracklet",
+    cameras: Optional[Sequence[int]] = None,
+    after: Optional[float] = None,
+    before: Optional[float] = None,
+    exclude: Optional[str] = None,
+) -> List[Dict[str, Any]]:
+    """The top-``topk`` crops or tracklets of one query feature as plain records (``exclude``:
+    a tracklet id left out, the query's own)."""
+    extra = 1 if exclude else 0
+    hits = store.search(feature, topk + extra, by=by, cameras=cameras, after=after, before=before)
+    rows = [h for h in hits[0] if not exclude or (h.tracklet != exclude)][:topk]
+    make = _tracklet_record if by == "tracklet" else _crop_record
+    return [make(i, h) for i, h in enumerate(rows, 1)]
+
+
+def _write(path: str, records: List[Dict[str, Any]], header: Dict[str, Any]) -> None:
+    if path.lower().endswith(".csv"):
+        with open(path, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(records[0]) if records else ["rank"])
+            w.writeheader()
+            for r in records:
+                w.writerow({k: json.dumps(v) if isinstance(v, list) else v for k, v in r.items()})
+    else:
+        with open(path, "w") as f:
+            json.dump({**header, "results": records}, f, indent=1)
+
+
+def _print(records: List[Dict[str, Any]], by: str) -> None:
+    for r in records:
+        if by == "tracklet":
+            print(
+                f"{r['rank']:3d}  {r['distance']:.4f}  camera {r['camera']:<4d} tracklet "
+                f"{r['tracklet']:<12s} {r['start']} .. {r['end']}  {r['n_crops']:4d} crops  "
+                f"best {r.get('best_path', '')} frame {r.get('best_frame', -1)}"
+            )
+        else:
+            print(
+                f"{r['rank']:3d}  {r['distance']:.4f}  camera {r['camera']:<4d} {r['time']}  "
+                f"tracklet {r['tracklet']:<12s} frame {r['frame']:<6d} {r['path']}"
+            )
+
+
+def search_store_command(
+    store_uri: str,
+    query: Optional[str],
+    topk: int = 10,
+    by: str = "tracklet",
+    cameras: Optional[str] = None,
+    after: Optional[str] = None,
+    before: Optional[str] = None,
+    tracklet: Optional[str] = None,
+    checkpoint: Optional[str] = None,
+    out: Optional[str] = None,
+    device: str = "auto",
+) -> List[Dict[str, Any]]:
+    """``partreid search --store STORE QUERY``: print or write the filtered top-K."""
+    setup_logging()
+    cams = parse_cameras(cameras)
+    t_after = parse_time(after, "--after") if after else None
+    t_before = parse_time(before, "--before") if before else None
+    with open_store(store_uri) as store:
+        feature, what = query_feature(store, query, tracklet, checkpoint, device)
+        records = search_store(store, feature, topk, by, cams, t_after, t_before, tracklet)
+    header = {
+        "store": store_uri,
+        "query": what,
+        "by": by,
+        "cameras": cams,
+        "after": format_time(t_after) if t_after is not None else None,
+        "before": format_time(t_before) if t_before is not None else None,
+        "topk": topk,
+    }
+    if out:
+        _write(out, records, header)
+        log.info("%d result(s) for %s -> %s", len(records), what, out)
+    else:
+        _print(records, by)
+    return records
+
+
+def track_ref(track: Optional[str], camera: Optional[int]) -> Optional[str]:
+    """``--track 3:17``, or ``--track 17`` with ``--camera 3``, as the store's tracklet id."""
+    if track is None:
+        return None
+    if ":" in str(track):
+        return str(track)
+    if camera is None:
+        raise InvalidValueError(f"--track {track}: give CAMERA:TRACK, or --camera with it")
+    return f"{int(camera)}:{int(track)}"
+
+
+def delete_command(
+    store_uri: str,
+    before: Optional[str] = None,
+    camera: Optional[int] = None,
+    track: Optional[str] = None,
+) -> int:
+    """``partreid store delete STORE --before T / --camera C / --track ID``."""
+    setup_logging()
+    t_before = parse_time(before, "--before") if before else None
+    with open_store(store_uri) as store:
+        n = store.delete(before=t_before, camera=camera, track=track_ref(track, camera))
+        left = store.stats()
+    log.info("deleted %d crop(s) from %s; %d left", n, store_uri, left.get("crops", 0))
+    return n
+
+
+def stats_command(store_uri: str, as_json: bool = False) -> Dict[str, Any]:
+    """``partreid store stats STORE``: counts per camera, time span, dimension, model."""
+    with open_store(store_uri) as store:
+        st = store.stats()
+    if as_json:
+        print(json.dumps(st, indent=1, default=str))
+        return st
+    model = st.get("model") or {}
+    span = (
+        f"{format_time(st['first'])} .. {format_time(st['last'])}"
+        if st.get("first") is not None
+        else "empty"
+    )
+    print(f"store     {store_uri} ({st.get('backend', '?')})")
+    print(f"crops     {st.get('crops', 0)} in {st.get('tracklets', 0)} tracklets")
+    print(f"span      {span}")
+    print(f"features  {st.get('dim')}-d, model {model.get('name')} ({model.get('checkpoint')})")
+    for cam, n in sorted((st.get("cameras") or {}).items()):
+        print(f"camera {cam:<4}{n:8d} crops")
+    return st
