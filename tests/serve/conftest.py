@@ -194,7 +194,13 @@ def store_setup(serve_setup, tmp_path_factory):
         runtime="torch",
     )
     store = open_store(store_dir)
+    query = os.path.join(
+        data,
+        "query",
+        next(n for n in sorted(os.listdir(os.path.join(data, "query"))) if n.startswith("0009_c2")),
+    )
     yield {
+        "query_image": query,
         "root": root,
         "checkpoint": ckpt,
         "store_dir": store_dir,

@@ -55,10 +55,7 @@ def guarded(store_setup, tmp_path_factory):
 
 def _query_image(store_setup) -> str:
     """A crop of the store (camera 2, identity 9) as the uploaded query."""
-    with open(store_setup["manifest"]) as f:
-        rows = f.read().splitlines()[1:]
-    rel = next(r.split(",")[0] for r in rows if "/query/0009_c2" in r)
-    return os.path.normpath(os.path.join(os.path.dirname(store_setup["manifest"]), rel))
+    return store_setup["query_image"]
 
 
 def _feature(worker, path) -> np.ndarray:
