@@ -324,3 +324,23 @@ def test_store_of_another_model_is_refused(store_setup):
         check_store_model(other, store_setup["store"])
     assert default_audit_path("/data/site", "/c") == os.path.join("/data/site", "audit.log")
     assert default_audit_path("milvus:///abs/site.db", "/c") == os.path.join("/c", "audit.log")
+
+
+def test_gallery_server_with_a_token_is_guarded_too(serve_setup):
+    from fastapi.testclient import TestClient
+
+    from partreid.serve import create_app
+
+    with TestClient(create_app(serve_setup["worker"], token=TOKEN)) as c:
+        assert c.get("/api/health").status_code == 401
+        assert c.get("/api/gallery/0/image").status_code == 401
+        ok = {"Authorization": f"Bearer {TOKEN}"}
+        assert c.get("/api/health", headers=ok).json()["status"] == "ok"
+        assert c.get("/").status_code == 200 and "auth.js" in c.get("/").text
+
+
+def test_cli_refuses_an_exposed_server_without_a_token(tmp_path, capsys):
+    from partreid.cli import main
+
+    assert main(["serve", "no-such.pth", "--store", str(tmp_path), "--host", "0.0.0.0"]) == 2
+    assert "--token-file" in capsys.readouterr().err

@@ -146,7 +146,7 @@ def build_worker(
 @dataclass
 class Access:
     """Who may use a server and where its audit goes: ``token`` (None: anyone who reaches it),
-    ``audit_log`` (a path; None: the default for a store, none for a gallery)."""
+    ``audit_log`` (a path for a store server's audit; None: :func:`default_audit_path`)."""
 
     token: Optional[str] = None
     audit_log: Optional[str] = None
@@ -157,9 +157,7 @@ def _build_app(
 ) -> Tuple[Any, Callable[[], None]]:
     """The app over the worker's gallery or the store at ``store_uri``, and its closer."""
     if store_uri is None:
-        audit = AuditLog(access.audit_log) if access.audit_log else None
-        app = create_app(worker, token=access.token, audit=audit)
-        return app, (audit.close if audit else (lambda: None))
+        return create_app(worker, token=access.token), (lambda: None)
     store = open_store(store_uri)
     try:
         check_store_model(worker, store)
@@ -263,6 +261,10 @@ def serve_command(
         raise InvalidValueError(f"--max-upload-mb must be positive, got {max_upload_mb}")
     if (gallery is None) == (store is None):
         raise InvalidValueError("give either --gallery (a fixed gallery) or --store (a store)")
+    if audit_log and store is None:
+        raise InvalidValueError(
+            "--audit-log logs store searches and deletions: use it with --store"
+        )
     access = Access(check_exposure(host, token_file), audit_log)  # before loading anything
     limits = ServeLimits(
         max_upload_bytes=int(max_upload_mb * 1024 * 1024),
