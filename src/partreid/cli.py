@@ -165,6 +165,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_topk=args.max_topk,
         max_page_size=args.max_page_size,
         runtime=args.runtime,
+        store=args.store,
+        token_file=args.token_file,
+        audit_log=args.audit_log,
     )
 
 
@@ -399,16 +402,31 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 def _add_serve(sub: argparse._SubParsersAction) -> None:
     sv = sub.add_parser("serve", help="search a gallery over HTTP, with a web page")
     sv.add_argument("checkpoint", help="partreid checkpoint (.pth) or exported ONNX model")
-    sv.add_argument(
+    what = sv.add_mutually_exclusive_group(required=True)
+    what.add_argument(
         "--gallery",
-        required=True,
         help="a folder of crops (extracted and indexed once, then cached), a features .npz "
         "from `partreid extract`, or an index folder from `partreid index`",
+    )
+    what.add_argument(
+        "--store",
+        help="a gallery store (a folder, or milvus:///abs/site.db, milvus://host:port) filled "
+        "by `partreid ingest`: search it by camera, time and tracklet",
     )
     sv.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (default: local only)"
     )
     sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument(
+        "--token-file",
+        help="a file (chmod 600) holding the access token every /api request must present "
+        "(Authorization: Bearer, or the page's login); required unless --host is loopback",
+    )
+    sv.add_argument(
+        "--audit-log",
+        help="append one JSON line per search and deletion here (default with --store: "
+        "audit.log in the store folder, else in the cache folder)",
+    )
     sv.add_argument(
         "--cache",
         help="cache folder for a crop folder's features and index "

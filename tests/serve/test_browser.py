@@ -46,17 +46,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def live_server(serve_setup):
-    """uvicorn on 127.0.0.1:<free port> in a thread, over the session's worker."""
+def _run_live(app):
+    """uvicorn on 127.0.0.1:<free port> in a thread; yields its URL, stops it after."""
     uvicorn = pytest.importorskip("uvicorn")
-    from partreid.serve import create_app
-
     port = _free_port()
-    config = uvicorn.Config(
-        create_app(serve_setup["worker"]), host="127.0.0.1", port=port, log_level="warning"
-    )
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.time() + 20
@@ -67,6 +61,15 @@ def live_server(serve_setup):
     yield f"http://127.0.0.1:{port}"
     server.should_exit = True
     thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def live_server(serve_setup):
+    """uvicorn on 127.0.0.1:<free port> in a thread, over the session's worker."""
+    pytest.importorskip("uvicorn")
+    from partreid.serve import create_app
+
+    yield from _run_live(create_app(serve_setup["worker"]))
 
 
 def _install_chromium() -> str:
@@ -198,4 +201,110 @@ def test_page_uploads_a_crop_and_shows_the_ranked_gallery(
     assert outside == [], f"the page fetched from elsewhere: {outside}"
     # the only console errors: the refused symlinked crop (403) and the bad upload (400)
     assert [e for e in errors if not re.search(r"status of 40[03] ", e)] == []
+    page.close()
+
+
+STORE_SCREENSHOT_COPY = "/tmp/partreid_serve_store_screenshot.png"
+STORE_TOKEN = "browser-test-token-0123456789abcdef"
+TCARDS_SETTLED = """() => { const cs = [...document.querySelectorAll('#results .tcard')];
+  return cs.length > 0 && cs.every(c => c.classList.contains('missing')
+    || (c.querySelector('img').complete && c.querySelector('img').naturalWidth > 0)); }"""
+FIRST_TRACKLET_IS = """(t) => { const c = document.querySelector('#results .tcard');
+  return c !== null && c.dataset.tracklet === t; }"""
+
+
+@pytest.fixture(scope="module")
+def store_server(store_setup, tmp_path_factory):
+    """The store app, token-protected and audited, live on a free local port."""
+    pytest.importorskip("uvicorn")
+    from partreid.serve import create_app
+    from partreid.serve.access import AuditLog
+
+    audit = AuditLog(str(tmp_path_factory.mktemp("audit") / "audit.log"))
+    app = create_app(
+        store_setup["worker"], store=store_setup["store"], token=STORE_TOKEN, audit=audit
+    )
+    yield from _run_live(app)
+    audit.close()
+
+
+def _card_texts(page):
+    return [
+        (c.get_attribute("data-tracklet"), c.query_selector(".when").inner_text())
+        for c in page.query_selector_all("#results .tcard")
+    ]
+
+
+def test_store_page_logs_in_filters_and_groups_by_tracklet(
+    browser, store_server, store_setup, tmp_path
+):
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.goto(store_server + "/")
+    # 1. the token prompt; a wrong token is refused, the right one opens the page
+    page.wait_for_selector("#login-token")
+    page.fill("#login-token", "wrong")
+    page.click(".login button")
+    page.wait_for_function("() => document.getElementById('login-error').textContent !== ''")
+    page.fill("#login-token", STORE_TOKEN)
+    page.click(".login button")
+    page.wait_for_function(
+        "() => document.getElementById('meta').textContent.includes('tracklets')"
+    )
+    meta = page.inner_text("#meta")
+    st = store_setup["store"].stats()
+    assert f"{st['crops']} crops in {st['tracklets']} tracklets" in meta and "4 cameras" in meta
+
+    # 2. upload: tracklets, the query's own first, each card with its best crop and a timeline
+    page.set_input_files("#file", store_setup["query_image"])
+    page.wait_for_function(FIRST_TRACKLET_IS, arg="2:9")
+    page.wait_for_function(TCARDS_SETTLED)
+    first = page.query_selector("#results .tcard")
+    assert "2 crops" in first.inner_text() and "camera 2" in first.inner_text()
+    assert first.query_selector(".timeline .seg-span") is not None
+
+    # 3. filters: cameras 1 and 9 (chips), from 14:00:00.5 UTC on, sorted by time
+    page.click("#cam-chips .chip[data-camera='1']")
+    page.click("#cam-chips .chip[data-camera='9']")
+    assert page.input_value("#cameras") == "1,9"
+    page.fill("#after", "2026-12-03T14:00:00")
+    page.click("#run")
+    page.wait_for_function(SUMMARY_HAS, arg="cameras 1, 9")
+    page.wait_for_function(TCARDS_SETTLED)
+    cams = [c.inner_text() for c in page.query_selector_all("#results .tcard .cam")]
+    assert cams and all(c.startswith(("camera 1 ", "camera 9 ")) for c in cams)
+    page.click("#sort-time")
+    starts = [w for _, w in _card_texts(page)]
+    assert starts == sorted(starts)
+    shot = tmp_path / "serve_store.png"
+    page.screenshot(path=str(shot), full_page=True)
+    shutil.copy(shot, STORE_SCREENSHOT_COPY)
+    print(f"screenshot: {shot} (copied to {STORE_SCREENSHOT_COPY})")
+
+    # 4. by crop: the crops found, grouped by their tracklet
+    page.select_option("#by", "crop")
+    page.wait_for_function(SUMMARY_HAS, arg="by crop")
+    page.wait_for_function(TCARDS_SETTLED)
+    assert "matching crops" in page.inner_text("#results .tcard")
+    tracklets = [t for t, _ in _card_texts(page)]
+    assert len(tracklets) == len(set(tracklets))
+    page.screenshot(path=str(tmp_path / "serve_store_crops.png"), full_page=True)
+    shutil.copy(tmp_path / "serve_store_crops.png", "/tmp/partreid_serve_store_crops.png")
+    page.select_option("#by", "tracklet")
+    page.wait_for_function(SUMMARY_HAS, arg="by tracklet")
+
+    # 5. a click on a card searches with its tracklet, which is left out of its results
+    tid = page.query_selector("#results .tcard").get_attribute("data-tracklet")
+    page.click("#results .tcard")
+    page.wait_for_function(SUMMARY_HAS, arg=f"tracklet {tid}")
+    assert tid not in [t for t, _ in _card_texts(page)]
+
+    # 6. a bad filter shows the server's message naming the field
+    page.fill("#cameras", "3-x")
+    page.click("#run")
+    page.wait_for_selector("#status.error")
+    assert page.inner_text("#status").startswith("cameras")
+    assert [e for e in errors if not re.search(r"status of 4(01|22) ", e)] == []
     page.close()

@@ -5,11 +5,21 @@ serving. Also the one error for a missing ``serve`` extra."""
 import logging
 from typing import Any
 
-from ..errors import MissingExtraError
+from ..errors import MissingExtraError, PartreidError
+from ..store import StoreError
 from .gallery import GalleryPathError
 from .worker import UploadError
 
 log = logging.getLogger("partreid")
+
+
+class RequestError(PartreidError, ValueError):
+    """A request the server cannot answer as asked; ``status`` is the HTTP status, the message
+    starts with the field it is about (``"after: ..."``)."""
+
+    def __init__(self, message: str, status: int = 422):
+        super().__init__(message)
+        self.status = status
 
 
 def missing_extra(exc: ImportError) -> MissingExtraError:
@@ -66,6 +76,14 @@ def add_error_handlers(app: Any) -> None:
     @app.exception_handler(GalleryPathError)
     async def _path_error(request: Request, exc: GalleryPathError):
         return _error(exc.status, str(exc))
+
+    @app.exception_handler(RequestError)
+    async def _request_error(request: Request, exc: RequestError):
+        return _error(exc.status, str(exc))
+
+    @app.exception_handler(StoreError)
+    async def _store_error(request: Request, exc: StoreError):
+        return _error(400, str(exc))
 
     @app.exception_handler(HTTPException)
     async def _http_error(request: Request, exc: HTTPException):

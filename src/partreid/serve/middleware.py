@@ -5,7 +5,9 @@ Pure ASGI on purpose: an exception raised from ``receive`` reaches FastAPI's bod
 the 413 HTTPException it is (``BaseHTTPMiddleware`` would wrap it into a 400).
 """
 
-from typing import Any, Awaitable, Callable, Dict
+from typing import Any, Awaitable, Callable, Dict, Optional
+
+from .access import TokenGuard
 
 Message = Dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -75,10 +77,13 @@ class NoSniff:
         await self.app(scope, receive, send_nosniff)
 
 
-def add_size_limit_and_nosniff(app: Any, upload_limit: int) -> None:
+def add_size_limit_and_nosniff(app: Any, upload_limit: int, token: Optional[str] = None) -> None:
     """Wrap ``app`` so bodies over ``upload_limit`` (plus multipart slack) get a 413 and every
-    response carries ``nosniff`` (the 413s too)."""
+    response carries ``nosniff`` (the 413s too); with ``token``, ``/api/*`` requests without it
+    get a 401 before their body is read (:class:`~partreid.serve.access.TokenGuard`)."""
     app.add_middleware(
         BodySizeLimit, max_bytes=upload_limit + MULTIPART_SLACK, upload_limit=upload_limit
     )
+    if token:
+        app.add_middleware(TokenGuard, token=token)
     app.add_middleware(NoSniff)  # added last: outermost

@@ -129,8 +129,10 @@ async def _read_upload(image: Any, limits: ServeLimits) -> bytes:
     return data
 
 
-async def _upload_tensor(worker: SearchWorker, limits: ServeLimits, image: Any) -> Tuple[Any, Any]:
-    """``(PIL image, model input tensor)`` of an upload, decoded off the event loop."""
+async def read_upload_tensor(
+    worker: SearchWorker, limits: ServeLimits, image: Any
+) -> Tuple[bytes, Any, Any]:
+    """``(bytes, PIL image, model input tensor)`` of an upload, decoded off the event loop."""
     from starlette.concurrency import run_in_threadpool
 
     data = await _read_upload(image, limits)
@@ -139,7 +141,14 @@ async def _upload_tensor(worker: SearchWorker, limits: ServeLimits, image: Any) 
         img = decode_upload(data, limits, f"upload {image.filename!r}")
         return img, worker.preprocess(img)
 
-    return await run_in_threadpool(decode)
+    img, tensor = await run_in_threadpool(decode)
+    return data, img, tensor
+
+
+async def _upload_tensor(worker: SearchWorker, limits: ServeLimits, image: Any) -> Tuple[Any, Any]:
+    """``(PIL image, model input tensor)`` of an upload, decoded off the event loop."""
+    _, img, tensor = await read_upload_tensor(worker, limits, image)
+    return img, tensor
 
 
 def _need_heatmap(worker: SearchWorker) -> None:
@@ -236,9 +245,9 @@ def _swagger_assets() -> Optional[str]:
     return os.path.join(os.path.dirname(fastapi_offline.__file__), "static")
 
 
-def page_router(swagger_urls: Dict[str, str]) -> Any:
-    """``GET /`` (the web page, under its Content-Security-Policy) and ``GET /docs`` (Swagger UI
-    from ``swagger_urls``; FastAPI's CDN files when empty)."""
+def page_router(swagger_urls: Dict[str, str], page_file: str = "index.html") -> Any:
+    """``GET /`` (the web page ``static/<page_file>``, under its Content-Security-Policy) and
+    ``GET /docs`` (Swagger UI from ``swagger_urls``; FastAPI's CDN files when empty)."""
     from fastapi import APIRouter, Request
     from fastapi.openapi.docs import get_swagger_ui_html
     from fastapi.responses import FileResponse
@@ -248,7 +257,7 @@ def page_router(swagger_urls: Dict[str, str]) -> Any:
     @router.get("/", include_in_schema=False)
     def page():
         return FileResponse(
-            os.path.join(STATIC_DIR, "index.html"),
+            os.path.join(STATIC_DIR, page_file),
             headers={"Content-Security-Policy": PAGE_CSP, "Cache-Control": "no-cache"},
         )
 
@@ -262,9 +271,9 @@ def page_router(swagger_urls: Dict[str, str]) -> Any:
     return router
 
 
-def add_page(app: Any) -> None:
-    """The web page, its static files (``/static``) and the API docs (``/docs``, offline when
-    ``fastapi-offline`` is installed) on ``app``."""
+def add_page(app: Any, page_file: str = "index.html") -> None:
+    """The web page (``static/<page_file>``), its static files (``/static``) and the API docs
+    (``/docs``, offline when ``fastapi-offline`` is installed) on ``app``."""
     from fastapi.staticfiles import StaticFiles
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
@@ -277,4 +286,4 @@ def add_page(app: Any) -> None:
             "swagger_css_url": "/docs-static/swagger-ui.css",
             "swagger_favicon_url": "/docs-static/favicon.png",
         }
-    app.include_router(page_router(urls))
+    app.include_router(page_router(urls, page_file))

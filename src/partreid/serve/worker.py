@@ -143,8 +143,8 @@ def heatmap_png(maps: Dict[str, Any], height: int, width: int) -> bytes:
 
 @dataclass
 class _Job:
-    kind: str  # "image" | "feature" | "heatmap"
-    data: Any  # preprocessed tensor (image, heatmap) or feature row (feature)
+    kind: str  # "image" | "feature" | "heatmap" | "embed"
+    data: Any  # preprocessed tensor (image, heatmap, embed) or feature row (feature)
     topk: int
     rerank: bool
     future: Future
@@ -159,12 +159,16 @@ def _settle(job: _Job, fn, *args) -> None:
 
 
 class SearchWorker:
-    """The model (an :class:`~partreid.inference.Extractor`), the gallery, one worker thread."""
+    """The model (an :class:`~partreid.inference.Extractor`), the gallery, one worker thread.
+
+    Without a gallery (``gallery=None``, a server over a store) only :meth:`submit_embed` and
+    :meth:`submit_heatmap` work: the worker batches the model's forward passes, the store
+    searches."""
 
     def __init__(
         self,
         extractor: Extractor,
-        gallery: ServedGallery,
+        gallery: Optional[ServedGallery],
         limits: ServeLimits,
         module: Optional[nn.Module] = None,
     ):
@@ -176,9 +180,10 @@ class SearchWorker:
         self.info = module.info if module is not None else extractor.info
         self.runtime = "onnxruntime" if getattr(extractor, "onnx", None) is not None else "torch"
         self.transform = self.info.transform()
-        gallery.features.check_dim(
-            int(extractor.feature_dim), f"the model ({self.info.name})", gallery.source
-        )
+        if gallery is not None:
+            gallery.features.check_dim(
+                int(extractor.feature_dim), f"the model ({self.info.name})", gallery.source
+            )
         self._queue: queue.Queue = queue.Queue()
         self._stats = {"batches": 0, "queries": 0, "model_s": 0.0, "search_s": 0.0, "busy_s": 0.0}
         self._stats_lock = threading.Lock()
@@ -223,6 +228,10 @@ class SearchWorker:
     def submit_feature(self, feature: np.ndarray, topk: int, rerank: bool) -> Future:
         """Search with a feature row (a gallery item as query)."""
         return self._submit(_Job("feature", feature, topk, rerank, Future()))
+
+    def submit_embed(self, tensor) -> Future:
+        """The feature row of a preprocessed query image (batched with other requests)."""
+        return self._submit(_Job("embed", tensor, 0, False, Future()))
 
     def submit_heatmap(self, tensor) -> Future:
         """The query's combined activation map as PNG bytes."""
@@ -277,7 +286,7 @@ class SearchWorker:
         searches = [j for j in jobs if j.kind != "heatmap"]
         if not searches:
             return
-        images = [j for j in searches if j.kind == "image"]
+        images = [j for j in searches if j.kind in ("image", "embed")]
         feats: Dict[int, np.ndarray] = {}
         t0 = time.perf_counter()
         if images:
@@ -287,12 +296,17 @@ class SearchWorker:
             if j.kind == "feature":
                 feats[id(j)] = np.asarray(j.data, dtype=np.float32)
         t1 = time.perf_counter()
+        for j in [j for j in searches if j.kind == "embed"]:
+            j.future.set_result(feats[id(j)].copy())
+        searches = [j for j in searches if j.kind != "embed"]
         groups: Dict[Tuple[int, bool], List[_Job]] = {}
         for j in searches:
             groups.setdefault((j.topk, j.rerank), []).append(j)
         for (topk, rerank), group in groups.items():
             q = np.stack([feats[id(j)] for j in group])
             try:
+                if self.gallery is None:
+                    raise RuntimeError("this worker has no gallery to search (a store server)")
                 dist, idx = self.gallery.index.search(q, topk=topk, rerank=rerank)
             except Exception as exc:
                 for j in group:

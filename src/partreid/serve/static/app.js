@@ -21,7 +21,7 @@ function setStatus(text, kind) {
 }
 
 async function api(url, options) {
-  const res = await fetch(url, options);
+  const res = await partreidAuth.authFetch(url, options);
   const type = res.headers.get("content-type") || "";
   const body = type.includes("application/json") ? await res.json() : null;
   if (!res.ok) {
@@ -207,10 +207,10 @@ async function run() {
 }
 
 async function itemHeatmap(item) {
-  const blob = await (await fetch(item.image_url)).blob();
+  const blob = await (await partreidAuth.authFetch(item.image_url)).blob();
   const form = new FormData();
   form.append("image", blob, item.path.split("/").pop());
-  const res = await fetch("/api/heatmap", { method: "POST", body: form });
+  const res = await partreidAuth.authFetch("/api/heatmap", { method: "POST", body: form });
   if (!res.ok) throw new Error((await res.json()).detail);
   return URL.createObjectURL(await res.blob());
 }

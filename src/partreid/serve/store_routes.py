@@ -1,0 +1,321 @@
+"""``partreid serve --store``: the page's questions to a gallery store, over HTTP.
+
+    GET  /api/store/stats                          crops, tracklets, cameras, span, model
+    POST /api/store/search (multipart 'image')     top-K tracklets (or crops) of an upload
+         ?topk=&by=tracklet|crop&cameras=3,4|3-7&after=ISO&before=ISO
+    GET  /api/store/search_tracklet?tracklet=3:17&topk=&by=&cameras=&after=&before=
+                                                   the same for a stored tracklet (itself left out)
+    GET  /api/store/crops/{id}                     a returned crop (JPEG), by the id of a result
+    POST /api/store/delete?before=ISO&camera=&track=   forget crops (at least one condition)
+
+Results are :func:`partreid.deploy.store_search.search_store`'s records, each with
+``crop_id`` and ``image_url`` added. Times are UTC. Every search and deletion is audited.
+"""
+
+import asyncio
+import threading
+import time
+from dataclasses import dataclass
+from typing import Annotated, Any, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from ..deploy.ingest import format_time, parse_time
+from ..deploy.store_search import parse_cameras, search_store, track_ref
+from ..errors import PartreidError
+from ..store import GalleryStore, StoreError
+from .access import AuditLog, sha256_hex
+from .crops import CropRef, CropRegistry, crop_jpeg
+from .error_responses import RequestError
+from .routes import read_upload_tensor
+from .worker import SearchWorker, ServeLimits
+
+BY_PATTERN = "^(tracklet|crop)$"
+
+
+@dataclass
+class Filters:
+    """A search's filters, parsed: camera ids, ``[after, before)`` in epoch seconds, by, top-K."""
+
+    cameras: Optional[List[int]]
+    after: Optional[float]
+    before: Optional[float]
+    by: str = "tracklet"
+    topk: int = 10
+
+    def to_dict(self) -> Dict[str, Any]:
+        """JSON copy, times as ISO 8601 UTC."""
+        return {
+            "cameras": self.cameras,
+            "after": None if self.after is None else format_time(self.after),
+            "before": None if self.before is None else format_time(self.before),
+            "by": self.by,
+            "topk": self.topk,
+        }
+
+
+def _time_field(value: Optional[str], name: str) -> Optional[float]:
+    if value is None or not str(value).strip():
+        return None
+    try:
+        return parse_time(value, name)
+    except PartreidError as exc:
+        raise RequestError(f"{name}: {exc}", 422) from None
+
+
+def parse_filters(
+    cameras: Optional[str], after: Optional[str], before: Optional[str], by: str, topk: int
+) -> Filters:
+    """Filters from query strings; a malformed one is a 422 naming its field."""
+    try:
+        cams = parse_cameras(cameras)
+    except PartreidError:
+        raise RequestError(
+            f"cameras: {cameras!r} is not a camera list; expected ids such as 3,4,7 or 3-7", 422
+        ) from None
+    t_after, t_before = _time_field(after, "after"), _time_field(before, "before")
+    if t_after is not None and t_before is not None and t_before <= t_after:
+        raise RequestError(f"before: {before!r} is not later than after {after!r}", 422)
+    return Filters(cams, t_after, t_before, by, topk)
+
+
+def _client(request: Any) -> Optional[str]:
+    return request.client.host if request.client else None
+
+
+class StoreService:
+    """The served store (one request at a time), the registry of returned crops, the audit."""
+
+    def __init__(
+        self,
+        store: GalleryStore,
+        audit: Optional[AuditLog],
+        registry: Optional[CropRegistry] = None,
+    ):
+        self.store = store
+        self.audit = audit
+        self.registry = registry or CropRegistry()
+        self.lock = threading.Lock()
+
+    def summary(self) -> Dict[str, Any]:
+        """Crops, tracklets, cameras, time span (UTC) and model of the store (JSON-ready)."""
+        with self.lock:
+            st = self.store.stats()
+        model = st.get("model") or self.store.info.get("model") or {}
+        first, last = st.get("first"), st.get("last")
+        return {
+            "uri": self.store.uri,
+            "backend": st.get("backend"),
+            "crops": int(st.get("crops", 0)),
+            "tracklets": int(st.get("tracklets", 0)),
+            "cameras": [
+                {"camera": int(c), "crops": int(n)}
+                for c, n in sorted((st.get("cameras") or {}).items())
+            ],
+            "first": None if first is None else format_time(first),
+            "last": None if last is None else format_time(last),
+            "dim": int(st.get("dim") or self.store.dim),
+            "model": {
+                k: model.get(k) for k in ("name", "feature_dim", "fingerprint", "checkpoint")
+            },
+        }
+
+    def tracklet_feature(self, tracklet: str) -> Tuple[np.ndarray, Dict[str, Any]]:
+        """A stored tracklet's feature row and metadata; 404 naming it when there is none."""
+        try:
+            with self.lock:
+                feat, meta = self.store.get_tracklet(tracklet)
+        except StoreError as exc:
+            status = 404 if "no tracklet" in str(exc) else 422
+            raise RequestError(f"tracklet: {exc}", status) from None
+        meta = {**meta, "start": format_time(meta["start"]), "end": format_time(meta["end"])}
+        return np.asarray(feat, np.float32)[None, :], meta
+
+    def search(
+        self, feature: np.ndarray, f: Filters, exclude: Optional[str] = None
+    ) -> List[Dict[str, Any]]:
+        """:func:`search_store`'s records, each with the URL of its (best) crop."""
+        with self.lock:
+            # search_store asks for one extra hit to make up for the excluded query; by crop,
+            # the query tracklet may take all its crops' places: ask for those too
+            extra = 0
+            if exclude and f.by == "crop":
+                extra = int(self.store.get_tracklet(exclude)[1].get("n_crops") or 0)
+            recs = search_store(
+                self.store, feature, f.topk + extra, f.by, f.cameras, f.after, f.before, exclude
+            )[: f.topk]
+        return [self._with_image(r, f.by) for r in recs]
+
+    def _with_image(self, rec: Dict[str, Any], by: str) -> Dict[str, Any]:
+        p = "best_" if by == "tracklet" else ""
+        if f"{p}path" not in rec:
+            return {**rec, "crop_id": None, "image_url": None}
+        ref = CropRef(
+            path=rec[f"{p}path"],
+            frame=int(rec[f"{p}frame"]),
+            box=tuple(float(v) for v in rec[f"{p}box"]),  # type: ignore[arg-type]
+            camera=int(rec["camera"]),
+            timestamp=parse_time(rec[f"{p}time"]),
+            tracklet=rec["tracklet"],
+        )
+        cid = self.registry.register(ref)
+        return {**rec, "crop_id": cid, "image_url": f"/api/store/crops/{cid}"}
+
+    def crop(self, cid: str) -> bytes:
+        """JPEG bytes of a crop this server returned."""
+        ref = self.registry.get(cid)
+        return crop_jpeg(ref.path, ref.frame, ref.box)
+
+    def delete(self, before: Optional[float], camera: Optional[int], track: Optional[str]) -> int:
+        """Delete the matching crops from the store (and from the served crops)."""
+        with self.lock:
+            n = self.store.delete(before=before, camera=camera, track=track)
+        self.registry.forget(before, camera, track)
+        return n
+
+    def audit_search(self, request: Any, f: Filters, query: Dict[str, Any], n: int) -> None:
+        """One audit line for a search."""
+        if self.audit is not None:
+            route = request.url.path
+            self.audit.write(
+                "search", _client(request), route, filters=f.to_dict(), query=query, results=n
+            )
+
+
+def _answer(query: Dict[str, Any], f: Filters, recs: List[Dict[str, Any]], t0: float) -> Dict:
+    return {
+        "query": query,
+        "filters": f.to_dict(),
+        "results": recs,
+        "took_ms": round(1000 * (time.perf_counter() - t0), 1),
+    }
+
+
+def store_search_router(service: StoreService, worker: SearchWorker, limits: ServeLimits) -> Any:
+    """``POST /api/store/search`` (an upload) and ``GET /api/store/search_tracklet``."""
+    from fastapi import APIRouter, File, Query, Request, UploadFile
+    from starlette.concurrency import run_in_threadpool
+
+    router = APIRouter()
+    topk_q = Query(limits.default_topk, ge=1, le=limits.max_topk, description="results")
+    by_q = Query("tracklet", pattern=BY_PATTERN, description="tracklet (grouped) or crop")
+    cams_q = Query(None, description="camera ids: 3,4,7 or 3-7 (all when empty)")
+    after_q = Query(None, description="from this time on (ISO 8601, UTC unless +HH:MM)")
+    before_q = Query(None, description="before this time (ISO 8601, UTC unless +HH:MM)")
+
+    @router.post("/api/store/search", summary="Top-K of the store for an uploaded crop")
+    async def search_upload(
+        request: Request,
+        image: Annotated[UploadFile, File(description="the query crop (JPEG, PNG, ...)")],
+        topk: int = topk_q,
+        by: str = by_q,
+        cameras: Optional[str] = cams_q,
+        after: Optional[str] = after_q,
+        before: Optional[str] = before_q,
+    ) -> Dict[str, Any]:
+        t0 = time.perf_counter()
+        f = parse_filters(cameras, after, before, by, topk)
+        data, img, tensor = await read_upload_tensor(worker, limits, image)
+        feature = await asyncio.wrap_future(worker.submit_embed(tensor))
+        recs = await run_in_threadpool(service.search, feature[None, :], f)
+        query = {"sha256": sha256_hex(data), "width": img.width, "height": img.height}
+        service.audit_search(request, f, query, len(recs))
+        return _answer(query, f, recs, t0)
+
+    @router.get("/api/store/search_tracklet", summary="Top-K for a stored tracklet (not itself)")
+    async def search_tracklet(
+        request: Request,
+        tracklet: str = Query(..., description="a tracklet id: camera:track or crop:id"),
+        topk: int = topk_q,
+        by: str = by_q,
+        cameras: Optional[str] = cams_q,
+        after: Optional[str] = after_q,
+        before: Optional[str] = before_q,
+    ) -> Dict[str, Any]:
+        t0 = time.perf_counter()
+        f = parse_filters(cameras, after, before, by, topk)
+        feature, meta = await run_in_threadpool(service.tracklet_feature, tracklet)
+        recs = await run_in_threadpool(service.search, feature, f, tracklet)
+        service.audit_search(request, f, {"tracklet": tracklet}, len(recs))
+        return _answer(meta, f, recs, t0)
+
+    return router
+
+
+def store_admin_router(service: StoreService) -> Any:
+    """``GET /api/store/stats``, ``GET /api/store/crops/{id}``, ``POST /api/store/delete``."""
+    from fastapi import APIRouter, Query, Request
+    from fastapi.responses import Response
+    from starlette.concurrency import run_in_threadpool
+
+    router = APIRouter()
+
+    @router.get("/api/store/stats", summary="Crops, tracklets, cameras, time span, model")
+    def stats() -> Dict[str, Any]:
+        return service.summary()
+
+    @router.get(
+        "/api/store/crops/{crop_id}",
+        summary="The crop of a search result (JPEG), by its crop_id",
+        response_class=Response,
+        responses={200: {"content": {"image/jpeg": {}}}},
+    )
+    async def crop(crop_id: str):
+        jpeg = await run_in_threadpool(service.crop, crop_id)
+        return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "private"})
+
+    @router.post("/api/store/delete", summary="Forget crops: before a time, of a camera/track")
+    async def delete(
+        request: Request,
+        before: Optional[str] = Query(None, description="crops seen before this time"),
+        camera: Optional[str] = Query(None, description="crops of this camera"),
+        track: Optional[str] = Query(None, description="crops of this tracklet (3:17)"),
+    ) -> Dict[str, Any]:
+        t_before = _time_field(before, "before")
+        cam = _int_field(camera, "camera")
+        try:
+            ref = track_ref(track or None, cam)
+        except PartreidError as exc:
+            raise RequestError(f"track: {exc}", 422) from None
+        n = await run_in_threadpool(service.delete, t_before, cam, ref)
+        cond = {"before": before or None, "camera": cam, "track": ref}
+        if service.audit is not None:
+            service.audit.write(
+                "delete", _client(request), request.url.path, conditions=cond, deleted=n
+            )
+        return {"deleted": n, "conditions": cond, "store": service.summary()}
+
+    return router
+
+
+def _int_field(value: Optional[str], name: str) -> Optional[int]:
+    if value is None or not str(value).strip():
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise RequestError(f"{name}: {value!r} is not an integer", 422) from None
+
+
+def store_health_router(
+    service: StoreService, worker: SearchWorker, limits: ServeLimits, auth: bool
+) -> Any:
+    """``GET /api/health`` of a store server: model, store summary, limits, worker counters."""
+    from fastapi import APIRouter
+
+    router = APIRouter()
+
+    @router.get("/api/health", summary="Server, model, store and limits")
+    def health() -> Dict[str, Any]:
+        return {
+            "status": "ok",
+            "mode": "store",
+            "model": worker.model_summary(),
+            "store": service.summary(),
+            "limits": limits.to_dict(),
+            "worker": worker.stats(),
+            "auth": auth,
+            "audit": service.audit is not None,
+        }
+
+    return router
