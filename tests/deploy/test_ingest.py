@@ -154,6 +154,10 @@ def test_video_tracklets_times_and_query_by_tracklet(ckpt, video, tmp_path):
         res = json.load(f)["results"]
     assert [r["tracklet"] for r in res] == ["7:2"]  # the query's own tracklet is left out
     assert res[0]["start"] == "2026-12-03T14:00:00.000Z" and res[0]["n_crops"] == 6
+    with open_store(store) as st:  # by crop, the query's own 6 crops leave room for the others
+        feat, _ = st.get_tracklet("7:1")
+        crops = search_store(st, feat[None], 4, by="crop", exclude="7:1")
+    assert [r["tracklet"] for r in crops] == ["7:2"] * 4
 
 
 def _crop_feats(ckpt, path, boxes, track):

@@ -126,7 +126,9 @@ def search_store(
 ) -> List[Dict[str, Any]]:
     """The top-``topk`` crops or tracklets of one query feature as plain records (``exclude``:
     a tracklet id left out, the query's own)."""
-    extra = 1 if exclude else 0
+    extra = 0  # places the excluded tracklet can take: one as a tracklet, each crop by crop
+    if exclude:
+        extra = 1 if by == "tracklet" else int(store.get_tracklet(exclude)[1].get("n_crops") or 1)
     hits = store.search(feature, topk + extra, by=by, cameras=cameras, after=after, before=before)
     rows = [h for h in hits[0] if not exclude or (h.tracklet != exclude)][:topk]
     make = _tracklet_record if by == "tracklet" else _crop_record

@@ -136,14 +136,9 @@ class StoreService:
     ) -> List[Dict[str, Any]]:
         """:func:`search_store`'s records, each with the URL of its (best) crop."""
         with self.lock:
-            # search_store asks for one extra hit to make up for the excluded query; by crop,
-            # the query tracklet may take all its crops' places: ask for those too
-            extra = 0
-            if exclude and f.by == "crop":
-                extra = int(self.store.get_tracklet(exclude)[1].get("n_crops") or 0)
             recs = search_store(
-                self.store, feature, f.topk + extra, f.by, f.cameras, f.after, f.before, exclude
-            )[: f.topk]
+                self.store, feature, f.topk, f.by, f.cameras, f.after, f.before, exclude
+            )
         return [self._with_image(r, f.by) for r in recs]
 
     def _with_image(self, rec: Dict[str, Any], by: str) -> Dict[str, Any]:
