@@ -5,10 +5,10 @@ result = train(load_config("configs/cgpn/market1501.yaml", ["data.root=/data"]))
 A run resumes exactly from any checkpoint, mid-epoch included: the sampler skips the batches
 already done (every sample's seed depends only on (seed, epoch, position)) and the global RNG
 states saved at that step are restored, so the weights match an uninterrupted run bit for bit.
-Checkpoints are written at epoch ends (``train.checkpoint_period``), every
-``train.checkpoint_every_iters`` steps and on SIGTERM/SIGINT (after the current step; the run
-then exits with 128 + signal). Side effects happen only where ``is_main`` (rank 0 under DDP);
-the bookkeeping lives in :mod:`partreid.engine.checkpointing`.
+Checkpoints are written every ``train.checkpoint_period`` epochs, at the end of training, after
+each periodic evaluation, every ``train.checkpoint_every_iters`` steps and on SIGTERM/SIGINT
+(after the current step; the run then exits with 128 + signal). Side effects happen only where
+``is_main`` (rank 0 under DDP); the bookkeeping lives in :mod:`partreid.engine.checkpointing`.
 
 Several processes: ``torchrun --nproc-per-node N -m partreid train -c CFG`` (multi-node with
 torchrun's ``--nnodes/--node-rank/--rdzv-*`` options). Every process builds the same model and
@@ -20,6 +20,12 @@ exactly one process and gathers the features. Every collective gives up after
 Process-local randomness (loader augmentation, device augmentation) is seeded per process;
 the global RNG (dropout) is seeded identically on every process, so rank 0's saved RNG state
 resumes all of them.
+
+How it reads: :func:`_train` is the loop (open the run, then per epoch :func:`_train_epoch` and
+:func:`_end_epoch`, then :func:`_finish`); everything a step needs lives in one
+:class:`TrainRun` (model and ``net``, optimizer, schedule, scaler, loader, counters, checkpointer,
+step log, best metric) that the named steps read and advance: :func:`_open_run` (build,
+:func:`_resume`), :func:`_train_step`, :func:`_log_step`, :func:`_save`.
 
 Speed switches (``train.amp/amp_dtype``, ``channels_last``, ``cudnn_benchmark``, ``compile``,
 ``cache_images``, ``device_augment``, ``sync_bn``): see :mod:`partreid.engine.speed`; the
