@@ -53,3 +53,42 @@ def test_checkpoint_of_another_model_is_refused(tmp_path):
         load_model(str(path), overrides={"stripes": 4})
     with pytest.raises(CheckpointError, match="not found"):
         load_checkpoint(str(tmp_path / "missing.pth"))
+
+
+def test_checkpoint_period_and_the_resume_checkpoint_is_released(
+    tiny_overrides, tmp_path, monkeypatch
+):
+    import gc
+    import os
+    import weakref
+
+    from partreid.engine import trainer as trainer_mod
+
+    base = tiny_overrides + ["train.checkpoint_period=2", "train.keep_checkpoints=5"]
+    train(load_config(None, base + ["schedule.epochs=3"]))  # 2 steps an epoch
+    steps = sorted(os.listdir(tmp_path / "run" / "checkpoints"))
+    assert steps == ["step_00000004.pth", "step_00000006.pth"]  # epoch 2 and the end
+
+    class Checkpoint(dict):  # a plain dict that a weak reference can watch
+        pass
+
+    real_read, real_loss, read = trainer_mod.Checkpointer.resume_path, trainer_mod.LossComputer, []
+
+    def resume_path(self, resume):
+        path, ckpt = real_read(self, resume)
+        ckpt = Checkpoint(ckpt)
+        read.append(weakref.ref(ckpt))
+        return path, ckpt
+
+    class CheckReleased(real_loss):
+        def forward(self, outputs, targets):
+            gc.collect()
+            assert read and read[0]() is None, "the resume checkpoint is still held"
+            return super().forward(outputs, targets)
+
+    monkeypatch.setattr(trainer_mod.Checkpointer, "resume_path", resume_path)
+    monkeypatch.setattr(trainer_mod, "LossComputer", CheckReleased)
+    train(load_config(None, base + ["schedule.epochs=4"]), resume="auto")
+    steps = sorted(os.listdir(tmp_path / "run" / "checkpoints"))
+    assert steps == ["step_00000004.pth", "step_00000006.pth", "step_00000008.pth"]
+    assert load_checkpoint(str(tmp_path / "run" / "last.pth"))["train_state"]["step"] == 8

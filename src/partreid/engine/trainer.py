@@ -5,10 +5,10 @@ result = train(load_config("configs/cgpn/market1501.yaml", ["data.root=/data"]))
 A run resumes exactly from any checkpoint, mid-epoch included: the sampler skips the batches
 already done (every sample's seed depends only on (seed, epoch, position)) and the global RNG
 states saved at that step are restored, so the weights match an uninterrupted run bit for bit.
-Checkpoints are written at epoch ends (``train.checkpoint_period``), every
-``train.checkpoint_every_iters`` steps and on SIGTERM/SIGINT (after the current step; the run
-then exits with 128 + signal). Side effects happen only where ``is_main`` (rank 0 under DDP);
-the bookkeeping lives in :mod:`partreid.engine.checkpointing`.
+Checkpoints are written every ``train.checkpoint_period`` epochs, at the end of training, after
+each periodic evaluation, every ``train.checkpoint_every_iters`` steps and on SIGTERM/SIGINT
+(after the current step; the run then exits with 128 + signal). Side effects happen only where
+``is_main`` (rank 0 under DDP); the bookkeeping lives in :mod:`partreid.engine.checkpointing`.
 
 Several processes: ``torchrun --nproc-per-node N -m partreid train -c CFG`` (multi-node with
 torchrun's ``--nnodes/--node-rank/--rdzv-*`` options). Every process builds the same model and
@@ -20,6 +20,12 @@ exactly one process and gathers the features. Every collective gives up after
 Process-local randomness (loader augmentation, device augmentation) is seeded per process;
 the global RNG (dropout) is seeded identically on every process, so rank 0's saved RNG state
 resumes all of them.
+
+How it reads: :func:`_train` is the loop (open the run, then per epoch :func:`_train_epoch` and
+:func:`_end_epoch`, then :func:`_finish`); everything a step needs lives in one
+:class:`TrainRun` (model and ``net``, optimizer, schedule, scaler, loader, counters, checkpointer,
+step log, best metric) that the named steps read and advance: :func:`_open_run` (build,
+:func:`_resume`), :func:`_train_step`, :func:`_log_step`, :func:`_save`.
 
 Speed switches (``train.amp/amp_dtype``, ``channels_last``, ``cudnn_benchmark``, ``compile``,
 ``cache_images``, ``device_augment``, ``sync_bn``): see :mod:`partreid.engine.speed`; the
@@ -33,14 +39,16 @@ import logging
 import os
 import sys
 import time
-from typing import Any, Dict, Optional, Tuple
+from dataclasses import dataclass
+from typing import Any, Dict, Iterable, Optional, Tuple
 
 import torch
+from torch import nn
 from tqdm import tqdm
 
 from ..checkpoint import CheckpointError, load_model_state, model_meta, rng_state, set_rng_state
 from ..config import Config, save_config
-from ..data.device_augment import CachedImageDataset, cached_batches
+from ..data.device_augment import CachedImageDataset, DeviceAugment, cached_batches
 from ..data.loader import build_train_loader, epoch_seed, seed_epoch
 from ..data.transforms import build_transforms
 from ..errors import InvalidValueError
@@ -64,7 +72,7 @@ from .eval_run import evaluate_run, write_run_report
 from .evaluator import evaluate, format_metrics
 from .optim import build_optimizer, build_scheduler
 from .setup import load_data, model_kwargs, test_transform
-from .speed import input_pipeline, precision, prepare_model
+from .speed import Precision, input_pipeline, precision, prepare_model
 
 log = logging.getLogger("partreid")
 
@@ -102,27 +110,226 @@ def train(cfg: Config, resume: Optional[str] = None) -> Dict[str, Any]:
     return result
 
 
+# --------------------------------------------------------------------------- the run's state
+
+
+@dataclass
+class Inputs:
+    """The training batches: the loader and, with ``train.cache_images``/``device_augment``,
+    the uint8 image cache, its labels and the on-device augmentation (seeded per step)."""
+
+    loader: Any
+    iters: int  # batches per epoch
+    memory_format: torch.memory_format  # of the batches on the device
+    generator: torch.Generator  # the device augmentation's
+    cache: Optional[torch.Tensor] = None
+    augment: Optional[DeviceAugment] = None
+    pids: Optional[torch.Tensor] = None  # of the cached items (with ``augment``)
+    camids: Optional[torch.Tensor] = None
+
+
+@dataclass
+class TrainRun:
+    """One training run: what it trains, with what, where it writes, and how far it is.
+
+    ``model`` is the bare module, which checkpoints and evaluation use; ``net`` is what the
+    training step calls: the same module, DDP-wrapped and/or compiled.
+    """
+
+    cfg: Config
+    device: torch.device
+    switches: Any  # cfg.train with the CUDA-only speed switches resolved for ``device``
+    prec: Precision
+    ds: Any  # the data set: train / query / gallery
+    inputs: Inputs
+    model: nn.Module
+    criterion: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler
+    ckpts: Checkpointer
+    is_main: bool  # the one process that writes logs, checkpoints and reports
+    world: int  # processes
+    net: Optional[nn.Module] = None
+    steplog: Optional[StepLog] = None  # main process only
+    start_epoch: int = 0  # where this process starts: epochs completed ...
+    start_iter: int = 0  # ... and batches done in the next one
+    step: int = 0  # optimizer steps done (skipped ones included)
+    best: Optional[Dict[str, Any]] = None  # {"metric", "value", "step"} of best.pth
+    skipped: int = 0  # steps skipped for a non-finite loss (train.nonfinite=skip)
+    resume_rng: Optional[Dict[str, Any]] = None  # RNG states of a mid-epoch resume, until used
+
+
+# --------------------------------------------------------------------------- the loop
+
+
 def _train(cfg: Config, resume: Optional[str], device: torch.device) -> Dict[str, Any]:
     """The run itself (every process under DDP); ``device`` is this process's."""
-    out = cfg.output_dir
-    is_main = is_main_process()  # the one process that writes logs, checkpoints and reports
-    world, rank = D.world_size(), D.rank()
-    ckpts = Checkpointer(out, cfg.train.keep_checkpoints, cfg.train.best_metric)
-    resume_path, ckpt = ckpts.resume_path(resume) if resume else (None, None)
-    if is_main:
-        if resume:  # drop the log lines the interrupted run wrote after its checkpoint
-            offset = ckpt.get("train_state", {}).get("log_offset") if ckpt else 0
-            if offset is not None:  # (older checkpoints did not record it)
-                truncate_file(os.path.join(out, "log.txt"), offset)
-        setup_logging(os.path.join(out, "log.txt"))
-        save_config(cfg, os.path.join(out, "config.yaml"))
-        ckpts.remove_unfinished()
-    fast = _speed_switches(cfg.train, device)  # the CUDA-only switches off on the CPU
-    prec = precision(fast, device)  # autocast dtype; a GradScaler only for float16
-    torch.manual_seed(cfg.seed)  # the same initial weights on every process
+    run = _open_run(cfg, resume, device)
+    with StopOnSignal() as stop:  # (under DDP the processes agree on it every step: _agree)
+        for epoch in range(run.start_epoch, cfg.schedule.epochs):
+            _train_epoch(run, epoch, stop)
+            _end_epoch(run, epoch)
+    return _finish(run)
 
-    # -- data
+
+def _train_epoch(run: TrainRun, epoch: int, stop: StopOnSignal) -> None:
+    """Train one epoch (the resumed one from the batch its checkpoint was written after)."""
+    cfg, iters = run.cfg, run.inputs.iters
+    first = run.start_iter if epoch == run.start_epoch else 0
+    batches = _epoch_batches(run, epoch, first)
+    run.model.train()
+    t0, seen = time.time(), 0
+    bar = tqdm(
+        total=iters,
+        initial=first,
+        desc=f"epoch {epoch + 1}/{cfg.schedule.epochs}",
+        leave=False,
+        disable=not (run.is_main and cfg.train.progress and sys.stdout.isatty()),
+    )
+    for it, (images, pids, _, _) in enumerate(batches, start=first):
+        if it == iters:
+            break
+        run.step = epoch * iters + it + 1  # steps done once this one is
+        images, pids = _to_device(run, images, pids, epoch, it)
+        if run.world > 1 and it == first and epoch == run.start_epoch:
+            _log_first_batches(pids)
+        loss, parts, stop_signum = _train_step(run, images, pids, stop, epoch, it)
+        seen += images.shape[0] * run.world
+        bar.update(1)
+        if (it + 1) % cfg.train.log_period == 0 or it + 1 == iters:
+            _log_step(run, epoch, it, loss, parts, seen / max(time.time() - t0, 1e-9), bar)
+        every = cfg.train.checkpoint_every_iters
+        due = every > 0 and run.step % every == 0 and it + 1 < iters  # (epoch ends: _end_epoch)
+        if run.is_main and (stop_signum or due):
+            _save(run, epoch, it + 1)
+        if stop_signum:  # (under DDP: any process's signal stops them all here)
+            bar.close()
+            raise TrainingInterrupted(
+                f"stopped by signal {stop_signum} after step {run.step} (epoch {epoch + 1}, "
+                f"iter {it + 1}/{iters}); the run is saved in {run.ckpts.last}. Continue it "
+                "with the same command and --resume at its end",
+                stop_signum,
+            )
+    bar.close()
+
+
+def _end_epoch(run: TrainRun, epoch: int) -> None:
+    """After an epoch: evaluation when due (every process extracts its share), the epoch's
+    checkpoint when due, and best.pth when the evaluation beat the best so far."""
+    cfg, done = run.cfg, epoch + 1
+    _sync_buffers(run.model)  # BN running stats: rank 0's everywhere (as DDP's forward does)
+    metrics = None
+    if cfg.train.eval_period and done % cfg.train.eval_period == 0 and done < cfg.schedule.epochs:
+        metrics = _evaluate_epoch(run, done)
+    better = metrics is not None and run.ckpts.is_better(metrics, run.best)
+    if better:
+        value = float(metrics[cfg.train.best_metric])
+        run.best = {"metric": cfg.train.best_metric, "value": value, "step": run.step}
+    if run.is_main and _epoch_checkpoint_due(run, done, metrics):
+        _save(run, epoch, run.inputs.iters, metrics)
+        if better:
+            run.ckpts.mark_best()
+            log.info(
+                "best.pth: %s %.4f at step %d", run.best["metric"], run.best["value"], run.step
+            )
+
+
+def _finish(run: TrainRun) -> Dict[str, Any]:
+    """Close the step log; the final evaluation and report (every process extracts its share,
+    the main process writes); the metrics."""
+    if run.is_main:
+        run.steplog.close()
+        if run.skipped:
+            log.warning("%d step(s) were skipped for a non-finite loss", run.skipped)
+    _sync_buffers(run.model)
+    cfg, enabled = run.cfg, run.prec.enabled
+    if run.is_main:
+        return write_run_report(cfg, run.model, run.ds, run.device, enabled)
+    return evaluate_run(cfg, run.model, run.ds, run.device, enabled, out_dir=None, draw=False)
+
+
+# --------------------------------------------------------------------------- building the run
+
+
+def _open_run(cfg: Config, resume: Optional[str], device: torch.device) -> TrainRun:
+    """The run folder opened and the run built, continued from its checkpoint with ``resume``.
+
+    The checkpoint read for resuming (the whole model and optimizer state) is released once
+    its values are in the model and the optimizer: it is not kept for the whole run.
+    """
+    ckpts = Checkpointer(cfg.output_dir, cfg.train.keep_checkpoints, cfg.train.best_metric)
+    resume_path, ckpt = ckpts.resume_path(resume) if resume else (None, None)
+    if is_main_process():
+        _open_run_folder(cfg, ckpts, resume, ckpt)
+    run = _build_run(cfg, device, ckpts)
+    resumed = ckpt is not None
+    if resumed:
+        _resume(run, ckpt, resume_path)
+    del ckpt  # (what the optimizer took from it, it now holds itself)
+    if run.is_main:
+        run.steplog = StepLog(cfg.output_dir, cfg.train.tensorboard, run.step if resumed else None)
+    run.net = D.wrap_ddp(run.model, device)  # after loading the weights; broadcasts rank 0's
+    if run.switches.compile:
+        run.net = torch.compile(run.net)
+    return run
+
+
+def _open_run_folder(
+    cfg: Config, ckpts: Checkpointer, resume: Optional[str], ckpt: Optional[Dict[str, Any]]
+) -> None:
+    """Main process: log.txt (cut back to the resumed checkpoint), config.yaml, no temp files."""
+    log_txt = os.path.join(cfg.output_dir, "log.txt")
+    if resume:  # drop the log lines the interrupted run wrote after its checkpoint
+        offset = ckpt.get("train_state", {}).get("log_offset") if ckpt else 0
+        if offset is not None:  # (older checkpoints did not record it)
+            truncate_file(log_txt, offset)
+    setup_logging(log_txt)
+    save_config(cfg, os.path.join(cfg.output_dir, "config.yaml"))
+    ckpts.remove_unfinished()
+
+
+def _build_run(cfg: Config, device: torch.device, ckpts: Checkpointer) -> TrainRun:
+    """Data, model, losses, optimizer and schedule, at step 0 (the same on every process)."""
+    switches = _speed_switches(cfg.train, device)  # the CUDA-only switches off on the CPU
+    prec = precision(switches, device)  # autocast dtype; a GradScaler only for float16
+    torch.manual_seed(cfg.seed)  # the same initial weights on every process
     ds = load_data(cfg)
+    inputs = _build_inputs(cfg, ds, device, switches)
+    model = build_model(cfg.model["name"], ds.num_train_pids, **model_kwargs(cfg))
+    model = prepare_model(model, switches, device, compile_model=False)  # SyncBN, channels_last
+    criterion = LossComputer(cfg.losses)
+    optimizer = build_optimizer(model, cfg.optim)
+    log.info(
+        "model %s: %.2fM parameters, %d training identities, %d iterations/epoch, device %s",
+        cfg.model["name"],
+        sum(p.numel() for p in model.parameters()) / 1e6,
+        ds.num_train_pids,
+        inputs.iters,
+        device,
+    )
+    return TrainRun(
+        cfg=cfg,
+        device=device,
+        switches=switches,
+        prec=prec,
+        ds=ds,
+        inputs=inputs,
+        model=model,
+        criterion=criterion,
+        optimizer=optimizer,
+        scheduler=build_scheduler(optimizer, cfg.schedule, cfg.optim.lr, inputs.iters),
+        scaler=prec.scaler(),
+        ckpts=ckpts,
+        is_main=is_main_process(),
+        world=D.world_size(),
+    )
+
+
+def _build_inputs(cfg: Config, ds: Any, device: torch.device, switches: Any) -> Inputs:
+    """The training loader (this process's share of every global P x K batch) and, with
+    ``train.cache_images``, the uint8 cache (``train.device_augment``: augmented on the device)."""
+    world, rank = D.world_size(), D.rank()
     train_tf = build_transforms(
         cfg.transforms,
         cfg.input.height,
@@ -131,14 +338,8 @@ def _train(cfg: Config, resume: Optional[str], device: torch.device) -> Dict[str
         mean=cfg.input.mean,
         std=cfg.input.std,
     )
-    # train.cache_images: decode once into uint8; train.device_augment: augment on the device
-    aug_gen = torch.Generator(device=device)  # seeded per process and step in the loop
-    cache, augment = input_pipeline(cfg, ds.train, generator=aug_gen)
-    if augment is not None:
-        augment.channels_last = fast.channels_last
-        train_pids = torch.as_tensor([int(item[1]) for item in ds.train])
-        train_camids = torch.as_tensor([int(item[2]) for item in ds.train])
-    memory_format = torch.channels_last if fast.channels_last else torch.preserve_format
+    generator = torch.Generator(device=device)  # seeded per process and step in the loop
+    cache, augment = input_pipeline(cfg, ds.train, generator=generator)
     p_local, k = D.per_process_pk(cfg.sampler.p, cfg.sampler.k)  # sampler.p is the global P
     loader = build_train_loader(
         ds.train,
@@ -151,274 +352,260 @@ def _train(cfg: Config, resume: Optional[str], device: torch.device) -> Dict[str
         rank=rank,
         dataset=CachedImageDataset(ds.train, cache, train_tf) if cache is not None else None,
     )
-    iters = (
-        len(loader)
-        if not cfg.train.max_iters_per_epoch
-        else min(len(loader), cfg.train.max_iters_per_epoch)
-    )
+    limit = cfg.train.max_iters_per_epoch
+    iters = min(len(loader), limit) if limit else len(loader)
     if iters == 0:
         raise InvalidValueError(
             f"the training set has too few identities for a P x K batch "
             f"(P={cfg.sampler.p} over {world} process(es)); lower sampler.p"
         )
     if world > 1:
-        log.info(
-            "distributed: %d processes (%s, collective timeout %gs); global batch P=%d x K=%d = "
-            "%d images per step, each process P=%d x K=%d = %d images",
-            world,
-            torch.distributed.get_backend(),
-            cfg.train.dist_timeout_s,
-            cfg.sampler.p,
-            k,
-            cfg.sampler.p * k,
-            p_local,
-            k,
-            p_local * k,
-        )
+        _log_processes(cfg, p_local, k)
+    inputs = Inputs(loader, iters, torch.preserve_format, generator, cache, augment)
+    if switches.channels_last:
+        inputs.memory_format = torch.channels_last
+    if augment is not None:
+        augment.channels_last = switches.channels_last
+        inputs.pids = torch.as_tensor([int(item[1]) for item in ds.train])
+        inputs.camids = torch.as_tensor([int(item[2]) for item in ds.train])
+    return inputs
 
-    # -- model, losses, optimizer, schedule
-    # (``model``: the bare module, which checkpoints and evaluation use; ``net``: what the
-    # training step calls - the same module, DDP-wrapped and/or compiled)
-    model = build_model(cfg.model["name"], ds.num_train_pids, **model_kwargs(cfg))
-    model = prepare_model(model, fast, device, compile_model=False)  # SyncBN, channels_last
-    criterion = LossComputer(cfg.losses)
-    optimizer = build_optimizer(model, cfg.optim)
-    scheduler = build_scheduler(optimizer, cfg.schedule, cfg.optim.lr, iters)
-    scaler = prec.scaler()
-    n_params = sum(p.numel() for p in model.parameters())
+
+def _resume(run: TrainRun, ckpt: Dict[str, Any], path: str) -> None:
+    """Continue from ``ckpt``: weights, optimizer, schedule, position in the epoch, bookkeeping."""
+    iters = run.inputs.iters
+    state = _check_resumable(run.cfg, ckpt, path, iters)
+    load_model_state(run.model, ckpt, path)
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    if state.get("scaler"):  # (empty when saved without a float16 GradScaler)
+        run.scaler.load_state_dict(state["scaler"])
+    run.start_epoch, run.start_iter = int(state["epoch"]), int(state.get("iter", 0))
+    run.step = int(state.get("step", run.start_epoch * iters + run.start_iter))
+    run.best, run.skipped = state.get("best"), int(state.get("nonfinite_skipped", 0))
+    if run.start_iter:  # mid-epoch: the RNG states of that step, restored when it comes
+        run.resume_rng = state["rng"]
     log.info(
-        "model %s: %.2fM parameters, %d training identities, %d iterations/epoch, device %s",
-        cfg.model["name"],
-        n_params / 1e6,
-        ds.num_train_pids,
-        iters,
-        device,
+        "resumed from %s at step %d (epoch %d, %d batches into it)",
+        path,
+        run.step,
+        run.start_epoch + 1,
+        run.start_iter,
     )
 
-    # -- resume: weights, optimizer, schedule, position in the epoch, bookkeeping
-    start_epoch, start_iter, step = 0, 0, 0
-    best: Optional[Dict[str, Any]] = None  # {"metric", "value", "step"} of best.pth
-    skipped = 0  # steps skipped for a non-finite loss (train.nonfinite=skip)
-    if ckpt is not None:
-        state = _check_resumable(cfg, ckpt, resume_path, iters)
-        load_model_state(model, ckpt, resume_path)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if state.get("scaler"):  # (empty when saved without a float16 GradScaler)
-            scaler.load_state_dict(state["scaler"])
-        start_epoch, start_iter = int(state["epoch"]), int(state.get("iter", 0))
-        step = int(state.get("step", start_epoch * iters + start_iter))
-        best, skipped = state.get("best"), int(state.get("nonfinite_skipped", 0))
-        log.info(
-            "resumed from %s at step %d (epoch %d, %d batches into it)",
-            resume_path,
-            step,
-            start_epoch + 1,
-            start_iter,
+
+# --------------------------------------------------------------------------- one step
+
+
+def _epoch_batches(run: TrainRun, epoch: int, first: int) -> Iterable:
+    """``epoch``'s batches from batch ``first`` on (the RNG states of a mid-epoch resume set)."""
+    inputs = run.inputs
+    seed_epoch(inputs.loader, run.cfg.seed, epoch, start_batch=first)
+    if first:  # mid-epoch resume: the RNG states exactly as they were at that step
+        set_rng_state(run.resume_rng)
+        run.resume_rng = None
+    if inputs.augment is None:
+        return inputs.loader
+    # this epoch's sampler indices -> uint8 batches from the cache, on the device
+    indices = [i for i, _ in inputs.loader.sampler]
+    return cached_batches(
+        inputs.cache, inputs.pids, inputs.camids, indices, inputs.loader.batch_size, run.device
+    )
+
+
+def _to_device(
+    run: TrainRun, images: torch.Tensor, pids: torch.Tensor, epoch: int, it: int
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """A batch on the device (uint8 cached batches augmented there, seeded per process and step)."""
+    inputs = run.inputs
+    pids = pids.to(run.device, non_blocking=True)
+    if inputs.augment is None:
+        images = images.to(run.device, non_blocking=True, memory_format=inputs.memory_format)
+    else:
+        inputs.generator.manual_seed(D.process_seed(epoch_seed(run.cfg.seed, epoch) + it))
+        images = inputs.augment(images)
+    return images, pids
+
+
+def _train_step(
+    run: TrainRun,
+    images: torch.Tensor,
+    pids: torch.Tensor,
+    stop: StopOnSignal,
+    epoch: int,
+    it: int,
+) -> Tuple[torch.Tensor, Dict[str, float], int]:
+    """Forward, loss and (unless a process's loss is non-finite) the update; the schedule steps
+    either way. Returns the loss, its terms and the stop signal any process got (or 0)."""
+    with run.prec.autocast(run.device):
+        outputs = run.net(images)
+    loss, parts = run.criterion(outputs, pids)
+    run.optimizer.zero_grad(set_to_none=True)
+    bad = nonfinite_term(loss, parts)
+    any_bad, stop_signum = _agree(bad is not None, stop.signum)  # all processes
+    if not any_bad:
+        run.scaler.scale(loss).backward()
+        if run.cfg.train.grad_clip > 0:
+            run.scaler.unscale_(run.optimizer)
+            torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.cfg.train.grad_clip)
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+    else:
+        _nonfinite_step(run, bad, loss, parts, epoch, it)
+    run.scheduler.step()
+    return loss, parts, stop_signum
+
+
+def _nonfinite_step(
+    run: TrainRun,
+    bad: Optional[str],
+    loss: torch.Tensor,
+    parts: Dict[str, float],
+    epoch: int,
+    it: int,
+) -> None:
+    """A step whose loss (term ``bad``, or None: on another process) is non-finite: stop before
+    updating the weights (``train.nonfinite=stop``), or count it as skipped (``skip``)."""
+    value = parts.get(bad, float(loss.detach())) if bad else "non-finite"
+    term = bad or "(on another process)"
+    if run.cfg.train.nonfinite == "stop":
+        raise NonFiniteLossError(
+            f"the loss term {term!r} became {value} at step {run.step} (epoch "
+            f"{epoch + 1}, iter {it + 1}); stopped before updating the weights. The "
+            f"last good checkpoint is {run.ckpts.last}. Lower optim.lr, set "
+            "train.grad_clip, check the data, or skip such steps with "
+            "train.nonfinite=skip"
         )
-    steplog = StepLog(out, cfg.train.tensorboard, step if ckpt else None) if is_main else None
-    net = D.wrap_ddp(model, device)  # after loading the weights; broadcasts rank 0's
-    if fast.compile:
-        net = torch.compile(net)
+    run.skipped += 1
+    log.warning(
+        "step %d (epoch %d, iter %d): loss term %r is %s; step skipped (%d skipped so far)",
+        run.step,
+        epoch + 1,
+        it + 1,
+        term,
+        value,
+        run.skipped,
+    )
 
-    def save(epoch: int, done_iters: int, metrics: Optional[Dict[str, Any]] = None) -> None:
-        """Checkpoint after ``done_iters`` batches of (0-based) ``epoch``; main process only."""
-        if done_iters == iters:
-            epoch, done_iters = epoch + 1, 0
-        for h in log.handlers:
-            h.flush()
-        log_txt = os.path.join(out, "log.txt")
-        train_state = {
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(),
-            "epoch": epoch,  # epochs completed
-            "iter": done_iters,  # batches done in the epoch in progress
-            "step": step,
-            "iters_per_epoch": iters,
-            "rng": rng_state(),
-            "best": best,
-            "nonfinite_skipped": skipped,
-            "log_offset": os.path.getsize(log_txt) if os.path.exists(log_txt) else 0,
-        }
-        meta = model_meta(cfg, model, ds.num_train_pids, epoch=epoch, step=step, metrics=metrics)
-        path = ckpts.save(model.state_dict(), meta, train_state)
-        log.info("checkpoint at step %d -> %s", step, path)
 
-    # -- epochs
-    with StopOnSignal() as stop:  # (under DDP the processes agree on it every step: _agree)
-        for epoch in range(start_epoch, cfg.schedule.epochs):
-            first = start_iter if epoch == start_epoch else 0
-            seed_epoch(loader, cfg.seed, epoch, start_batch=first)
-            if first:  # mid-epoch resume: the RNG states exactly as they were at that step
-                set_rng_state(ckpt["train_state"]["rng"])
-            if augment is None:
-                batches = loader
-            else:  # this epoch's sampler indices -> uint8 batches from the cache, on the device
-                indices = [i for i, _ in loader.sampler]
-                batches = cached_batches(
-                    cache, train_pids, train_camids, indices, loader.batch_size, device
-                )
-            model.train()
-            t0, seen = time.time(), 0
-            bar = tqdm(
-                total=iters,
-                initial=first,
-                desc=f"epoch {epoch + 1}/{cfg.schedule.epochs}",
-                leave=False,
-                disable=not (is_main and cfg.train.progress and sys.stdout.isatty()),
-            )
-            for it, (images, pids, _, _) in enumerate(batches, start=first):
-                if it == iters:
-                    break
-                step = epoch * iters + it + 1  # steps done once this one is
-                pids = pids.to(device, non_blocking=True)
-                if augment is None:
-                    images = images.to(device, non_blocking=True, memory_format=memory_format)
-                else:  # uint8 on the device -> augmented; a seed per (process, step)
-                    aug_gen.manual_seed(D.process_seed(epoch_seed(cfg.seed, epoch) + it))
-                    images = augment(images)
-                if world > 1 and it == first and epoch == start_epoch:
-                    _log_first_batches(pids)
-                with prec.autocast(device):
-                    outputs = net(images)
-                loss, parts = criterion(outputs, pids)
-                optimizer.zero_grad(set_to_none=True)
-                bad = nonfinite_term(loss, parts)
-                any_bad, stop_signum = _agree(bad is not None, stop.signum)  # all processes
-                if not any_bad:
-                    scaler.scale(loss).backward()
-                    if cfg.train.grad_clip > 0:
-                        scaler.unscale_(optimizer)
-                        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-                    scaler.step(optimizer)
-                    scaler.update()
-                elif cfg.train.nonfinite == "stop":
-                    value = parts.get(bad, float(loss.detach())) if bad else "non-finite"
-                    bad = bad or "(on another process)"
-                    raise NonFiniteLossError(
-                        f"the loss term {bad!r} became {value} at step {step} (epoch "
-                        f"{epoch + 1}, iter {it + 1}); stopped before updating the weights. The "
-                        f"last good checkpoint is {ckpts.last}. Lower optim.lr, set "
-                        "train.grad_clip, check the data, or skip such steps with "
-                        "train.nonfinite=skip"
-                    )
-                else:
-                    skipped += 1
-                    log.warning(
-                        "step %d (epoch %d, iter %d): loss term %r is %s; step skipped "
-                        "(%d skipped so far)",
-                        step,
-                        epoch + 1,
-                        it + 1,
-                        bad or "(on another process)",
-                        parts.get(bad, float(loss.detach())) if bad else "non-finite",
-                        skipped,
-                    )
-                scheduler.step()
-                seen += images.shape[0] * world
-                bar.update(1)
-                lr = optimizer.param_groups[0]["lr"] / optimizer.param_groups[0].get("lr_mult", 1.0)
-                log_now = (it + 1) % cfg.train.log_period == 0 or it + 1 == iters
-                if log_now:  # (a collective under DDP: every process takes part)
-                    loss, parts = _mean_over_processes(loss, parts)  # the global batch's
-                if is_main and log_now:
-                    rate = seen / max(time.time() - t0, 1e-9)
-                    terms = "  ".join(f"{k} {v:.4f}" for k, v in parts.items())
-                    bar.set_postfix_str(f"loss {loss.item():.3f}")
-                    log.info(
-                        "epoch %d iter %d/%d  loss %.4f  (%s)  lr %.2e  %.1f img/s",
-                        epoch + 1,
-                        it + 1,
-                        iters,
-                        loss.item(),
-                        terms,
-                        lr,
-                        rate,
-                    )
-                    steplog.row(
-                        step,
-                        {
-                            "epoch": epoch + 1,
-                            "iter": it + 1,
-                            "lr": lr,
-                            "loss": float(loss.item()),
-                            **parts,
-                            "img_per_s": rate,
-                            "nonfinite_skipped": skipped,
-                        },
-                    )
-                every = cfg.train.checkpoint_every_iters
-                due = every > 0 and step % every == 0 and it + 1 < iters
-                if is_main and (stop_signum or due):
-                    save(epoch, it + 1)
-                if stop_signum:  # (under DDP: any process's signal stops them all here)
-                    bar.close()
-                    raise TrainingInterrupted(
-                        f"stopped by signal {stop_signum} after step {step} (epoch {epoch + 1}, "
-                        f"iter {it + 1}/{iters}); the run is saved in {ckpts.last}. Continue it "
-                        "with the same command and --resume at its end",
-                        stop_signum,
-                    )
-            bar.close()
+def _log_step(
+    run: TrainRun,
+    epoch: int,
+    it: int,
+    loss: torch.Tensor,
+    parts: Dict[str, float],
+    rate: float,
+    bar: tqdm,
+) -> None:
+    """Log a step (the global batch's loss under DDP: a collective, every process takes part):
+    a log line, a train_log.csv row and the progress bar, on the main process."""
+    loss, parts = _mean_over_processes(loss, parts)
+    if not run.is_main:
+        return
+    group = run.optimizer.param_groups[0]
+    lr = group["lr"] / group.get("lr_mult", 1.0)
+    terms = "  ".join(f"{k} {v:.4f}" for k, v in parts.items())
+    bar.set_postfix_str(f"loss {loss.item():.3f}")
+    iters = run.inputs.iters
+    log.info(
+        "epoch %d iter %d/%d  loss %.4f  (%s)  lr %.2e  %.1f img/s",
+        epoch + 1,
+        it + 1,
+        iters,
+        loss.item(),
+        terms,
+        lr,
+        rate,
+    )
+    row = {"epoch": epoch + 1, "iter": it + 1, "lr": lr, "loss": float(loss.item()), **parts}
+    run.steplog.row(run.step, {**row, "img_per_s": rate, "nonfinite_skipped": run.skipped})
 
-            # -- end of the epoch: evaluation (all processes extract, share the features),
-            # checkpoint, best.pth
-            done = epoch + 1
-            metrics = None
-            _sync_buffers(model)  # BN running stats: rank 0's everywhere (as DDP's forward does)
-            if (
-                cfg.train.eval_period
-                and done % cfg.train.eval_period == 0
-                and done < cfg.schedule.epochs
-            ):
-                metrics, _ = evaluate(
-                    model,
-                    ds.query,
-                    ds.gallery,
-                    test_transform(cfg),
-                    cfg.eval,
-                    device,
-                    cfg.sampler.num_workers,
-                    prec.enabled,
-                    name=cfg.data.name,
-                )
-                log.info("epoch %d  %s", done, format_metrics(metrics, cfg.data.name))
-                if is_main:
-                    steplog.scalars(
-                        step, {f"eval/{k}": v for k, v in metrics.items() if isinstance(v, float)}
-                    )
-            better = metrics is not None and ckpts.is_better(metrics, best)
-            if better:
-                best = {
-                    "metric": cfg.train.best_metric,
-                    "value": float(metrics[cfg.train.best_metric]),
-                    "step": step,
-                }
-            every = cfg.train.checkpoint_every_iters
-            if is_main and (
-                done % cfg.train.checkpoint_period == 0
-                or done == cfg.schedule.epochs
-                or metrics is not None
-                or (every > 0 and step % every == 0)
-            ):
-                save(epoch, iters, metrics)
-                if better:
-                    ckpts.mark_best()
-                    log.info("best.pth: %s %.4f at step %d", best["metric"], best["value"], step)
-    if is_main:
-        steplog.close()
-        if skipped:
-            log.warning("%d step(s) were skipped for a non-finite loss", skipped)
 
-    # -- final evaluation and report (every process extracts its share; rank 0 writes)
-    _sync_buffers(model)
-    if is_main:
-        return write_run_report(cfg, model, ds, device, prec.enabled)
-    return evaluate_run(cfg, model, ds, device, prec.enabled, out_dir=None, draw=False)
+# --------------------------------------------------------------------------- epoch ends
+
+
+def _evaluate_epoch(run: TrainRun, done: int) -> Dict[str, Any]:
+    """The periodic evaluation after ``done`` epochs (every process extracts its share)."""
+    cfg = run.cfg
+    metrics, _ = evaluate(
+        run.model,
+        run.ds.query,
+        run.ds.gallery,
+        test_transform(cfg),
+        cfg.eval,
+        run.device,
+        cfg.sampler.num_workers,
+        run.prec.enabled,
+        name=cfg.data.name,
+    )
+    log.info("epoch %d  %s", done, format_metrics(metrics, cfg.data.name))
+    if run.is_main:
+        scalars = {f"eval/{k}": v for k, v in metrics.items() if isinstance(v, float)}
+        run.steplog.scalars(run.step, scalars)
+    return metrics
+
+
+def _epoch_checkpoint_due(run: TrainRun, done: int, metrics: Optional[Dict[str, Any]]) -> bool:
+    """Whether ``done`` epochs end with a checkpoint: every ``train.checkpoint_period`` epochs,
+    at the end of training, after an evaluation (best.pth may become it) and when the step is
+    one of ``train.checkpoint_every_iters``'s."""
+    t, every = run.cfg.train, run.cfg.train.checkpoint_every_iters
+    return (
+        done % t.checkpoint_period == 0
+        or done == run.cfg.schedule.epochs
+        or metrics is not None
+        or (every > 0 and run.step % every == 0)
+    )
+
+
+def _save(
+    run: TrainRun, epoch: int, done_iters: int, metrics: Optional[Dict[str, Any]] = None
+) -> None:
+    """Checkpoint after ``done_iters`` batches of (0-based) ``epoch``; main process only."""
+    t0 = time.perf_counter()
+    if done_iters == run.inputs.iters:
+        epoch, done_iters = epoch + 1, 0
+    for h in log.handlers:
+        h.flush()
+    log_txt = os.path.join(run.cfg.output_dir, "log.txt")
+    train_state = {
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "scaler": run.scaler.state_dict(),
+        "epoch": epoch,  # epochs completed
+        "iter": done_iters,  # batches done in the epoch in progress
+        "step": run.step,
+        "iters_per_epoch": run.inputs.iters,
+        "rng": rng_state(),
+        "best": run.best,
+        "nonfinite_skipped": run.skipped,
+        "log_offset": os.path.getsize(log_txt) if os.path.exists(log_txt) else 0,
+    }
+    meta = model_meta(
+        run.cfg, run.model, run.ds.num_train_pids, epoch=epoch, step=run.step, metrics=metrics
+    )
+    path = run.ckpts.save(run.model.state_dict(), meta, train_state)
+    log.info("checkpoint at step %d -> %s (%.1f s)", run.step, path, time.perf_counter() - t0)
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _log_processes(cfg: Config, p_local: int, k: int) -> None:
+    """Log the distributed set-up: processes, backend, timeout, global and per-process batch."""
+    log.info(
+        "distributed: %d processes (%s, collective timeout %gs); global batch P=%d x K=%d = "
+        "%d images per step, each process P=%d x K=%d = %d images",
+        D.world_size(),
+        torch.distributed.get_backend(),
+        cfg.train.dist_timeout_s,
+        cfg.sampler.p,
+        k,
+        cfg.sampler.p * k,
+        p_local,
+        k,
+        p_local * k,
+    )
 
 
 def _start_processes(cfg: Config) -> Tuple[torch.device, bool]:
