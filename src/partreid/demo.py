@@ -11,7 +11,18 @@ import os
 import time
 from typing import Optional
 
-from .errors import InvalidValueError
+import torch
+
+from .config import build_config
+from .data import build_dataset
+from .data.datasets.synthetic_video import generate_videos
+from .engine import train
+from .engine.evaluator import evaluate, format_metrics
+from .engine.setup import model_kwargs, test_transform
+from .errors import InvalidValueError, MissingExtraError
+from .models import build_model, list_models
+from .report.html import write_html
+from .utils.logs import setup_logging
 
 log = logging.getLogger("partreid")
 
@@ -69,37 +80,11 @@ def demo_config(out: str, model: str = "cgpn", epochs: int = 30) -> dict:
 
 
 def _default_model() -> str:
-    from .models import list_models
-
     return "cgpn" if "cgpn" in list_models() else "bot"
 
 
-def run_demo(
-    out: str = "partreid_demo", model: Optional[str] = None, epochs: Optional[int] = None
-) -> dict:
-    """Run the whole demo into ``out``; return the trained model's metrics."""
-    import torch
-
-    from .config import build_config
-    from .data import build_dataset
-    from .engine import train
-    from .engine.evaluator import evaluate, format_metrics
-    from .engine.setup import model_kwargs, test_transform
-    from .models import build_model
-    from .report.html import write_html
-    from .utils.logs import setup_logging
-
-    start = time.time()
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
-    model = model or _default_model()
-    data = demo_config(out, model, epochs or 30)
-    cfg = build_config(data)
-    setup_logging(os.path.join(cfg.output_dir, "log.txt"))
-    log.info("partreid demo: model %s; output in %s", model, os.path.abspath(out))
-    ds = build_dataset(cfg.data.name, cfg.data.root)  # generates the synthetic set the first time
-    log.info("synthetic data set ready in %.1f s", time.time() - start)
-
-    # The same initial weights the training run starts from (the trainer seeds with cfg.seed).
+def _untrained_metrics(cfg, ds, model: str) -> dict:
+    """The metrics of the model the training run starts from (the trainer seeds with cfg.seed)."""
     torch.manual_seed(cfg.seed)
     untrained = build_model(model, ds.num_train_pids, **model_kwargs(cfg))
     m0, _ = evaluate(
@@ -113,17 +98,29 @@ def run_demo(
         name="untrained",
     )
     log.info("untrained %s", format_metrics(m0))
-    del untrained
+    return {k: m0[k] for k in ("rank1", "rank5", "rank10", "mAP", "mINP")}
 
-    metrics = train(cfg)
-    metrics["untrained"] = {k: m0[k] for k in ("rank1", "rank5", "rank10", "mAP", "mINP")}
-    metrics["demo_seconds"] = round(time.time() - start, 1)
+
+def _write_videos(out: str, data_root: str) -> Optional[str]:
+    """Two short camera videos of the test identities with MOT boxes (for ``ingest``)."""
+    folder = os.path.join(out, "videos")
+    try:
+        videos = generate_videos(folder, data_root)
+    except MissingExtraError as exc:  # PyAV is the video extra
+        log.info("no demo videos (%s)", exc)
+        return None
+    log.info("demo videos: %s", ", ".join(os.path.basename(v.video) for v in videos))
+    return folder
+
+
+def _report(cfg, ds, model: str, metrics: dict) -> str:
     run = cfg.output_dir
     with open(os.path.join(run, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=2)
     images = [
         p for p in ("ranked_list.png", "activations.png") if os.path.exists(os.path.join(run, p))
     ]
+    m0 = metrics["untrained"]
     notes = [
         f"Synthetic data set (generated, {len(ds.train)} training images of "
         f"{ds.num_train_pids} identities); model {model} trained on the CPU for "
@@ -132,14 +129,44 @@ def run_demo(
         f"mAP {100 * m0['mAP']:.1f}%. Trained: rank-1 {100 * metrics['rank1']:.1f}%, "
         f"mAP {100 * metrics['mAP']:.1f}%.",
     ]
-    page = write_html(
+    return write_html(
         run, f"partreid demo: {model} on a synthetic data set", metrics, images, notes
     )
+
+
+def _print_summary(cfg, metrics: dict, page: str, videos: Optional[str]) -> None:
+    m0, ckpt = metrics["untrained"], os.path.join(cfg.output_dir, "last.pth")
     print()
     print(f"untrained: mAP {100 * m0['mAP']:.1f}%  rank-1 {100 * m0['rank1']:.1f}%")
     print(f"trained:   mAP {100 * metrics['mAP']:.1f}%  rank-1 {100 * metrics['rank1']:.1f}%")
     print(f"demo finished in {metrics['demo_seconds']:.0f} s; report: {os.path.abspath(page)}")
-    print(
-        f"search it in a browser: partreid serve {os.path.join(run, 'last.pth')} --gallery {os.path.join(cfg.data.root, 'bounding_box_test')}"
-    )
+    gallery = os.path.join(cfg.data.root, "bounding_box_test")
+    print(f"search it in a browser: partreid serve {ckpt} --gallery {gallery}")
+    if videos:
+        cam1 = os.path.join(videos, "cam1")
+        print(
+            f"camera footage into a store: partreid ingest {ckpt} {cam1}.mkv --boxes {cam1}.txt "
+            "--camera 1 --start-time 2026-12-03T14:00:00 --store site  (README: A gallery that grows)"
+        )
+
+
+def run_demo(
+    out: str = "partreid_demo", model: Optional[str] = None, epochs: Optional[int] = None
+) -> dict:
+    """Run the whole demo into ``out``; return the trained model's metrics."""
+    start = time.time()
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    model = model or _default_model()
+    cfg = build_config(demo_config(out, model, epochs or 30))
+    setup_logging(os.path.join(cfg.output_dir, "log.txt"))
+    log.info("partreid demo: model %s; output in %s", model, os.path.abspath(out))
+    ds = build_dataset(cfg.data.name, cfg.data.root)  # generates the synthetic set the first time
+    videos = _write_videos(out, cfg.data.root)
+    log.info("synthetic data set ready in %.1f s", time.time() - start)
+    untrained = _untrained_metrics(cfg, ds, model)
+    metrics = train(cfg)
+    metrics["untrained"] = untrained
+    metrics["demo_seconds"] = round(time.time() - start, 1)
+    page = _report(cfg, ds, model, metrics)
+    _print_summary(cfg, metrics, page, videos)
     return metrics
