@@ -267,3 +267,25 @@ def test_embedded_span_bound_and_upgrade(tmp_path, gallery):
         for by in ("crop", "tracklet"):
             for f in FILTERS + [flt]:
                 check(st.search(q, K, by=by, **f), reference(late, q, by, **f), by)
+
+
+def test_milvus_best_crop_when_counts_understate(tmp_path, gallery):
+    """The best crop stays exact when a tracklet has more crops than its count says (the
+    bounded search is then cut off and the lookup falls back to a full query)."""
+    pytest.importorskip("pymilvus")
+    pytest.importorskip("milvus_lite")
+    q = queries(gallery)
+    with open_store(f"milvus://{tmp_path / 'm.db'}", create=True, info=INFO) as st:
+        st.add(gallery)
+        ref = reference(gallery, q, "tracklet")
+        for qi in range(len(q)):
+            hits = st.search(q[qi], K, by="tracklet")[0]
+            for h in hits:
+                h.best, h.n_crops = None, 0
+            st._best(normalize_rows(q[qi]), hits)
+            assert [h.best.id for h in hits] == [r[2] for r in ref[qi]]
+
+
+def normalize_rows(x):
+    """float32 unit rows, as the store normalises queries."""
+    return _unit(x).astype(np.float32)
