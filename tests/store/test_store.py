@@ -236,3 +236,56 @@ def test_embedded_large_subset_paths(tmp_path, gallery, monkeypatch, faiss_on):
         for by in ("crop", "tracklet"):
             for flt in FILTERS[:4]:
                 check(st.search(q, K, by=by, **flt), reference(keep, q, by, **flt), by)
+
+
+def test_embedded_span_bound_and_upgrade(tmp_path, gallery):
+    """A tracklet that grows across batches stays found by ``after`` (the span bound rises), and
+    a store of the earlier index layout (no max_span) is upgraded on open with the same answers."""
+    import sqlite3
+
+    q = queries(gallery)
+    path = str(tmp_path / "s")
+    late = gallery.select(np.arange(len(gallery)))
+    j = int(np.nonzero(gallery.track_id >= 0)[0][0])
+    late.timestamp[j] = 5000.0  # one crop of a track far later: that track spans ~5000 s
+    with open_store(path, create=True, info=INFO) as st:
+        st.add(gallery.select(np.arange(len(gallery)) != j))
+        st.add(late.select(np.array([j])))
+    flt = {"after": 4000.0, "before": 6000.0}
+    with open_store(path) as st:
+        check(
+            st.search(q, K, by="tracklet", **flt), reference(late, q, "tracklet", **flt), "tracklet"
+        )
+    db = sqlite3.connect(path + "/meta.sqlite", isolation_level=None)
+    for name in ("crops_cam_ts_row", "crops_ts_row", "tracklets_cam_t0", "tracklets_t0"):
+        db.execute(f"DROP INDEX {name}")
+    db.execute("CREATE INDEX crops_cam_ts ON crops(camera, ts)")
+    db.execute("CREATE INDEX tracklets_cam_t1 ON tracklets(camera, t1)")
+    db.execute("DELETE FROM meta WHERE key='max_span'")
+    db.close()
+    with open_store(path) as st:
+        for by in ("crop", "tracklet"):
+            for f in FILTERS + [flt]:
+                check(st.search(q, K, by=by, **f), reference(late, q, by, **f), by)
+
+
+def test_milvus_best_crop_when_counts_understate(tmp_path, gallery):
+    """The best crop stays exact when a tracklet has more crops than its count says (the
+    bounded search is then cut off and the lookup falls back to a full query)."""
+    pytest.importorskip("pymilvus")
+    pytest.importorskip("milvus_lite")
+    q = queries(gallery)
+    with open_store(f"milvus://{tmp_path / 'm.db'}", create=True, info=INFO) as st:
+        st.add(gallery)
+        ref = reference(gallery, q, "tracklet")
+        for qi in range(len(q)):
+            hits = st.search(q[qi], K, by="tracklet")[0]
+            for h in hits:
+                h.best, h.n_crops = None, 0
+            st._best(normalize_rows(q[qi]), hits)
+            assert [h.best.id for h in hits] == [r[2] for r in ref[qi]]
+
+
+def normalize_rows(x):
+    """float32 unit rows, as the store normalises queries."""
+    return _unit(x).astype(np.float32)

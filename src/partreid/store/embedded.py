@@ -20,14 +20,20 @@ the normalised crop features, the count and the span; add adds to the sum, delet
 exactly, the span is recomputed from the remaining crops. A one-crop tracklet (track_id -1)
 keeps no sum: its feature is its crop's row.
 
-Search: the filter runs in SQLite first (indexes on (camera, timestamp), (camera, track_id),
-timestamp; tracklets on (camera, end) and end). A filtered subset of at most ``SMALL`` rows is
-ranked exactly with numpy on its gathered rows; larger or unfiltered searches use an in-memory
-faiss ``IndexFlatIP`` (exact) with an ``IDSelectorBatch`` for the filter -- or exact numpy in
-blocks over the vector file when faiss is not installed. The in-memory indexes (faiss for the
-crops, a float32 matrix for the tracklet features) are built from the files on the first search
-that needs them and then updated incrementally by add and delete (never rebuilt). One process
-writes a store; another process that has it open sees the changes after reopening it.
+Search: the filter runs in SQLite first, on covering indexes (crops: (camera, ts, row) and
+(ts, row); tracklets: (camera, t0, t1) and (t0, t1)). The tracklet overlap filter ``t1 >= after
+and t0 < before`` is bounded on ``t0`` from both sides with ``t0 >= after - meta.max_span``
+(``max_span`` is an upper bound of every tracklet's ``t1 - t0``: add raises it, delete keeps it),
+so a one-day filter reads one day of index, not every later tracklet. A store of an earlier
+layout gets these indexes and ``max_span`` on open (once, one transaction). A filtered subset of
+at most ``SMALL`` rows is ranked exactly with numpy on its gathered rows; larger or unfiltered
+searches use an in-memory faiss ``IndexFlatIP`` (exact) with an ``IDSelectorBatch`` for the
+filter -- or exact numpy in blocks over the vector file when faiss is not installed. The
+in-memory indexes (faiss for the crops, a float32 matrix for the tracklet features) are built
+from the files on the first search that needs them (the faiss storage is sized once and read
+straight from the vector file) and then updated incrementally by add and delete (never
+rebuilt). One process writes a store; another process that has it open sees the changes after
+reopening it.
 """
 
 from __future__ import annotations
@@ -67,18 +73,23 @@ CREATE TABLE IF NOT EXISTS crops(
     track_id INTEGER NOT NULL, frame INTEGER NOT NULL,
     x1 REAL NOT NULL, y1 REAL NOT NULL, x2 REAL NOT NULL, y2 REAL NOT NULL,
     path TEXT NOT NULL, pid INTEGER NOT NULL, tracklet INTEGER NOT NULL);
-CREATE INDEX IF NOT EXISTS crops_cam_ts ON crops(camera, ts);
-CREATE INDEX IF NOT EXISTS crops_cam_track ON crops(camera, track_id);
-CREATE INDEX IF NOT EXISTS crops_ts ON crops(ts);
-CREATE UNIQUE INDEX IF NOT EXISTS crops_row ON crops(row);
-CREATE INDEX IF NOT EXISTS crops_tracklet ON crops(tracklet);
 CREATE TABLE IF NOT EXISTS tracklets(
     tid INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE, camera INTEGER NOT NULL,
     track_id INTEGER NOT NULL, n INTEGER NOT NULL, t0 REAL NOT NULL, t1 REAL NOT NULL,
     sum BLOB, row INTEGER);
-CREATE INDEX IF NOT EXISTS tracklets_cam_t1 ON tracklets(camera, t1);
-CREATE INDEX IF NOT EXISTS tracklets_t1 ON tracklets(t1);
 """
+# the indexes, created on open when missing (a store of an earlier version is upgraded once).
+# Covering: a filter reads only the index (crops: the vector row; tracklets: t1, the rowid).
+_INDEXES = """
+CREATE INDEX IF NOT EXISTS crops_cam_ts_row ON crops(camera, ts, row);
+CREATE INDEX IF NOT EXISTS crops_ts_row ON crops(ts, row);
+CREATE INDEX IF NOT EXISTS crops_cam_track ON crops(camera, track_id);
+CREATE UNIQUE INDEX IF NOT EXISTS crops_row ON crops(row);
+CREATE INDEX IF NOT EXISTS crops_tracklet ON crops(tracklet);
+CREATE INDEX IF NOT EXISTS tracklets_cam_t0 ON tracklets(camera, t0, t1);
+CREATE INDEX IF NOT EXISTS tracklets_t0 ON tracklets(t0, t1);
+"""
+_OLD_INDEXES = ("crops_cam_ts", "crops_ts", "tracklets_cam_t1", "tracklets_t1")  # replaced
 
 
 def open_embedded(uri: str, create: bool, info: Optional[Dict[str, Any]]) -> EmbeddedStore:
@@ -90,6 +101,10 @@ def open_embedded(uri: str, create: bool, info: Optional[Dict[str, Any]]) -> Emb
 def _chunks(a: Sequence[Any], n: int = _CHUNK):
     for i in range(0, len(a), n):
         yield a[i : i + n]
+
+
+def _index_name(sql: str) -> str:
+    return sql.split(" ON ")[0].split()[-1]
 
 
 def _faiss():
@@ -145,7 +160,11 @@ class EmbeddedStore(GalleryStore):
         )
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
+        self._upgrade()
         self._rows = int(self._db.execute("SELECT value FROM meta WHERE key='rows'").fetchone()[0])
+        self._max_span = float(
+            self._db.execute("SELECT value FROM meta WHERE key='max_span'").fetchone()[0]
+        )
         vec_file = os.path.join(self.path, "vectors.f32")
         self._vf = open(vec_file, "r+b")  # noqa: SIM115 (held open for the store's life)
         size, want = os.path.getsize(vec_file), self._rows * self.dim * 4
@@ -165,6 +184,34 @@ class EmbeddedStore(GalleryStore):
         self._tvalid: Optional[np.ndarray] = None
 
     # -- creation, files ------------------------------------------------------------------
+
+    def _upgrade(self) -> None:
+        """Create missing indexes and ``meta.max_span`` (one transaction; a no-op when current).
+
+        ``max_span`` bounds every tracklet's ``t1 - t0`` from above (add raises it, delete
+        leaves it), so that the tracklet time filter is a range on ``t0`` on both sides.
+        """
+        db = self._db
+        have = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+        want = [ln for ln in _INDEXES.strip().splitlines() if _index_name(ln) not in have]
+        has_span = db.execute("SELECT 1 FROM meta WHERE key='max_span'").fetchone()
+        old = [name for name in _OLD_INDEXES if name in have]
+        if not want and not old and has_span:
+            return
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for sql in want:
+                db.execute(sql)
+            for name in old:
+                db.execute(f"DROP INDEX {name}")
+            db.execute(
+                "INSERT OR IGNORE INTO meta SELECT 'max_span', coalesce(max(t1 - t0), 0)"
+                " FROM tracklets"
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
 
     def _create(self, meta_file: str, info: Dict[str, Any]) -> None:
         os.makedirs(self.path, exist_ok=True)
@@ -246,101 +293,21 @@ class EmbeddedStore(GalleryStore):
             self._vf.write(np.ascontiguousarray(feats).tobytes())
             self._vf.flush()
             os.fsync(self._vf.fileno())
-            # 2. one transaction: tracklets, crops, committed row count
+            # 2. one transaction: tracklets, crops, committed row count (and the span bound)
             db = self._db
-            changed: Dict[int, Optional[np.ndarray]] = {}  # tid -> new feature
             db.execute("BEGIN IMMEDIATE")
             try:
-                tids = np.empty(n, np.int64)
-                tracked = np.nonzero(new.track_id >= 0)[0]
-                if len(tracked):
-                    keys = [f"{c}:{t}" for c, t in zip(new.camera[tracked], new.track_id[tracked])]
-                    uniq, inv = np.unique(np.array(keys), return_inverse=True)
-                    sums = np.zeros((len(uniq), self.dim), np.float64)
-                    np.add.at(sums, inv, feats[tracked].astype(np.float64))
-                    cnt = np.bincount(inv, minlength=len(uniq))
-                    ts = new.timestamp[tracked]
-                    t0 = np.full(len(uniq), np.inf)
-                    t1 = np.full(len(uniq), -np.inf)
-                    np.minimum.at(t0, inv, ts)
-                    np.maximum.at(t1, inv, ts)
-                    for j, key in enumerate(uniq.tolist()):
-                        row = db.execute(
-                            "SELECT tid, n, t0, t1, sum FROM tracklets WHERE key=?", (key,)
-                        ).fetchone()
-                        if row is None:
-                            cam, tr = (int(v) for v in key.split(":"))
-                            s = sums[j]
-                            cur = db.execute(
-                                "INSERT INTO tracklets(key, camera, track_id, n, t0, t1, sum)"
-                                " VALUES (?,?,?,?,?,?,?)",
-                                (
-                                    key,
-                                    cam,
-                                    tr,
-                                    int(cnt[j]),
-                                    float(t0[j]),
-                                    float(t1[j]),
-                                    s.tobytes(),
-                                ),
-                            )
-                            tid = int(cur.lastrowid)
-                        else:
-                            tid = int(row[0])
-                            s = np.frombuffer(row[4], np.float64) + sums[j]
-                            db.execute(
-                                "UPDATE tracklets SET n=?, t0=?, t1=?, sum=? WHERE tid=?",
-                                (
-                                    int(row[1] + cnt[j]),
-                                    min(float(row[2]), float(t0[j])),
-                                    max(float(row[3]), float(t1[j])),
-                                    s.tobytes(),
-                                    tid,
-                                ),
-                            )
-                        tids[tracked[inv == j]] = tid
-                        changed[tid] = normalize(s)
-                for i in np.nonzero(new.track_id < 0)[0].tolist():
-                    cid = int(new.ids[i])
-                    cur = db.execute(
-                        "INSERT INTO tracklets(key, camera, track_id, n, t0, t1, row)"
-                        " VALUES (?,?,-1,1,?,?,?)",
-                        (
-                            f"crop:{cid}",
-                            int(new.camera[i]),
-                            float(new.timestamp[i]),
-                            float(new.timestamp[i]),
-                            int(rows[i]),
-                        ),
-                    )
-                    tids[i] = int(cur.lastrowid)
-                    changed[tids[i]] = feats[i]
-                box = new.box
-                assert box is not None and new.path is not None
-                db.executemany(
-                    f"INSERT INTO crops({_CROP_COLS}, tracklet) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                    zip(
-                        new.ids.tolist(),
-                        rows.tolist(),
-                        new.camera.tolist(),
-                        new.timestamp.tolist(),
-                        new.track_id.tolist(),
-                        new.frame.tolist(),
-                        box[:, 0].tolist(),
-                        box[:, 1].tolist(),
-                        box[:, 2].tolist(),
-                        box[:, 3].tolist(),
-                        new.path,
-                        new.pid.tolist(),
-                        tids.tolist(),
-                    ),
-                )
+                tids, changed, span = self._add_tracklets(new, feats, rows)
+                self._insert_crops(new, rows, tids)
                 db.execute("UPDATE meta SET value=? WHERE key='rows'", (r0 + n,))
+                if span > self._max_span:
+                    db.execute("UPDATE meta SET value=? WHERE key='max_span'", (span,))
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
             self._rows = r0 + n
+            self._max_span = max(self._max_span, span)
             # 3. the in-memory indexes, if built
             if self._index is not None:
                 self._index.add_with_ids(feats, rows)
@@ -350,6 +317,90 @@ class EmbeddedStore(GalleryStore):
                 for tid, f in changed.items():
                     self._set_tracklet(tid, f)
             return n
+
+    def _add_tracklets(
+        self, new: CropBatch, feats: np.ndarray, rows: np.ndarray
+    ) -> Tuple[np.ndarray, Dict[int, Optional[np.ndarray]], float]:
+        """Insert or update the batch's tracklets (in the open transaction).
+
+        Returns each crop's tid, the changed tracklets' new features and their largest span.
+        """
+        db = self._db
+        n = len(new)
+        tids = np.empty(n, np.int64)
+        changed: Dict[int, Optional[np.ndarray]] = {}
+        span = 0.0
+        tracked = np.nonzero(new.track_id >= 0)[0]
+        if len(tracked):
+            keys = [f"{c}:{t}" for c, t in zip(new.camera[tracked], new.track_id[tracked])]
+            uniq, inv = np.unique(np.array(keys), return_inverse=True)
+            sums = np.zeros((len(uniq), self.dim), np.float64)
+            np.add.at(sums, inv, feats[tracked].astype(np.float64))
+            cnt = np.bincount(inv, minlength=len(uniq))
+            ts = new.timestamp[tracked]
+            t0 = np.full(len(uniq), np.inf)
+            t1 = np.full(len(uniq), -np.inf)
+            np.minimum.at(t0, inv, ts)
+            np.maximum.at(t1, inv, ts)
+            utid = np.empty(len(uniq), np.int64)
+            for j, key in enumerate(uniq.tolist()):
+                row = db.execute(
+                    "SELECT tid, n, t0, t1, sum FROM tracklets WHERE key=?", (key,)
+                ).fetchone()
+                a, b, s = float(t0[j]), float(t1[j]), sums[j]
+                if row is None:
+                    cam, tr = (int(v) for v in key.split(":"))
+                    cur = db.execute(
+                        "INSERT INTO tracklets(key, camera, track_id, n, t0, t1, sum)"
+                        " VALUES (?,?,?,?,?,?,?)",
+                        (key, cam, tr, int(cnt[j]), a, b, s.tobytes()),
+                    )
+                    tid = int(cur.lastrowid)
+                else:
+                    tid = int(row[0])
+                    s = np.frombuffer(row[4], np.float64) + s
+                    a, b = min(float(row[2]), a), max(float(row[3]), b)
+                    db.execute(
+                        "UPDATE tracklets SET n=?, t0=?, t1=?, sum=? WHERE tid=?",
+                        (int(row[1] + cnt[j]), a, b, s.tobytes(), tid),
+                    )
+                span = max(span, b - a)
+                utid[j] = tid
+                changed[tid] = normalize(s)
+            tids[tracked] = utid[inv]
+        for i in np.nonzero(new.track_id < 0)[0].tolist():
+            ts_i = float(new.timestamp[i])
+            cur = db.execute(
+                "INSERT INTO tracklets(key, camera, track_id, n, t0, t1, row)"
+                " VALUES (?,?,-1,1,?,?,?)",
+                (f"crop:{int(new.ids[i])}", int(new.camera[i]), ts_i, ts_i, int(rows[i])),
+            )
+            tids[i] = int(cur.lastrowid)
+            changed[tids[i]] = feats[i]
+        return tids, changed, span
+
+    def _insert_crops(self, new: CropBatch, rows: np.ndarray, tids: np.ndarray) -> None:
+        """Insert the batch's crop rows (in the open transaction)."""
+        box = new.box
+        assert box is not None and new.path is not None
+        self._db.executemany(
+            f"INSERT INTO crops({_CROP_COLS}, tracklet) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            zip(
+                new.ids.tolist(),
+                rows.tolist(),
+                new.camera.tolist(),
+                new.timestamp.tolist(),
+                new.track_id.tolist(),
+                new.frame.tolist(),
+                box[:, 0].tolist(),
+                box[:, 1].tolist(),
+                box[:, 2].tolist(),
+                box[:, 3].tolist(),
+                new.path,
+                new.pid.tolist(),
+                tids.tolist(),
+            ),
+        )
 
     # -- in-memory indexes ----------------------------------------------------------------
 
@@ -365,15 +416,45 @@ class EmbeddedStore(GalleryStore):
                 self._valid = v
             return None
         if self._index is None:
-            index = faiss.IndexIDMap(faiss.IndexFlatIP(self.dim))
-            live = np.fromiter(
-                (r[0] for r in self._db.execute("SELECT row FROM crops ORDER BY row")), np.int64
-            )
-            mm = self._vectors()
-            for part in _chunks(live, 65536):
-                index.add_with_ids(np.ascontiguousarray(mm[part]), part)
-            self._index = index
+            self._index = self._build_crop_index(faiss)
         return self._index
+
+    def _build_crop_index(self, faiss: Any) -> Any:
+        """A faiss ``IndexIDMap(IndexFlatIP)`` of the live rows, filled in place from the file.
+
+        The flat index's storage is sized once and the rows are read straight into it (runs of
+        consecutive rows with one ``readinto``): no intermediate copies, no growing vector.
+        """
+        live = np.fromiter(
+            (r[0] for r in self._db.execute("SELECT row FROM crops ORDER BY row")), np.int64
+        )
+        index = faiss.IndexIDMap(faiss.IndexFlatIP(self.dim))
+        n, d = int(live.shape[0]), self.dim
+        if n == 0:
+            return index
+        flat = faiss.downcast_index(index.index)
+        flat.codes.resize(n * d * 4)
+        buf = faiss.rev_swig_ptr(flat.codes.data(), n * d * 4).view(np.float32).reshape(n, d)
+        self._read_rows(live, buf)
+        flat.ntotal = n
+        index.id_map.resize(n)
+        faiss.rev_swig_ptr(index.id_map.data(), n)[:] = live
+        index.ntotal = n
+        return index
+
+    def _read_rows(self, rows: np.ndarray, out: np.ndarray, step: int = 65536) -> None:
+        """Copy the vector rows ``rows`` (ascending, unique) into ``out`` (len(rows), D)."""
+        mm = self._vectors()
+        for i in range(0, rows.shape[0], step):
+            part = rows[i : i + step]
+            dst = out[i : i + part.shape[0]]
+            if int(part[-1]) - int(part[0]) == part.shape[0] - 1:  # consecutive rows
+                self._vf.seek(int(part[0]) * self.dim * 4)
+                got = self._vf.readinto(memoryview(dst).cast("B"))
+                if got != dst.nbytes:
+                    raise StoreError(f"store {self.uri}: vectors.f32 is shorter than committed")
+            else:
+                dst[:] = mm[part]
 
     def _set_tracklet(self, tid: int, feat: Optional[np.ndarray]) -> None:
         assert self._tv is not None and self._tvalid is not None
@@ -393,42 +474,57 @@ class EmbeddedStore(GalleryStore):
 
     def _tracklet_matrix(self) -> Tuple[np.ndarray, np.ndarray]:
         if self._tv is None:
-            top = self._db.execute("SELECT max(tid) FROM tracklets").fetchone()[0]
+            db = self._db
+            top = db.execute("SELECT max(tid) FROM tracklets").fetchone()[0]
             cap = max(int(top or 0) + 1, 1024)
-            self._tv = np.zeros((cap, self.dim), np.float32)
-            self._tvalid = np.zeros(cap, bool)
-            single_t, single_r = [], []
-            for tid, s, row in self._db.execute("SELECT tid, sum, row FROM tracklets"):
-                if s is None:
-                    single_t.append(tid)
-                    single_r.append(row)
-                else:
-                    self._tv[tid] = normalize(np.frombuffer(s, np.float64))
-                    self._tvalid[tid] = True
-            if single_t:
-                t = np.array(single_t, np.int64)
-                self._tv[t] = self._gather(np.array(single_r, np.int64))
-                self._tvalid[t] = True
+            tv = np.zeros((cap, self.dim), np.float32)
+            valid = np.zeros(cap, bool)
+            blk, bt, m = np.empty((4096, self.dim), np.float64), np.empty(4096, np.int64), 0
+            for tid, s in db.execute("SELECT tid, sum FROM tracklets WHERE sum IS NOT NULL"):
+                bt[m], blk[m] = tid, np.frombuffer(s, np.float64)  # one reused block
+                m += 1
+                if m == bt.shape[0]:
+                    tv[bt], valid[bt], m = normalize(blk), True, 0
+            tv[bt[:m]], valid[bt[:m]] = normalize(blk[:m]), True
+            single = db.execute("SELECT tid, row FROM tracklets WHERE sum IS NULL").fetchall()
+            if single:
+                tr = np.array(single, np.int64)
+                tv[tr[:, 0]] = self._gather(tr[:, 1])
+                valid[tr[:, 0]] = True
+            self._tv, self._tvalid = tv, valid
         assert self._tvalid is not None
         return self._tv, self._tvalid
 
     # -- search ---------------------------------------------------------------------------
 
-    @staticmethod
     def _where(
-        by: str, cameras: Optional[Sequence[int]], after: Any, before: Any
+        self, by: str, cameras: Optional[Sequence[int]], after: Any, before: Any
     ) -> Tuple[str, list]:
+        """The SQL filter and its parameters; tracklets: also ``t0 >= after - max_span``.
+
+        That lower bound on ``t0`` (implied by ``t1 >= after`` and the span bound, with a second
+        of slack for rounding) makes the filter a bounded range of the (camera, t0, t1) index:
+        without it every tracklet ending after ``after`` -- up to the newest -- was scanned.
+        """
         conds, params = [], []
         if cameras is not None:
             cams = sorted({int(c) for c in cameras})
             conds.append(f"camera IN ({','.join('?' * len(cams))})" if cams else "0")
             params += cams
-        t0, t1 = ("ts", "ts") if by == "crop" else ("t1", "t0")
+        if by == "crop":
+            if after is not None:
+                conds.append("ts >= ?")
+                params.append(float(after))
+            if before is not None:
+                conds.append("ts < ?")
+                params.append(float(before))
+            return " AND ".join(conds), params
         if after is not None:
-            conds.append(f"{t0} >= ?")
-            params.append(float(after))
+            a = float(after)
+            conds.append("t0 >= ? AND t1 >= ?")
+            params += [a - self._max_span - 1.0 - 1e-9 * abs(a), a]
         if before is not None:
-            conds.append(f"{t1} < ?")
+            conds.append("t0 < ?")
             params.append(float(before))
         return " AND ".join(conds), params
 

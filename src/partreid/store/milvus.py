@@ -383,14 +383,36 @@ class MilvusStore(GalleryStore):
             self._dirty = False
 
     def _best(self, query: np.ndarray, hits: List[TrackletHit]) -> None:
+        """Set each hit's ``best``: its crop nearest the query, exact, ties by id.
+
+        The hits' crops come from a filtered vector *search* on the crops (limit: one more than
+        the hits' crop count, so a full answer proves nothing was cut off), not a ``query``:
+        Milvus Lite answered the same ``tracklet in [...]`` filter ~3x faster that way
+        (16-23 ms against 43-59 ms at 20k x 1,280). An INVERTED index on ``tracklet`` (the one
+        scalar index kind Milvus Lite 3.2 implements) gained nothing measurable on top, so the
+        schema has none. Distances are recomputed here.
+        """
         if not hits:
             return
+        expr = f"tracklet in {_in([h.tracklet for h in hits])}"
+        fields = _CROP_FIELDS + ["tracklet", "vector"]
+        limit = sum(h.n_crops for h in hits) + 1
+        rows: Optional[List[dict]] = None
+        if limit <= 16384:
+            res = self._c.search(
+                self._crops,
+                data=[query],
+                limit=limit,
+                filter=expr,
+                output_fields=fields,
+                search_params={"metric_type": "IP"},
+            )[0]
+            if len(res) < limit:
+                rows = [_entity(h, "id") for h in res]
+        if rows is None:  # more crops than the counts said (or than one search returns)
+            rows = self._c.query(self._crops, filter=expr, output_fields=fields)
         members: Dict[str, List[dict]] = {}
-        for r in self._c.query(
-            self._crops,
-            filter=f"tracklet in {_in([h.tracklet for h in hits])}",
-            output_fields=_CROP_FIELDS + ["tracklet", "vector"],
-        ):
+        for r in rows:
             members.setdefault(r["tracklet"], []).append(r)
         for h in hits:
             rs = members.get(h.tracklet, [])
