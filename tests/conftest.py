@@ -113,3 +113,23 @@ def ckpt(tmp_path_factory):
     model = build_model("bot", 5, backbone="resnet18", pretrained=False)
     save_checkpoint(str(path), model.state_dict(), model_meta(cfg, model, 5))
     return str(path)
+
+
+@pytest.fixture
+def write_video():
+    """``write(path, frames, rate=5)``: RGB uint8 frames as a lossless FFV1 video (the decoded
+    frames are the frames); skips the test without PyAV."""
+    av = pytest.importorskip("av")
+
+    def write(path, frames, rate=5):
+        with av.open(str(path), "w") as out:
+            stream = out.add_stream("ffv1", rate=rate)
+            stream.width, stream.height = frames[0].shape[1], frames[0].shape[0]
+            stream.pix_fmt = "bgr0"
+            for f in frames:
+                for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                    out.mux(packet)
+            for packet in stream.encode():
+                out.mux(packet)
+
+    return write

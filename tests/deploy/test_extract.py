@@ -120,24 +120,11 @@ def test_clear_errors(tmp_path, ext, ckpt, capsys):
     assert "partreid extract: error:" in err and "not a partreid checkpoint" in err
 
 
-def _write_video(path, frames):
-    av = pytest.importorskip("av")
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("ffv1", rate=5)  # lossless: decoded frames are the frames
-        stream.width, stream.height = frames[0].shape[1], frames[0].shape[0]
-        stream.pix_fmt = "bgr0"
-        for f in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
-
-
-def test_video_with_mot_boxes(tmp_path, ext, caplog):
+def test_video_with_mot_boxes(tmp_path, ext, caplog, write_video):
     rng = np.random.default_rng(3)
     frames = [rng.integers(0, 256, (60, 80, 3), dtype=np.uint8) for _ in range(4)]
     video = tmp_path / "cam.mkv"
-    _write_video(video, frames)
+    write_video(video, frames)
     (tmp_path / "gt.txt").write_text(
         "2,7,10,5,20,40,1,-1,-1\n"  # frame 2, track 7
         "1,3,70,30,20,40,1\n"  # partly outside: clipped to x 70..80, y 30..60

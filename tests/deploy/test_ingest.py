@@ -106,25 +106,12 @@ def test_time_filters_and_delete(ckpt, crops, feats, tmp_path):
         assert all(r["camera"] != cam for r in search_store(st, q, 50, by="crop"))
 
 
-def _write_video(path, frames, rate=5):
-    av = pytest.importorskip("av")
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("ffv1", rate=rate)
-        stream.width, stream.height = frames[0].shape[1], frames[0].shape[0]
-        stream.pix_fmt = "bgr0"
-        for f in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
-
-
 @pytest.fixture
-def video(tmp_path):
+def video(tmp_path, write_video):
     rng = np.random.default_rng(5)
     frames = [rng.integers(0, 256, (60, 80, 3), dtype=np.uint8) for _ in range(6)]
     path = tmp_path / "cam7.mkv"
-    _write_video(path, frames)
+    write_video(path, frames)
     rows = [
         f"{t},{tid},{5 + 4 * t},{3 + tid},20,40,1,-1,-1,-1" for t in range(1, 7) for tid in (1, 2)
     ]

@@ -232,7 +232,27 @@ class GalleryStore:
         after: Optional[float] = None,
         before: Optional[float] = None,
     ) -> List[List[Any]]:
-        """The k nearest crops (``Hit``) or tracklets (``TrackletHit``) of each query."""
+        """The k nearest crops (``Hit``) or tracklets (``TrackletHit``) of each query.
+
+        Queries are L2-normalised; ``distance`` is ``2 - 2 cos`` ascending, ties by id. Crops:
+        ``after <= timestamp < before``; tracklets: span overlaps, ``end >= after and start <
+        before``; ``best`` is the tracklet's crop nearest the query (among all its crops). The
+        filters run inside the backend.
+        """
+        q = check_search_args(queries, k, by, self.dim, f"store {self.uri}")
+        with self._lock:
+            return self._search(q, int(k), by, cameras, after, before)
+
+    def _search(
+        self,
+        q: np.ndarray,
+        k: int,
+        by: str,
+        cameras: Optional[Sequence[int]],
+        after: Optional[float],
+        before: Optional[float],
+    ) -> List[List[Any]]:
+        """The backend's search of checked, normalised queries (under the store's lock)."""
         raise NotImplementedError
 
     def delete(

@@ -53,7 +53,6 @@ from partreid.store.base import (
     StoreError,
     TrackletHit,
     TrackRef,
-    check_search_args,
     normalize,
     parse_track,
     to_distance,
@@ -528,28 +527,20 @@ class EmbeddedStore(GalleryStore):
             params.append(float(before))
         return " AND ".join(conds), params
 
-    def search(
+    def _search(
         self,
-        queries: np.ndarray,
+        q: np.ndarray,
         k: int,
-        by: str = "crop",
-        cameras: Optional[Sequence[int]] = None,
-        after: Optional[float] = None,
-        before: Optional[float] = None,
+        by: str,
+        cameras: Optional[Sequence[int]],
+        after: Optional[float],
+        before: Optional[float],
     ) -> List[List[Any]]:
-        """The k nearest crops or tracklets of each query, filters applied in SQLite first.
-
-        Queries are L2-normalised; ``distance`` is ``2 - 2 cos`` ascending, ties by id. Crops:
-        ``after <= timestamp < before``; tracklets: span overlaps, ``end >= after and start <
-        before``; ``best`` is the tracklet's crop nearest the query (among all its crops).
-        """
-        with self._lock:
-            q = check_search_args(queries, k, by, self.dim, f"store {self.uri}")
-            k = int(k)
-            where, params = self._where(by, cameras, after, before)
-            if by == "crop":
-                return self._search_crops(q, k, where, params)
-            return self._search_tracklets(q, k, where, params)
+        """Filters applied in SQLite first (see :meth:`GalleryStore.search`)."""
+        where, params = self._where(by, cameras, after, before)
+        if by == "crop":
+            return self._search_crops(q, k, where, params)
+        return self._search_tracklets(q, k, where, params)
 
     def _search_crops(self, q: np.ndarray, k: int, where: str, params: list) -> List[List[Hit]]:
         cand: List[Tuple[np.ndarray, np.ndarray]] = []  # per query: rows, scores

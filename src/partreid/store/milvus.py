@@ -36,7 +36,6 @@ from partreid.store.base import (
     StoreError,
     TrackletHit,
     TrackRef,
-    check_search_args,
     missing_extra,
     normalize,
     parse_track,
@@ -325,50 +324,42 @@ class MilvusStore(GalleryStore):
             conds.append(f"{hi} < {float(before)!r}")
         return " and ".join(conds)
 
-    def search(
+    def _search(
         self,
-        queries: np.ndarray,
+        q: np.ndarray,
         k: int,
-        by: str = "crop",
-        cameras: Optional[Sequence[int]] = None,
-        after: Optional[float] = None,
-        before: Optional[float] = None,
+        by: str,
+        cameras: Optional[Sequence[int]],
+        after: Optional[float],
+        before: Optional[float],
     ) -> List[List[Any]]:
-        """The k nearest crops or tracklets of each query, filtered inside Milvus.
-
-        Queries are L2-normalised; ``distance`` is ``2 - 2 cos`` ascending, ties by id. Crops:
-        ``after <= timestamp < before``; tracklets: span overlaps, ``end >= after and start <
-        before``; ``best`` is the tracklet's crop nearest the query (among all its crops).
-        """
-        with self._lock:
-            q = check_search_args(queries, k, by, self.dim, f"store {self.uri}")
-            k = int(k)
-            expr = self._expr(by, cameras, after, before)
-            self._seal()
-            coll = self._crops if by == "crop" else self._tr
-            fields = _CROP_FIELDS if by == "crop" else _TR_FIELDS
-            res = self._c.search(
-                coll,
-                data=[v for v in q],
-                limit=min(k + MARGIN, 16384),
-                filter=expr,
-                output_fields=fields,
-                search_params={"metric_type": "IP"},
-            )
-            out: List[List[Any]] = []
-            for qi, hits in enumerate(res):
-                ents = [_entity(h, "id" if by == "crop" else "key") for h in hits]
-                if by == "crop":
-                    hs = [_hit(e, h["distance"]) for e, h in zip(ents, hits)]
-                    hs.sort(key=lambda h: (h.distance, h.id))
-                    out.append(hs[:k])
-                    continue
-                ts = [_tracklet_hit(e, h["distance"]) for e, h in zip(ents, hits)]
-                ts.sort(key=lambda h: (h.distance, h.tracklet))
-                ts = ts[:k]
-                self._best(q[qi], ts)
-                out.append(ts)
-            return out
+        """Filtered inside Milvus (see :meth:`GalleryStore.search`)."""
+        expr = self._expr(by, cameras, after, before)
+        self._seal()
+        coll = self._crops if by == "crop" else self._tr
+        fields = _CROP_FIELDS if by == "crop" else _TR_FIELDS
+        res = self._c.search(
+            coll,
+            data=[v for v in q],
+            limit=min(k + MARGIN, 16384),
+            filter=expr,
+            output_fields=fields,
+            search_params={"metric_type": "IP"},
+        )
+        out: List[List[Any]] = []
+        for qi, hits in enumerate(res):
+            ents = [_entity(h, "id" if by == "crop" else "key") for h in hits]
+            if by == "crop":
+                hs = [_hit(e, h["distance"]) for e, h in zip(ents, hits)]
+                hs.sort(key=lambda h: (h.distance, h.id))
+                out.append(hs[:k])
+                continue
+            ts = [_tracklet_hit(e, h["distance"]) for e, h in zip(ents, hits)]
+            ts.sort(key=lambda h: (h.distance, h.tracklet))
+            ts = ts[:k]
+            self._best(q[qi], ts)
+            out.append(ts)
+        return out
 
     def _seal(self) -> None:
         """Flush after writes, once, before the next search.
