@@ -57,7 +57,11 @@ def query_feature(
     folder of images of one person (a query tracklet: the mean of their normalised features)."""
     if tracklet:
         feat, meta = store.get_tracklet(tracklet)
-        return np.asarray(feat, np.float32)[None, :], f"tracklet {tracklet} ({meta})"
+        span = (
+            f"{format_time(meta['start'])} .. {format_time(meta['end'])}" if "start" in meta else ""
+        )
+        what = f"tracklet {tracklet} (camera {meta.get('camera')}, {meta.get('n_crops')} crops, {span})"
+        return np.asarray(feat, np.float32)[None, :], what
     if not query:
         raise InvalidValueError("give a query image or folder, or --tracklet CAMERA:TRACK")
     if not os.path.exists(query):
