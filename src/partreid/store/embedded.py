@@ -32,12 +32,19 @@ filter -- or exact numpy in blocks over the vector file when faiss is not instal
 in-memory indexes (faiss for the crops, a float32 matrix for the tracklet features) are built
 from the files on the first search that needs them (the faiss storage is sized once and read
 straight from the vector file) and then updated incrementally by add and delete (never
-rebuilt). One process writes a store; another process that has it open sees the changes after
-reopening it.
+rebuilt).
+
+Several processes (an ingest per camera, a server searching): every add and delete holds
+``writer.lock`` (an exclusive POSIX file lock) and starts from the committed row count, so
+writers take turns and never overwrite each other's rows; opening a store cuts an uncommitted
+tail of ``vectors.f32`` only when no writer holds that lock (else the rows are its batch in
+flight). A handle notices other processes' commits by SQLite's ``data_version`` at its next
+search or stats, and then rebuilds its in-memory indexes when a search needs them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -45,6 +52,11 @@ import threading
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+
+try:  # POSIX: one writer at a time across processes
+    import fcntl
+except ImportError:  # pragma: no cover (Windows: one writing process is the user's job)
+    fcntl = None  # type: ignore[assignment]
 
 from partreid.store.base import (
     CropBatch,
@@ -172,10 +184,15 @@ class EmbeddedStore(GalleryStore):
                 f"store {path}: vectors.f32 has {size // (4 * self.dim)} rows, the metadata"
                 f" references {self._rows}: the vector file was truncated or replaced"
             )
-        if size > want:  # rows of a batch whose transaction never committed
-            self._vf.truncate(want)
-            self._vf.flush()
-            os.fsync(self._vf.fileno())
+        self._lockf = open(os.path.join(self.path, "writer.lock"), "a+b")  # noqa: SIM115
+        if size > want and self._try_writer_lock():  # rows of a batch that never committed
+            try:  # (while another process holds the lock, those rows are its batch in flight)
+                self._vf.truncate(want)
+                self._vf.flush()
+                os.fsync(self._vf.fileno())
+            finally:
+                self._unlock_writer()
+        self._version = self._db.execute("PRAGMA data_version").fetchone()[0]
         self._mm: Optional[np.ndarray] = None
         self._index: Any = None  # faiss index of the crops (ids = vector rows), lazily
         self._valid: Optional[np.ndarray] = None  # without faiss: live rows mask, lazily
@@ -237,6 +254,48 @@ class EmbeddedStore(GalleryStore):
         os.replace(tmp, meta_file)  # store.json last: its presence means "created"
         _fsync_dir(self.path)
 
+    # -- other processes ---------------------------------------------------------------
+
+    def _try_writer_lock(self) -> bool:
+        if fcntl is None:
+            return True
+        try:
+            fcntl.flock(self._lockf.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return False
+        return True
+
+    def _unlock_writer(self) -> None:
+        if fcntl is not None:
+            fcntl.flock(self._lockf.fileno(), fcntl.LOCK_UN)
+
+    @contextlib.contextmanager
+    def _writing(self):
+        """Hold the store's writer lock (``writer.lock``, across processes) for one add or
+        delete, and start from the committed state, whoever committed it."""
+        if fcntl is not None:
+            fcntl.flock(self._lockf.fileno(), fcntl.LOCK_EX)
+        try:
+            self._sync()
+            yield
+            self._version = self._db.execute("PRAGMA data_version").fetchone()[0]
+        finally:
+            self._unlock_writer()
+
+    def _sync(self) -> None:
+        """Notice commits of other processes (SQLite's ``data_version``): re-read the row count
+        and span bound, and drop the in-memory indexes so the next search rebuilds them."""
+        version = self._db.execute("PRAGMA data_version").fetchone()[0]
+        if version == self._version:
+            return
+        self._version = version
+        meta = dict(
+            self._db.execute("SELECT key, value FROM meta WHERE key IN ('rows', 'max_span')")
+        )
+        self._rows, self._max_span = int(meta["rows"]), float(meta["max_span"])
+        self._mm = None
+        self._index = self._valid = self._tv = self._tvalid = None
+
     def _vectors(self) -> np.ndarray:
         """The committed rows of the vector file, memory-mapped (read-only)."""
         if self._mm is None or self._mm.shape[0] != self._rows:
@@ -276,7 +335,7 @@ class EmbeddedStore(GalleryStore):
 
     def add(self, batch: CropBatch) -> int:
         """Add a batch atomically (features are L2-normalised here); returns the number added."""
-        with self._lock:
+        with self._lock, self._writing():
             self._check_dim(batch)
             batch = batch.unique()
             new = batch.select(~self._present(batch.ids))
@@ -537,6 +596,7 @@ class EmbeddedStore(GalleryStore):
         before: Optional[float],
     ) -> List[List[Any]]:
         """Filters applied in SQLite first (see :meth:`GalleryStore.search`)."""
+        self._sync()  # another process (an ingest) may have added or deleted since
         where, params = self._where(by, cameras, after, before)
         if by == "crop":
             return self._search_crops(q, k, where, params)
@@ -679,8 +739,8 @@ class EmbeddedStore(GalleryStore):
         (``"3:17"``, ``"crop:42"`` or ``(camera, track_id)``); ``ids``: those crop ids. Without
         any condition it raises :class:`StoreError`. Tracklets are updated, removed when empty.
         """
-        with self._lock:
-            self._delete_conditions(before, camera, track, ids, f"store {self.uri}")
+        self._delete_conditions(before, camera, track, ids, f"store {self.uri}")
+        with self._lock, self._writing():
             conds, params = [], []
             if before is not None:
                 conds.append("ts < ?")
@@ -760,6 +820,7 @@ class EmbeddedStore(GalleryStore):
     def stats(self) -> Dict[str, Any]:
         """Counts of crops and tracklets, per camera, the time span, dim, info and disk use."""
         with self._lock:
+            self._sync()
             db = self._db
             n, first, last = db.execute("SELECT count(*), min(ts), max(ts) FROM crops").fetchone()
             per = db.execute("SELECT camera, count(*) FROM crops GROUP BY camera ORDER BY camera")
@@ -815,6 +876,7 @@ class EmbeddedStore(GalleryStore):
             if self._db is not None:
                 self._db.close()
                 self._vf.close()
+                self._lockf.close()
                 self._db = None  # type: ignore[assignment]
                 self._mm = None
                 self._index = self._tv = None
