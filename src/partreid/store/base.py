@@ -262,7 +262,24 @@ class GalleryStore:
         track: Optional[TrackRef] = None,
         ids: Optional[Sequence[int]] = None,
     ) -> int:
-        """Delete the crops matching every given condition; returns the number deleted."""
+        """Delete the crops matching every given condition (AND); returns the number deleted.
+
+        ``before``: timestamp < before; ``camera``: that camera; ``track``: a tracklet id
+        (``"3:17"``, ``"crop:42"`` or ``(camera, track_id)``); ``ids``: those crop ids. Without
+        any condition it raises :class:`StoreError`. Tracklets are updated, removed when empty.
+        """
+        self._delete_conditions(before, camera, track, ids, f"store {self.uri}")
+        with self._lock:
+            return self._delete(before, camera, track, ids)
+
+    def _delete(
+        self,
+        before: Optional[float],
+        camera: Optional[int],
+        track: Optional[TrackRef],
+        ids: Optional[Sequence[int]],
+    ) -> int:
+        """The backend's delete, at least one condition given (under the store's lock)."""
         raise NotImplementedError
 
     def stats(self) -> Dict[str, Any]:

@@ -726,21 +726,15 @@ class EmbeddedStore(GalleryStore):
 
     # -- delete ---------------------------------------------------------------------------
 
-    def delete(
+    def _delete(
         self,
-        before: Optional[float] = None,
-        camera: Optional[int] = None,
-        track: Optional[TrackRef] = None,
-        ids: Optional[Sequence[int]] = None,
+        before: Optional[float],
+        camera: Optional[int],
+        track: Optional[TrackRef],
+        ids: Optional[Sequence[int]],
     ) -> int:
-        """Delete the crops matching every given condition (AND); returns the number deleted.
-
-        ``before``: timestamp < before; ``camera``: that camera; ``track``: a tracklet id
-        (``"3:17"``, ``"crop:42"`` or ``(camera, track_id)``); ``ids``: those crop ids. Without
-        any condition it raises :class:`StoreError`. Tracklets are updated, removed when empty.
-        """
-        self._delete_conditions(before, camera, track, ids, f"store {self.uri}")
-        with self._lock, self._writing():
+        """One transaction under the writer lock (see :meth:`GalleryStore.delete`)."""
+        with self._writing():
             conds, params = [], []
             if before is not None:
                 conds.append("ts < ?")

@@ -426,72 +426,63 @@ class MilvusStore(GalleryStore):
         finally:
             it.close()
 
-    def delete(
+    def _delete(
         self,
-        before: Optional[float] = None,
-        camera: Optional[int] = None,
-        track: Optional[TrackRef] = None,
-        ids: Optional[Sequence[int]] = None,
+        before: Optional[float],
+        camera: Optional[int],
+        track: Optional[TrackRef],
+        ids: Optional[Sequence[int]],
     ) -> int:
-        """Delete the crops matching every given condition (AND); returns the number deleted.
-
-        ``before``: timestamp < before; ``camera``: that camera; ``track``: a tracklet id
-        (``"3:17"``, ``"crop:42"`` or ``(camera, track_id)``); ``ids``: those crop ids. Without
-        any condition it raises :class:`StoreError`. Tracklets are updated, removed when empty.
-        """
-        with self._lock:
-            self._delete_conditions(before, camera, track, ids, f"store {self.uri}")
-            conds = []
-            if before is not None:
-                conds.append(f"timestamp < {float(before)!r}")
-            if camera is not None:
-                conds.append(f"camera == {int(camera)}")
-            if track is not None:
-                conds.append(f"tracklet == {json.dumps(parse_track(track))}")
-            id_list = None if ids is None else np.asarray(ids, np.int64).reshape(-1).tolist()
-            base = " and ".join(conds)
-            victims: List[int] = []
-            keys: set = set()
-            parts = [None] if id_list is None else list(_chunks(id_list, _IN_CHUNK))
-            for part in parts:
-                expr = (
-                    base
-                    if part is None
-                    else " and ".join(filter(None, [base, f"id in {_in(part)}"]))
+        """Filter expressions inside Milvus (see :meth:`GalleryStore.delete`)."""
+        conds = []
+        if before is not None:
+            conds.append(f"timestamp < {float(before)!r}")
+        if camera is not None:
+            conds.append(f"camera == {int(camera)}")
+        if track is not None:
+            conds.append(f"tracklet == {json.dumps(parse_track(track))}")
+        id_list = None if ids is None else np.asarray(ids, np.int64).reshape(-1).tolist()
+        base = " and ".join(conds)
+        victims: List[int] = []
+        keys: set = set()
+        parts = [None] if id_list is None else list(_chunks(id_list, _IN_CHUNK))
+        for part in parts:
+            expr = (
+                base if part is None else " and ".join(filter(None, [base, f"id in {_in(part)}"]))
+            )
+            for r in self._iterate(self._crops, expr, ["id", "tracklet"]):
+                victims.append(int(r["id"]))
+                keys.add(r["tracklet"])
+        if not victims:
+            return 0
+        for part in _chunks(victims, _IN_CHUNK):
+            self._c.delete(self._crops, filter=f"id in {_in(part)}")
+        # the affected tracklets, recomputed from their remaining crops
+        left: Dict[str, List[dict]] = {}
+        klist = sorted(keys)
+        for part in _chunks(klist, 256):
+            for r in self._iterate(
+                self._crops,
+                f"tracklet in {_in(part)}",
+                ["tracklet", "camera", "track_id", "timestamp", "vector"],
+            ):
+                left.setdefault(r["tracklet"], []).append(r)
+        gone = [k for k in klist if k not in left]
+        for part in _chunks(gone, _IN_CHUNK):
+            self._c.delete(self._tr, filter=f"key in {_in(part)}")
+        ups = []
+        for key, rs in left.items():
+            v = np.asarray([r["vector"] for r in rs], np.float64)
+            t = [float(r["timestamp"]) for r in rs]
+            ups.append(
+                self._tracklet_row(
+                    key, rs[0]["camera"], rs[0]["track_id"], v.sum(0), len(rs), min(t), max(t)
                 )
-                for r in self._iterate(self._crops, expr, ["id", "tracklet"]):
-                    victims.append(int(r["id"]))
-                    keys.add(r["tracklet"])
-            if not victims:
-                return 0
-            for part in _chunks(victims, _IN_CHUNK):
-                self._c.delete(self._crops, filter=f"id in {_in(part)}")
-            # the affected tracklets, recomputed from their remaining crops
-            left: Dict[str, List[dict]] = {}
-            klist = sorted(keys)
-            for part in _chunks(klist, 256):
-                for r in self._iterate(
-                    self._crops,
-                    f"tracklet in {_in(part)}",
-                    ["tracklet", "camera", "track_id", "timestamp", "vector"],
-                ):
-                    left.setdefault(r["tracklet"], []).append(r)
-            gone = [k for k in klist if k not in left]
-            for part in _chunks(gone, _IN_CHUNK):
-                self._c.delete(self._tr, filter=f"key in {_in(part)}")
-            ups = []
-            for key, rs in left.items():
-                v = np.asarray([r["vector"] for r in rs], np.float64)
-                t = [float(r["timestamp"]) for r in rs]
-                ups.append(
-                    self._tracklet_row(
-                        key, rs[0]["camera"], rs[0]["track_id"], v.sum(0), len(rs), min(t), max(t)
-                    )
-                )
-            for part in _chunks(ups, _INSERT_ROWS):
-                self._c.upsert(self._tr, part)
-            self._dirty = True
-            return len(victims)
+            )
+        for part in _chunks(ups, _INSERT_ROWS):
+            self._c.upsert(self._tr, part)
+        self._dirty = True
+        return len(victims)
 
     # -- the rest -------------------------------------------------------------------------
 
