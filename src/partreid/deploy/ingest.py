@@ -26,7 +26,6 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
-from ..data.io import IMAGE_EXTENSIONS
 from ..data.sources import Source, SourceError, open_source, video_frame_rate
 from ..errors import InvalidValueError
 from ..inference import Extractor
@@ -166,12 +165,6 @@ def open_timed_source(
             header = next(csv.reader(f), [])
         if "timestamp" in header:
             return timed_manifest(source, camera)
-    if (
-        os.path.isfile(source)
-        and not boxes
-        and not source.lower().endswith(IMAGE_EXTENSIONS + (".csv",))
-    ):
-        raise SourceError(f"{source} is a video: give the person boxes with --boxes gt.txt (MOT)")
     src = open_source(source, boxes)
     return src, source_timing(src, camera, start_time, fps)
 

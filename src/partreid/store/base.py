@@ -22,18 +22,13 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from partreid.errors import MissingExtraError, PartreidError
+from partreid.errors import PartreidError
 
 TrackRef = Union[str, Tuple[int, int]]
 
 
 class StoreError(PartreidError, ValueError):
     """A store that cannot be opened or used as asked: the message names the store and why."""
-
-
-def missing_extra(module: str, extra: str) -> MissingExtraError:
-    """The error for an optional library that is not installed, naming the extra."""
-    return MissingExtraError(f"{module} is not installed: pip install 'partreid[{extra}]'")
 
 
 def normalize(x: np.ndarray) -> np.ndarray:

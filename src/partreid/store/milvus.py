@@ -36,12 +36,12 @@ from partreid.store.base import (
     StoreError,
     TrackletHit,
     TrackRef,
-    missing_extra,
     normalize,
     parse_track,
     to_distance,
     tracklet_key,
 )
+from partreid.utils.extras import require
 
 DEFAULT_COLLECTION = "partreid"
 CONNECT_TIMEOUT = 5.0  # seconds before an unreachable server is reported
@@ -89,14 +89,6 @@ def open_milvus(uri: str, create: bool, info: Optional[Dict[str, Any]]) -> Milvu
     return MilvusStore(uri, create=create, info=info)
 
 
-def _pymilvus():
-    try:
-        import pymilvus  # noqa: PLC0415
-    except ImportError:
-        raise missing_extra("pymilvus", "milvus") from None
-    return pymilvus
-
-
 def _in(values: Sequence[Any]) -> str:
     return "[" + ",".join(json.dumps(v) for v in values) + "]"
 
@@ -112,12 +104,9 @@ class MilvusStore(GalleryStore):
     def __init__(self, uri: str, create: bool = False, info: Optional[Dict[str, Any]] = None):
         kind, target, prefix = parse_milvus_uri(uri)
         self.uri = uri
-        pm = _pymilvus()
+        pm = require("pymilvus", "milvus")
         if kind == "lite":
-            try:
-                import milvus_lite  # noqa: F401, PLC0415
-            except ImportError:
-                raise missing_extra("milvus-lite", "milvus") from None
+            require("milvus_lite", "milvus")
             if not os.path.isdir(os.path.dirname(target) or "/"):
                 raise StoreError(f"store {uri}: no folder {os.path.dirname(target)} for the file")
             if not os.path.exists(target) and not create:
