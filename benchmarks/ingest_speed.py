@@ -23,10 +23,10 @@ import time
 import torch
 
 from partreid.checkpoint import model_meta, save_checkpoint
+from partreid.commands.ingest import ingest, model_description, open_store_for, open_timed_source
 from partreid.config import load_config
 from partreid.data import generate_synthetic
 from partreid.data.datasets.synthetic_video import generate_videos
-from partreid.deploy.ingest import ingest, model_description, open_store_for, open_timed_source
 from partreid.inference import Extractor
 from partreid.models import build_model
 

@@ -1,4 +1,4 @@
-"""Gallery search speed: approximate faiss indexes (partreid.deploy.index) against exact search.
+"""Gallery search speed: approximate faiss indexes (partreid.index) against exact search.
 
     nice -n 10 python benchmarks/search_speed.py --sizes 100000 \
         --configs pca-ivfflat pca-ivfpq pca-hnsw --nprobe 32 64 128 256 --ef-search 64 128 256
@@ -275,7 +275,7 @@ def latency(fn, queries, batch, max_batches):
 def run_size(args) -> dict:
     import faiss
 
-    from partreid.deploy.index import (
+    from partreid.index import (
         add_in_chunks,
         approximate_search,
         default_params,

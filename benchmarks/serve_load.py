@@ -95,7 +95,7 @@ def make_gallery(
     )
     if kind == "exact":
         return fs.save(path + ".npz")
-    from partreid.deploy.index import GalleryIndex
+    from partreid.index import GalleryIndex
 
     return GalleryIndex.build(fs, kind=kind, **index_params).save(path + f".{kind}")
 
@@ -121,7 +121,7 @@ def recall_at_10(ckpt: str, index_path: str, images: List[bytes]) -> float:
 
     from PIL import Image
 
-    from partreid.deploy.index import GalleryIndex
+    from partreid.index import GalleryIndex
     from partreid.inference import Extractor
 
     q = Extractor(ckpt, device="cpu", progress=False)(

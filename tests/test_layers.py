@@ -20,18 +20,24 @@ SRC = os.path.join(os.path.dirname(__file__), os.pardir, "src", "partreid")
 LAYERS: List[Tuple[str, ...]] = [
     ("errors", "_version"),
     ("utils",),
-    ("data", "models", "metrics", "losses", "features", "checkpoint", "store"),
+    ("data", "models", "metrics", "losses", "features", "checkpoint", "store", "index"),
     ("config",),
     ("inference",),
     ("report",),
     ("engine", "deploy"),
     ("serve", "visualize", "demo"),
+    ("commands",),  # the commands' glue: only cli uses it
     ("cli",),
     ("__main__", ""),  # "" = the package root, partreid/__init__.py
 ]
 LAYER = {room: i for i, rooms in enumerate(LAYERS) for room in rooms}
 # rooms of one layer that may use each other, one way (the store keeps Features-style arrays)
-SAME_LAYER_ALLOWED = {("store", "features"), ("store", "metrics")}
+SAME_LAYER_ALLOWED = {
+    ("store", "features"),
+    ("store", "metrics"),
+    ("index", "features"),
+    ("index", "metrics"),
+}
 # imports of partreid modules inside functions, each with its reason
 IN_FUNCTION_ALLOWED = {
     # ``partreid.load_model`` without loading models and torchvision on ``import partreid.metrics``

@@ -13,15 +13,15 @@ import sys
 from typing import List, Optional
 
 from .checkpoint import inspect_checkpoint
+from .commands.export import export_command
+from .commands.extract import extract_command
+from .commands.ingest import ingest_command
+from .commands.search import index_command, search_command
+from .commands.store import delete_command, search_store_command, stats_command
 from .config import load_config
 from .data import list_datasets
 from .data.datasets.manifest import named_test_set
 from .demo import run_demo
-from .deploy.export import export_command
-from .deploy.extract import extract_command
-from .deploy.ingest import ingest_command
-from .deploy.search import index_command, search_command
-from .deploy.store_search import delete_command, search_store_command, stats_command
 from .engine import train
 from .engine.checkpointing import TrainingInterrupted
 from .engine.eval_run import evaluate_checkpoint

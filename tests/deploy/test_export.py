@@ -11,6 +11,7 @@ import torch
 from partreid.checkpoint import load_checkpoint, model_meta, save_checkpoint
 from partreid.cli import main
 from partreid.config import load_config
+from partreid.commands import export as C
 from partreid.deploy import export as E
 from partreid.inference import Extractor, load_model
 from partreid.models import build_model
@@ -126,9 +127,9 @@ def test_export_fails_with_exit_2_above_tolerance(tmp_path, monkeypatch, capsys)
     from PIL import Image
 
     Image.new("RGB", (30, 60), (200, 10, 10)).save(tmp_path / "imgs" / "a.png")
-    monkeypatch.setattr(E, "export_onnx", lambda model, out, flip=True: open(out, "wb").close())
+    monkeypatch.setattr(C, "export_onnx", lambda model, out, flip=True: open(out, "wb").close())
     monkeypatch.setattr(
-        E, "onnx_parity", lambda *a: {"max_diff_normalised": 3e-3, "max_diff_raw": 0.1}
+        C, "onnx_parity", lambda *a: {"max_diff_normalised": 3e-3, "max_diff_raw": 0.1}
     )
     out = str(tmp_path / "m.onnx")
     args = ["export", ckpt, "--format", "onnx", "--out", out]

@@ -133,7 +133,7 @@ def crops_manifest(folders: list, path: str) -> str:
     camera c's crops from 14:00 + (c - 1) h, one second apart within a track."""
     import re
 
-    from partreid.deploy.ingest import parse_time
+    from partreid.utils.times import parse_time
 
     t0 = parse_time(STORE_T0)
     seen: dict = {}
@@ -159,7 +159,7 @@ def store_setup(serve_setup, tmp_path_factory):
     """An embedded store (crops of 3 cameras in tracklets + a video camera 9), a model-only
     worker on the same checkpoint (PyTorch, as ingest) and the open store."""
     pytest.importorskip("av")
-    from partreid.deploy.ingest import ingest_command
+    from partreid.commands.ingest import ingest_command
     from partreid.serve import ServeLimits, build_worker
     from partreid.store import open_store
 

@@ -63,7 +63,7 @@ def test_folder_is_extracted_once_then_reused_until_it_changes(serve_setup, smal
 
 
 def test_features_file_and_index_folder_galleries(serve_setup, small_folder, tmp_path):
-    from partreid.deploy.index import GalleryIndex
+    from partreid.index import GalleryIndex
     from partreid.serve import load_gallery
 
     extractor = serve_setup["worker"].extractor
@@ -92,7 +92,7 @@ def test_bad_galleries_give_clear_errors(serve_setup, tmp_path):
     with pytest.raises(FileNotFoundError, match="holds no images"):
         load_gallery(str(tmp_path / "empty"), serve_setup["checkpoint"], None, None)
 
-    from partreid.deploy.index import GalleryIndex
+    from partreid.index import GalleryIndex
 
     wrong = Features.build(np.zeros((3, 7), np.float32), ["/x/a.jpg", "/x/b.jpg", "/x/c.jpg"])
     served = ServedGallery(GalleryIndex.build(wrong), "wrong.npz", "features", None)

@@ -14,9 +14,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from partreid.deploy.ingest import parse_time
-from partreid.deploy.store_search import search_store
 from partreid.errors import InvalidValueError, NotFoundError
+from partreid.store.query import records
+from partreid.store.query import search_store as search_hits
+from partreid.utils.times import parse_time
+
+
+def search_store(*args, **kwargs):
+    """The store's hits for one query as the records the CLI and the server answer."""
+    return records(search_hits(*args, **kwargs))
+
 
 T = "2026-12-03T"
 TOKEN = "s3cret-token-for-the-tests-0123456789"

@@ -1,6 +1,6 @@
-"""Using a trained model outside training: extract features (``sources``, ``extract``),
-export it (``export``: inference-only weights, ONNX) and search a gallery (``index``).
+"""A trained model outside PyTorch: ``export`` (inference-only weights, ONNX with a parity check)
+and ``runtime`` (ONNX Runtime or PyTorch for a checkpoint's forward pass).
 
-Nothing heavy is imported here; optional dependencies (onnx, onnxruntime, faiss, av) load inside
-the functions that need them.
+Nothing heavy is imported here; optional dependencies (onnx, onnxruntime) load inside the
+functions that need them.
 """

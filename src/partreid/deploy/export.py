@@ -28,7 +28,6 @@ import hashlib
 import json
 import logging
 import os
-import sys
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -40,7 +39,7 @@ from .._version import __version__
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..data.io import list_image_files
 from ..errors import InvalidValueError, PartreidError
-from ..inference import Extractor, FlipAveraged, OnnxModel, load_model, model_from_checkpoint
+from ..inference import Extractor, FlipAveraged, OnnxModel, model_from_checkpoint
 from ..inference.onnx import ONNX_FORMAT
 from ..utils.extras import require
 
@@ -267,48 +266,3 @@ def cached_onnx(model: nn.Module, checkpoint: str, cache_dir: str, tolerance: fl
             os.remove(tmp)
     log.info("ONNX export checked (largest difference %.1e) in %.1f s", diff, time.time() - t0)
     return path
-
-
-# --------------------------------------------------------------------------------------------
-# command
-# --------------------------------------------------------------------------------------------
-def export_command(
-    checkpoint: str,
-    fmt: str,
-    out: str,
-    check_images: Optional[str] = None,
-    flip: bool = True,
-    tolerance: float = 1e-4,
-) -> int:
-    """``partreid export``; returns the exit code (2 when the ONNX parity check fails)."""
-    if fmt == "weights":
-        r = export_weights(checkpoint, out)
-        print(
-            f"wrote {out}: {r['bytes_out'] / 1e6:.2f} MB, inference only (no optimizer/train "
-            f"state); {checkpoint}: {r['bytes_in'] / 1e6:.2f} MB = {r['ratio']:.2f}x"
-        )
-        return 0
-    if fmt != "onnx":
-        raise InvalidValueError(f"unknown export format {fmt!r}; valid: weights, onnx")
-    model = load_model(checkpoint, "cpu")
-    images, origin = check_images_for(
-        model.info, check_images
-    )  # fail early on a bad --check-images
-    export_onnx(model, out, flip=flip)
-    r = onnx_parity(out, model, images)
-    size = os.path.getsize(out) / 1e6
-    print(
-        f"wrote {out} ({size:.1f} MB, {model.info.name}, {model.info.feature_dim}-d, "
-        f"input {model.info.height}x{model.info.width}, flip-averaging "
-        f"{'in the graph' if flip else 'left to the runtime'}); ONNX Runtime vs PyTorch on "
-        f"{origin}: largest difference {r['max_diff_normalised']:.2e} on L2-normalised "
-        f"features ({r['max_diff_raw']:.2e} raw)"
-    )
-    if not r["max_diff_normalised"] <= tolerance:
-        print(
-            f"partreid export: error: ONNX parity check FAILED: {r['max_diff_normalised']:.2e} > "
-            f"tolerance {tolerance:g}; do not use {out}",
-            file=sys.stderr,
-        )
-        return 2
-    return 0

@@ -27,9 +27,9 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import numpy as np
 
 from ..data.io import list_image_files
-from ..deploy.index import GalleryIndex, open_gallery
 from ..errors import NotFoundError, PartreidError
 from ..features import Features
+from ..index import GalleryIndex, open_gallery
 
 log = logging.getLogger("partreid")
 
@@ -85,9 +85,9 @@ def _is_index_folder(path: str) -> bool:
 
 @dataclass
 class ServedGallery:
-    """A loaded :class:`~partreid.deploy.index.GalleryIndex` plus what the server needs."""
+    """A loaded :class:`~partreid.index.GalleryIndex` plus what the server needs."""
 
-    index: Any  # partreid.deploy.index.GalleryIndex
+    index: Any  # partreid.index.GalleryIndex
     source: str  # what --gallery named
     source_kind: str  # "folder" | "features" | "index"
     root: Optional[str]  # real path of the folder images are served from (None: not served)

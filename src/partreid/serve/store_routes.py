@@ -8,7 +8,7 @@
     GET  /api/store/crops/{id}                     a returned crop (JPEG), by the id of a result
     POST /api/store/delete?before=ISO&camera=&track=   forget crops (at least one condition)
 
-Results are :func:`partreid.deploy.store_search.search_store`'s records, each with
+Results are the records of :func:`partreid.store.query.search_store`'s hits, each with
 ``crop_id`` and ``image_url`` added. Times are UTC. Every search and deletion is audited.
 """
 
@@ -20,10 +20,10 @@ from typing import Annotated, Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from ..deploy.ingest import format_time, parse_time
-from ..deploy.store_search import parse_cameras, search_store, track_ref
 from ..errors import PartreidError
-from ..store import GalleryStore, StoreError
+from ..store import GalleryStore, Hit, TrackletNotFoundError
+from ..store.query import AnyHit, parse_cameras, search_store, track_ref
+from ..utils.times import format_time, parse_time
 from .access import AuditLog, sha256_hex
 from .crops import CropRef, CropRegistry, crop_jpeg
 from .error_responses import RequestError
@@ -125,33 +125,35 @@ class StoreService:
         try:
             with self.lock:
                 feat, meta = self.store.get_tracklet(tracklet)
-        except StoreError as exc:
-            status = 404 if "no tracklet" in str(exc) else 422
-            raise RequestError(f"tracklet: {exc}", status) from None
+        except TrackletNotFoundError as exc:
+            raise RequestError(f"tracklet: {exc}", 404) from None
+        except PartreidError as exc:
+            raise RequestError(f"tracklet: {exc}", 422) from None
         meta = {**meta, "start": format_time(meta["start"]), "end": format_time(meta["end"])}
         return np.asarray(feat, np.float32)[None, :], meta
 
     def search(
         self, feature: np.ndarray, f: Filters, exclude: Optional[str] = None
     ) -> List[Dict[str, Any]]:
-        """:func:`search_store`'s records, each with the URL of its (best) crop."""
+        """The records of :func:`search_store`'s hits, each with the URL of its (best) crop."""
         with self.lock:
-            recs = search_store(
+            hits = search_store(
                 self.store, feature, f.topk, f.by, f.cameras, f.after, f.before, exclude
             )
-        return [self._with_image(r, f.by) for r in recs]
+        return [self._with_image(h, rank) for rank, h in enumerate(hits, 1)]
 
-    def _with_image(self, rec: Dict[str, Any], by: str) -> Dict[str, Any]:
-        p = "best_" if by == "tracklet" else ""
-        if f"{p}path" not in rec:
+    def _with_image(self, hit: AnyHit, rank: int) -> Dict[str, Any]:
+        rec = hit.record(rank)
+        crop = hit if isinstance(hit, Hit) else hit.best
+        if crop is None:
             return {**rec, "crop_id": None, "image_url": None}
         ref = CropRef(
-            path=rec[f"{p}path"],
-            frame=int(rec[f"{p}frame"]),
-            box=tuple(float(v) for v in rec[f"{p}box"]),  # type: ignore[arg-type]
-            camera=int(rec["camera"]),
-            timestamp=parse_time(rec[f"{p}time"]),
-            tracklet=rec["tracklet"],
+            path=crop.path,
+            frame=int(crop.frame),
+            box=tuple(round(float(v), 1) for v in crop.box),  # type: ignore[arg-type]
+            camera=int(crop.camera),
+            timestamp=float(crop.timestamp),
+            tracklet=hit.tracklet,
         )
         cid = self.registry.register(ref)
         return {**rec, "crop_id": cid, "image_url": f"/api/store/crops/{cid}"}

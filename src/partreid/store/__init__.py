@@ -22,7 +22,14 @@ from __future__ import annotations
 import importlib
 from typing import Any, Dict, Optional
 
-from partreid.store.base import CropBatch, GalleryStore, Hit, StoreError, TrackletHit
+from partreid.store.base import (
+    CropBatch,
+    GalleryStore,
+    Hit,
+    StoreError,
+    TrackletHit,
+    TrackletNotFoundError,
+)
 
 # URI scheme -> "module:function" opening it; "" is a plain folder path
 BACKENDS: Dict[str, str] = {
@@ -38,6 +45,7 @@ __all__ = [
     "Hit",
     "StoreError",
     "TrackletHit",
+    "TrackletNotFoundError",
     "open_store",
 ]
 

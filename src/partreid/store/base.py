@@ -23,12 +23,17 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from partreid.errors import PartreidError
+from partreid.utils.times import format_time
 
 TrackRef = Union[str, Tuple[int, int]]
 
 
 class StoreError(PartreidError, ValueError):
     """A store that cannot be opened or used as asked: the message names the store and why."""
+
+
+class TrackletNotFoundError(StoreError):
+    """The store holds no tracklet of that id (a 404 for the server)."""
 
 
 def normalize(x: np.ndarray) -> np.ndarray:
@@ -174,6 +179,21 @@ class Hit:
         """The id of the tracklet this crop belongs to."""
         return tracklet_key(self.camera, self.track_id, self.id)
 
+    def record(self, rank: int) -> Dict[str, Any]:
+        """The hit as a JSON-ready record (time in ISO 8601 UTC), as the CLI and server answer."""
+        return {
+            "rank": rank,
+            "id": int(self.id),
+            "distance": round(float(self.distance), 6),
+            "camera": int(self.camera),
+            "time": format_time(self.timestamp),
+            "tracklet": self.tracklet,
+            "frame": int(self.frame),
+            "box": [round(float(v), 1) for v in self.box],
+            "path": self.path,
+            "pid": int(self.pid),
+        }
+
 
 @dataclass
 class TrackletHit:
@@ -187,6 +207,24 @@ class TrackletHit:
     n_crops: int
     distance: float
     best: Optional[Hit] = field(default=None)
+
+    def record(self, rank: int) -> Dict[str, Any]:
+        """The hit as a JSON-ready record, its best crop as ``best_*`` fields."""
+        rec = {
+            "rank": rank,
+            "tracklet": self.tracklet,
+            "distance": round(float(self.distance), 6),
+            "camera": int(self.camera),
+            "track_id": int(self.track_id),
+            "start": format_time(self.start),
+            "end": format_time(self.end),
+            "n_crops": int(self.n_crops),
+        }
+        if self.best is not None:
+            best = self.best.record(0)
+            rec.update(best_time=best["time"], best_frame=best["frame"], best_path=best["path"])
+            rec.update(best_box=best["box"], best_distance=best["distance"])
+        return rec
 
 
 def check_search_args(queries: Any, k: int, by: str, dim: int, where: str) -> np.ndarray:

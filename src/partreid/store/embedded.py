@@ -64,6 +64,7 @@ from partreid.store.base import (
     Hit,
     StoreError,
     TrackletHit,
+    TrackletNotFoundError,
     TrackRef,
     normalize,
     parse_track,
@@ -849,7 +850,7 @@ class EmbeddedStore(GalleryStore):
                 (key,),
             ).fetchone()
             if r is None:
-                raise StoreError(f"store {self.uri}: no tracklet {key!r}")
+                raise TrackletNotFoundError(f"store {self.uri}: no tracklet {key!r}")
             if r[6] is None:
                 feat = self._gather(np.array([r[7]], np.int64))[0]
             else:

@@ -35,6 +35,7 @@ from partreid.store.base import (
     Hit,
     StoreError,
     TrackletHit,
+    TrackletNotFoundError,
     TrackRef,
     normalize,
     parse_track,
@@ -507,7 +508,7 @@ class MilvusStore(GalleryStore):
             key = parse_track(tracklet_id)
             r = self._tracklets([key], _TR_FIELDS + ["vector"]).get(key)
             if r is None:
-                raise StoreError(f"store {self.uri}: no tracklet {key!r}")
+                raise TrackletNotFoundError(f"store {self.uri}: no tracklet {key!r}")
             h = _tracklet_hit(r, 1.0)
             meta = dict(
                 tracklet=h.tracklet,

@@ -23,9 +23,9 @@ from ..data.io import IMAGE_EXTENSIONS
 from ..data.names import market_labels
 from ..errors import NotFoundError
 from ..features import Features
+from ..index import GalleryIndex, GalleryIndexError, open_gallery
 from ..inference import Extractor
 from ..utils.logs import setup_logging
-from .index import GalleryIndex, GalleryIndexError, open_gallery
 
 log = logging.getLogger("partreid")
 

@@ -21,7 +21,6 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
@@ -32,36 +31,11 @@ from ..inference import Extractor
 from ..inference.stream import iter_batches
 from ..store import CropBatch, GalleryStore, StoreError, open_store
 from ..utils.logs import setup_logging
+from ..utils.times import parse_time
 
 log = logging.getLogger("partreid")
 
 ADD_ROWS = 256  # crops per store transaction (one fsync each)
-
-
-def parse_time(value: Any, what: str = "time") -> float:
-    """Seconds since the Unix epoch from ISO 8601 (``2026-12-03T14:00:00``, ``...Z``,
-    ``...+01:00``; without an offset the time is UTC) or a number of seconds."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    text = str(value).strip()
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    try:
-        t = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith(("Z", "z")) else text)
-    except ValueError:
-        raise InvalidValueError(
-            f"{what} {value!r} is not a time: expected ISO 8601 such as 2026-12-03T14:00:00 "
-            "(UTC unless it says +HH:MM) or seconds since 1970-01-01"
-        ) from None
-    return (t if t.tzinfo else t.replace(tzinfo=timezone.utc)).timestamp()
-
-
-def format_time(seconds: float) -> str:
-    """ISO 8601 in UTC, to the millisecond."""
-    t = datetime.fromtimestamp(float(seconds), tz=timezone.utc)
-    return t.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def crop_ids(src: Source, camera: np.ndarray) -> np.ndarray:

@@ -19,14 +19,22 @@ import torch
 
 from partreid.checkpoint import model_meta, save_checkpoint
 from partreid.cli import main
+from partreid.commands.ingest import crop_ids, ingest_command, open_timed_source
 from partreid.config import load_config
 from partreid.data.io import list_image_files
 from partreid.data.names import market_labels
-from partreid.deploy.ingest import crop_ids, ingest_command, open_timed_source, parse_time
-from partreid.deploy.store_search import parse_cameras, search_store
 from partreid.inference import Extractor
 from partreid.models import build_model
 from partreid.store import open_store
+from partreid.store.query import parse_cameras, records
+from partreid.store.query import search_store as search_hits
+from partreid.utils.times import parse_time
+
+
+def search_store(*args, **kwargs):
+    """The store's hits for one query as the records the CLI and the server answer."""
+    return records(search_hits(*args, **kwargs))
+
 
 T0 = "2026-12-03T14:00:00Z"
 
@@ -160,7 +168,7 @@ def _crop_feats(ckpt, path, boxes, track):
 WRITER = textwrap.dedent(
     """
     import sys
-    from partreid.deploy import ingest
+    from partreid.commands import ingest
     ingest.ADD_ROWS = 8
     ingest.ingest_command(sys.argv[1], sys.argv[2], sys.argv[3], start_time="2026-12-03T14:00:00",
                           device="cpu", batch_size=4, num_workers=0, progress=False)

@@ -8,35 +8,20 @@ import csv
 import json
 import logging
 import os
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
 from ..data.io import list_image_files
 from ..errors import InvalidValueError, NotFoundError
 from ..inference import Extractor
-from ..store import GalleryStore, Hit, TrackletHit, open_store
+from ..store import GalleryStore, open_store
+from ..store.query import parse_cameras, search_store, track_ref
+from ..store.query import records as hit_records
 from ..utils.logs import setup_logging
-from .ingest import format_time, parse_time
+from ..utils.times import format_time, parse_time
 
 log = logging.getLogger("partreid")
-
-
-def parse_cameras(text: Optional[str]) -> Optional[List[int]]:
-    """``"3,4,7"`` or ``"3-7"`` (or both, ``"1,3-5"``) -> camera ids; None for no filter."""
-    if text is None or str(text).strip() == "":
-        return None
-    cams: List[int] = []
-    for part in str(text).split(","):
-        a, sep, b = part.strip().partition("-")
-        try:
-            lo, hi = int(a), int(b) if sep else int(a)
-        except ValueError:
-            raise InvalidValueError(
-                f"--cameras {text!r}: expected camera ids such as 3,4,7 or 3-7"
-            ) from None
-        cams.extend(range(min(lo, hi), max(lo, hi) + 1))
-    return sorted(set(cams))
 
 
 def _normalised_mean(feats: np.ndarray) -> np.ndarray:
@@ -83,60 +68,6 @@ def query_feature(
     if not paths:
         raise NotFoundError(f"no images under {query}")
     return _normalised_mean(ext(paths)), f"{len(paths)} image(s) of {query}"
-
-
-def _crop_record(rank: int, h: Hit) -> Dict[str, Any]:
-    return {
-        "rank": rank,
-        "id": int(h.id),
-        "distance": round(float(h.distance), 6),
-        "camera": int(h.camera),
-        "time": format_time(h.timestamp),
-        "tracklet": h.tracklet,
-        "frame": int(h.frame),
-        "box": [round(float(v), 1) for v in h.box],
-        "path": h.path,
-        "pid": int(h.pid),
-    }
-
-
-def _tracklet_record(rank: int, t: TrackletHit) -> Dict[str, Any]:
-    rec = {
-        "rank": rank,
-        "tracklet": t.tracklet,
-        "distance": round(float(t.distance), 6),
-        "camera": int(t.camera),
-        "track_id": int(t.track_id),
-        "start": format_time(t.start),
-        "end": format_time(t.end),
-        "n_crops": int(t.n_crops),
-    }
-    if t.best is not None:
-        best = _crop_record(0, t.best)
-        rec.update(best_time=best["time"], best_frame=best["frame"], best_path=best["path"])
-        rec.update(best_box=best["box"], best_distance=best["distance"])
-    return rec
-
-
-def search_store(
-    store: GalleryStore,
-    feature: np.ndarray,
-    topk: int,
-    by: str = "tracklet",
-    cameras: Optional[Sequence[int]] = None,
-    after: Optional[float] = None,
-    before: Optional[float] = None,
-    exclude: Optional[str] = None,
-) -> List[Dict[str, Any]]:
-    """The top-``topk`` crops or tracklets of one query feature as plain records (``exclude``:
-    a tracklet id left out, the query's own)."""
-    extra = 0  # places the excluded tracklet can take: one as a tracklet, each crop by crop
-    if exclude:
-        extra = 1 if by == "tracklet" else int(store.get_tracklet(exclude)[1].get("n_crops") or 1)
-    hits = store.search(feature, topk + extra, by=by, cameras=cameras, after=after, before=before)
-    rows = [h for h in hits[0] if not exclude or (h.tracklet != exclude)][:topk]
-    make = _tracklet_record if by == "tracklet" else _crop_record
-    return [make(i, h) for i, h in enumerate(rows, 1)]
 
 
 def _write(path: str, records: List[Dict[str, Any]], header: Dict[str, Any]) -> None:
@@ -186,7 +117,8 @@ def search_store_command(
     t_before = parse_time(before, "--before") if before else None
     with open_store(store_uri) as store:
         feature, what = query_feature(store, query, tracklet, checkpoint, device)
-        records = search_store(store, feature, topk, by, cams, t_after, t_before, tracklet)
+        hits = search_store(store, feature, topk, by, cams, t_after, t_before, tracklet)
+    records = hit_records(hits)
     header = {
         "store": store_uri,
         "query": what,
@@ -202,17 +134,6 @@ def search_store_command(
     else:
         _print(records, by)
     return records
-
-
-def track_ref(track: Optional[str], camera: Optional[int]) -> Optional[str]:
-    """``--track 3:17``, or ``--track 17`` with ``--camera 3``, as the store's tracklet id."""
-    if track is None:
-        return None
-    if ":" in str(track):
-        return str(track)
-    if camera is None:
-        raise InvalidValueError(f"--track {track}: give CAMERA:TRACK, or --camera with it")
-    return f"{int(camera)}:{int(track)}"
 
 
 def delete_command(

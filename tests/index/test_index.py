@@ -14,14 +14,14 @@ from PIL import Image
 
 from partreid.cli import main
 from partreid.config import EvalConfig
-from partreid.deploy.index import (
+from partreid.engine.evaluator import distances as eval_distances
+from partreid.features import Features
+from partreid.index import (
     GalleryIndex,
     GalleryIndexError,
     faiss_available,
     open_gallery,
 )
-from partreid.engine.evaluator import distances as eval_distances
-from partreid.features import Features
 from partreid.metrics import compute_distance, re_rank
 
 needs_faiss = pytest.mark.skipif(not faiss_available(), reason="faiss is not installed")
@@ -118,7 +118,7 @@ def test_faiss_and_torch_agree():
 
 def test_torch_blocks_equal_one_block(monkeypatch):
     """Small blocks (many gallery chunks, several query batches) change nothing."""
-    import partreid.deploy.index as ix
+    import partreid.index as ix
 
     gallery, query = clustered(seed=2)
     # 2,720 rows with exact duplicates in other blocks: ties across blocks go to the smaller row

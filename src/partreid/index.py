@@ -37,10 +37,10 @@ from typing import Any, Dict, Iterable, Iterator, Optional, Tuple
 import numpy as np
 import torch
 
-from ..errors import NotFoundError, PartreidError
-from ..features import Features, FeaturesFileError
-from ..metrics import re_rank_features
-from ..metrics.distance import METRICS, merge_topk_stable, squared_euclidean, topk_smallest_stable
+from .errors import NotFoundError, PartreidError
+from .features import Features, FeaturesFileError
+from .metrics import re_rank_features
+from .metrics.distance import METRICS, merge_topk_stable, squared_euclidean, topk_smallest_stable
 
 log = logging.getLogger("partreid")
 
