@@ -17,7 +17,8 @@ from .commands.export import export_command
 from .commands.extract import extract_command
 from .commands.ingest import ingest_command
 from .commands.search import index_command, search_command
-from .commands.store import delete_command, search_store_command, stats_command
+from .commands.store import delete_command, stats_command
+from .commands.store_search import search_store_command
 from .config import load_config
 from .data import list_datasets
 from .data.datasets.manifest import named_test_set

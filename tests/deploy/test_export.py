@@ -10,8 +10,8 @@ import torch
 
 from partreid.checkpoint import load_checkpoint, model_meta, save_checkpoint
 from partreid.cli import main
-from partreid.config import load_config
 from partreid.commands import export as C
+from partreid.config import load_config
 from partreid.deploy import export as E
 from partreid.inference import Extractor, load_model
 from partreid.models import build_model
