@@ -10,7 +10,8 @@ Every crop has a stable id (a hash of camera, source file, frame, track and box)
 the same input twice adds nothing, and an ingest killed midway resumes where it stopped: the
 items already in the store are skipped before any image is decoded or any feature computed. The
 store adds each batch atomically. A store remembers the model it was built with (its
-fingerprint, :meth:`partreid.inference.ModelInfo.fingerprint`) and refuses features of another.
+fingerprint, :meth:`partreid.inference.ModelInfo.fingerprint`) and refuses features of another
+(the one rule of :mod:`partreid.utils.model_match`).
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ from ..data.sources import Source, SourceError, open_source, video_frame_rate
 from ..errors import InvalidValueError
 from ..inference import Extractor
 from ..inference.stream import iter_batches
-from ..store import CropBatch, GalleryStore, StoreError, open_store
+from ..store import CropBatch, GalleryStore, open_store
 from ..utils.logs import setup_logging
+from ..utils.model_match import ModelDescription, ModelMismatchError, check_same_model
 from ..utils.times import parse_time
 
 log = logging.getLogger("partreid")
@@ -146,30 +148,25 @@ def open_timed_source(
 def model_description(extractor: Extractor) -> Dict[str, Any]:
     """What a store records about the model whose features it holds."""
     info = extractor.info
-    return {
-        "name": info.name,
-        "feature_dim": int(extractor.feature_dim),
-        "fingerprint": info.fingerprint(),
-        "checkpoint": extractor.source_path,
-        "dataset": info.dataset,
-        "flip": bool(extractor.flip),
-    }
+    model = ModelDescription.of_model(info, extractor.feature_dim, extractor.source_path)
+    return {**model.to_record(), "dataset": info.dataset, "flip": bool(extractor.flip)}
 
 
 def open_store_for(uri: str, model: Dict[str, Any]) -> GalleryStore:
-    """Open (or create) ``uri`` for features of ``model``; another model is refused."""
-    info = {"dim": model["feature_dim"], "model": model}
-    store = open_store(uri, create=True, info=info)
-    have = store.info.get("model", {})
-    if have.get("fingerprint") != model["fingerprint"] or int(store.dim) != model["feature_dim"]:
-        store.close()
-        raise StoreError(
-            f"store {uri} holds {store.dim}-d features of model {have.get('name')!r} "
-            f"(fingerprint {have.get('fingerprint')}, from {have.get('checkpoint')}); "
-            f"{model['checkpoint']} is model {model['name']!r} with {model['feature_dim']}-d "
-            f"features (fingerprint {model['fingerprint']}): ingest with the store's model or "
-            "into a new store"
+    """Open (or create) ``uri`` for features of ``model``; another model is refused
+    (:func:`partreid.utils.model_match.check_same_model`)."""
+    store = open_store(uri, create=True, info={"dim": model["feature_dim"], "model": model})
+    try:
+        check_same_model(
+            ModelDescription.from_record(store.info.get("model"), store.dim),
+            f"store {uri}",
+            ModelDescription.from_record(model),
+            "the checkpoint",
+            "ingest with the store's model, or into a new store",
         )
+    except ModelMismatchError:
+        store.close()
+        raise
     return store
 
 
