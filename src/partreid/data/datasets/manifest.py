@@ -3,7 +3,9 @@
 ``image`` is a path relative to the CSV's folder (or absolute), ``pid`` any identity label
 (integers are kept as they are; other labels are mapped to ``0..K-1`` in sorted order), ``camid``
 an integer as given in the CSV (``-1`` = unknown camera; it is NOT shifted to 0-based, so the
-camera numbers of ``query_cams``/``gallery_cams`` are those written in the CSV).
+camera numbers of ``query_cams``/``gallery_cams`` are those written in the CSV). The file is read
+by the one manifest reader (:func:`partreid.data.list_files.read_manifest_rows`, which
+``partreid extract`` and ``partreid ingest`` use too), with image, pid and camid required.
 
 Protocols (``protocol=``):
 
