@@ -165,6 +165,35 @@ def _crop_feats(ckpt, path, boxes, track):
     return g / np.linalg.norm(g, axis=1, keepdims=True)
 
 
+def test_manifest_times_and_cameras(crops, tmp_path):
+    """Ingest reads a manifest with the one reader: its timestamp and camera columns, or camid
+    (0-based) with --start-time; --camera wins over the file."""
+    a, b = (os.path.join(crops, n) for n in sorted(os.listdir(crops))[:2])
+    timed = tmp_path / "timed.csv"
+    timed.write_text(
+        "image,timestamp,camera,track_id,frame\n"
+        f"{a},2026-12-03T14:00:00Z,4,1,1\n{b},1796306460,5,2,9\n"
+    )
+    src, timing = open_timed_source(str(timed), None, None, None, None)
+    assert timing.timestamp.tolist() == [1796306400.0, 1796306460.0]  # 14:00 and 14:01 UTC
+    assert timing.camera.tolist() == [4, 5] and src.track_ids.tolist() == [1, 2]
+    assert open_timed_source(str(timed), None, 9, None, None)[1].camera.tolist() == [9, 9]
+    plain = tmp_path / "plain.csv"
+    plain.write_text(f"image,pid,camid\n{a},1,0\n{b},2,2\n")
+    _, timing = open_timed_source(str(plain), None, None, T0, None)
+    assert timing.camera.tolist() == [1, 3] and (timing.timestamp == parse_time(T0)).all()
+    with pytest.raises(ValueError, match="when was it recorded"):
+        open_timed_source(str(plain), None, None, None, None)
+    blank = tmp_path / "blank.csv"
+    blank.write_text(f"image,timestamp,camera\n{a},1796306400,\n{b},1796306400,2\n")
+    with pytest.raises(ValueError, match="blank.csv: rows without a camera"):
+        open_timed_source(str(blank), None, None, None, None)
+    bad = tmp_path / "bad.csv"
+    bad.write_text(f"image,timestamp\n{a},1796306400\n{b},noon\n")
+    with pytest.raises(ValueError, match=r"(?s)1 row\(s\) of .*bad.csv.*line 3: timestamp 'noon'"):
+        open_timed_source(str(bad), None, None, None, None)
+
+
 WRITER = textwrap.dedent(
     """
     import sys

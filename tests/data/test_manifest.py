@@ -16,6 +16,8 @@ from partreid.data.datasets import (
     build_dataset,
 )
 from partreid.data.io import UnreadableImageError
+from partreid.data.list_files import read_manifest_rows
+from partreid.data.sources import manifest_source
 
 
 def write_manifest(
@@ -243,3 +245,82 @@ def test_classic_sets(shared_data, name):
     if name in ("viper", "prid"):  # cam a queries against cam b gallery
         assert {c for _, _, c in ds.query} == {1} and {c for _, _, c in ds.gallery} == {2}
     assert all(os.path.isfile(p) for p, _, _ in ds.query[:5] + ds.gallery[:5] + ds.train[:5])
+
+
+# ------------------------------------------------------------------------------------------
+# the one manifest reader (data sets, extract, ingest)
+# ------------------------------------------------------------------------------------------
+def test_reader_with_timestamps_cameras_and_tracks(tmp_path, write_images):
+    header = ("image", "timestamp", "camera", "track_id", "frame", "pid")
+    rows = [
+        ("c/a.jpg", "2026-12-03T14:00:00Z", 3, 7, 1, 12),
+        ("c/b.jpg", "2026-12-03T15:00:01+01:00", 3, 7, 2, ""),
+        ("c/c.jpg", "1764770400.5", "", "", "", 4),
+    ]
+    path = write_manifest(tmp_path, rows, write_images, header=header, name="timed.csv")
+    m = read_manifest_rows(str(path))
+    # the times by hand: 2026-12-03T14:00:00 UTC is 1796306400 s after the epoch
+    assert m.timestamps.tolist() == [1796306400.0, 1796306401.0, 1764770400.5]
+    assert m.cameras.tolist() == [3, 3, -1] and m.camids.tolist() == [2, 2, -1]
+    assert m.track_ids.tolist() == [7, 7, -1] and m.frames.tolist() == [1, 2, -1]
+    assert m.pids.tolist() == [12, -1, 4] and m.splits == [] and m.notes == []
+    assert m.paths == [str(tmp_path / "c" / n) for n in ("a.jpg", "b.jpg", "c.jpg")]
+    # extract's and ingest's source carries the same columns
+    src = manifest_source(str(path))
+    assert src.timestamps.tolist() == m.timestamps.tolist()
+    assert src.cameras.tolist() == [3, 3, -1] and src.frames.tolist() == [1, 2, -1]
+
+
+def test_reader_without_timestamps(tmp_path, write_images):
+    rows = [("x.jpg", "bob", 0, "train"), ("y.jpg", "alice", -1, "Query")]
+    path = write_manifest(
+        tmp_path, rows, write_images, header=("image", "pid", "camid", "split"), name="m.csv"
+    )
+    m = read_manifest_rows(str(path))
+    assert m.timestamps is None and m.cameras is None
+    assert m.pids.tolist() == [1, 0] and "not all integers" in m.notes[0]  # sorted labels
+    assert m.camids.tolist() == [0, -1] and m.splits == ["train", "query"]
+    assert (m.track_ids == -1).all() and (m.frames == -1).all()
+    src = manifest_source(str(path))
+    assert src.timestamps is None and src.notes["splits"] == {"query": 1, "train": 1}
+
+
+def test_reader_names_every_bad_row_by_file_and_line(tmp_path, write_images):
+    header = ("image", "timestamp", "camid", "frame")
+    rows = [
+        ("a.jpg", "2026-12-03T14:00:00", 1, 5),
+        ("b.jpg", "yesterday", 1, 5),
+        ("", "2026-12-03T14:00:00", 1, 5),
+        ("c.jpg", "2026-12-03T14:00:00", "a", "x"),
+    ]
+    write_images(tmp_path, ["a.jpg", "b.jpg", "c.jpg"])
+    with open(tmp_path / "bad.csv", "w", newline="") as f:
+        csv.writer(f).writerows([header, *rows])
+    with pytest.raises(DatasetError) as err:
+        read_manifest_rows(str(tmp_path / "bad.csv"))
+    text = str(err.value)
+    assert text.startswith(f"4 row(s) of {tmp_path / 'bad.csv'} are invalid")
+    lines = text.splitlines()[1:]
+    assert lines[0].strip().startswith("line 3: timestamp 'yesterday' is not a time")
+    assert [ln.strip() for ln in lines[1:]] == [
+        "line 4: empty image",
+        "line 5: camid 'a' is not an integer",
+        "line 5: frame 'x' is not an integer",
+    ]
+    # pid set on every row where it is required (data sets), camid or camera but not both
+    write_manifest(tmp_path, [("a.jpg", "", 0)], write_images, name="nopid.csv")
+    with pytest.raises(DatasetError, match="line 2: empty pid"):
+        build_dataset("manifest", tmp_path / "nopid.csv")
+    both = write_manifest(
+        tmp_path, [("a.jpg", 1, 1)], write_images, header=("image", "camid", "camera"), name="2.csv"
+    )
+    with pytest.raises(DatasetError, match="2.csv: give the camera as camid or as camera"):
+        read_manifest_rows(str(both))
+    gone = write_manifest(
+        tmp_path, [("a.jpg",), ("gone.jpg",)], write_images, header=("image",), name="gone.csv"
+    )
+    os.remove(tmp_path / "gone.jpg")
+    with pytest.raises(
+        DatasetNotFoundError, match=r"(?s)1 of 2 images listed in .*gone.csv.*gone.jpg"
+    ):
+        manifest_source(str(gone))

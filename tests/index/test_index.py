@@ -284,7 +284,7 @@ def test_index_and_search_commands(tmp_path, capsys):
     capsys.readouterr()
     Features.build(query.features[:, :10], query.paths).save(str(tmp_path / "q10.npz"))
     for argv, msg in [
-        (["search", out, str(tmp_path / "q10.npz")], "10-d features but"),
+        (["search", out, str(tmp_path / "q10.npz")], "(10-d features). The feature dim"),
         (["search", out, str(tmp_path / "none.npz")], "query not found"),
         (["search", str(tmp_path / "nothing"), qpath], "gallery not found"),
         (["search", out, qpath, "--topk", "0"], "--topk must be a positive integer"),

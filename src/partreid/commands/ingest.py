@@ -2,20 +2,21 @@
 
 An input is a folder of crops, a manifest CSV, or a video with a MOT box file (the sources of
 ``partreid extract``); ``--camera`` names the camera and ``--start-time`` (ISO 8601) the time of
-the first frame, ``--fps`` turns frame numbers into times (a video's own rate by default). A CSV
-with a ``timestamp`` column (ISO 8601 or seconds since the epoch; optional ``camera``,
-``track_id``, ``frame``, ``pid`` columns) gives every crop its own time.
+the first frame, ``--fps`` turns frame numbers into times (a video's own rate by default). A
+manifest with a ``timestamp`` column (ISO 8601 or seconds since the epoch; the one manifest
+reader, :func:`partreid.data.list_files.read_manifest_rows`, with its optional ``camera``,
+``track_id``, ``frame``, ``pid`` columns) gives every crop its own time and camera.
 
 Every crop has a stable id (a hash of camera, source file, frame, track and box), so ingesting
 the same input twice adds nothing, and an ingest killed midway resumes where it stopped: the
 items already in the store are skipped before any image is decoded or any feature computed. The
 store adds each batch atomically. A store remembers the model it was built with (its
-fingerprint, :meth:`partreid.inference.ModelInfo.fingerprint`) and refuses features of another.
+fingerprint, :meth:`partreid.inference.ModelInfo.fingerprint`) and refuses features of another
+(the one rule of :mod:`partreid.utils.model_match`).
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import logging
 import os
@@ -25,12 +26,13 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
-from ..data.sources import Source, SourceError, open_source, video_frame_rate
+from ..data.sources import Source, open_source, video_frame_rate
 from ..errors import InvalidValueError
 from ..inference import Extractor
 from ..inference.stream import iter_batches
-from ..store import CropBatch, GalleryStore, StoreError, open_store
+from ..store import CropBatch, GalleryStore, open_store
 from ..utils.logs import setup_logging
+from ..utils.model_match import ModelDescription, ModelMismatchError, check_same_model
 from ..utils.times import parse_time
 
 log = logging.getLogger("partreid")
@@ -55,14 +57,19 @@ class Timing:
 
     camera: np.ndarray
     timestamp: np.ndarray
-    notes: Dict[str, Any] = field(default_factory=dict)
 
 
 def _camera_column(src: Source, camera: Optional[int]) -> np.ndarray:
     if camera is not None:
         return np.full(len(src), int(camera), np.int64)
+    if src.cameras is not None and (src.cameras >= 0).all():  # a manifest's camera column
+        return src.cameras.astype(np.int64)
     if (src.camids >= 0).all() and len(src):  # Market-style names / manifest camid (0-based)
         return src.camids.astype(np.int64) + 1
+    if src.kind == "manifest":
+        raise InvalidValueError(
+            f"{src.location}: rows without a camera; add a camera column or give --camera ID"
+        )
     raise InvalidValueError(
         f"{src.location}: which camera? give --camera ID (the file names do not say)"
     )
@@ -73,6 +80,8 @@ def source_timing(
 ) -> Timing:
     """Camera and timestamp of every item of a folder, manifest or video source."""
     cam = _camera_column(src, camera)
+    if src.timestamps is not None:  # a manifest's timestamp column
+        return Timing(cam, src.timestamps.astype(np.float64))
     if start_time is None:
         raise InvalidValueError(
             f"{src.location}: when was it recorded? give --start-time (ISO 8601, the time of "
@@ -80,50 +89,13 @@ def source_timing(
         )
     t0 = parse_time(start_time, "--start-time")
     if src.kind != "video":
-        return Timing(cam, np.full(len(src), t0, np.float64), {"timestamps": "--start-time"})
+        return Timing(cam, np.full(len(src), t0, np.float64))
     rate = float(fps) if fps else video_frame_rate(src.location)
     if not rate or rate <= 0:
         raise InvalidValueError(
             f"{src.location}: the video does not say its frame rate; give --fps"
         )
-    ts = t0 + (src.frames.astype(np.float64) - 1.0) / rate  # MOT frames count from 1
-    return Timing(cam, ts, {"fps": rate, "timestamps": "start + (frame - 1) / fps"})
-
-
-def timed_manifest(csv_path: str, camera: Optional[int]) -> Tuple[Source, Timing]:
-    """A CSV ``image,timestamp[,camera,track_id,frame,pid]`` (paths relative to the CSV)."""
-    with open(csv_path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    if not rows or "image" not in rows[0]:
-        raise SourceError(f"{csv_path}: expected a header with image,timestamp[,camera,...]")
-    base = os.path.dirname(os.path.abspath(csv_path))
-
-    def col(name: str, fill: int) -> np.ndarray:
-        try:
-            return np.array([int(r.get(name) or fill) for r in rows], np.int64)
-        except ValueError as exc:
-            raise SourceError(f"{csv_path}: column {name} must hold integers ({exc})") from None
-
-    stamps = [parse_time(r["timestamp"], f"{csv_path} line {i}") for i, r in enumerate(rows, 2)]
-    cams = col("camera", -1)
-    if camera is not None:
-        cams[:] = int(camera)
-    if (cams < 0).any():
-        raise InvalidValueError(
-            f"{csv_path}: rows without a camera; add a camera column or --camera"
-        )
-    n = len(rows)
-    src = Source(
-        kind="manifest",
-        location=csv_path,
-        paths=[os.path.join(base, r["image"]) for r in rows],
-        pids=col("pid", -1),
-        camids=cams - 1,
-        frames=col("frame", -1),
-        track_ids=col("track_id", -1),
-        boxes=np.full((n, 4), np.nan, np.float32),
-    )
-    return src, Timing(cams, np.asarray(stamps, np.float64), {"timestamps": "manifest column"})
+    return Timing(cam, t0 + (src.frames.astype(np.float64) - 1.0) / rate)  # MOT frames from 1
 
 
 def open_timed_source(
@@ -134,11 +106,6 @@ def open_timed_source(
     fps: Optional[float],
 ) -> Tuple[Source, Timing]:
     """The input's items with their cameras and times (see the module docstring)."""
-    if source.lower().endswith(".csv") and os.path.isfile(source):
-        with open(source, newline="", encoding="utf-8") as f:
-            header = next(csv.reader(f), [])
-        if "timestamp" in header:
-            return timed_manifest(source, camera)
     src = open_source(source, boxes)
     return src, source_timing(src, camera, start_time, fps)
 
@@ -146,30 +113,25 @@ def open_timed_source(
 def model_description(extractor: Extractor) -> Dict[str, Any]:
     """What a store records about the model whose features it holds."""
     info = extractor.info
-    return {
-        "name": info.name,
-        "feature_dim": int(extractor.feature_dim),
-        "fingerprint": info.fingerprint(),
-        "checkpoint": extractor.source_path,
-        "dataset": info.dataset,
-        "flip": bool(extractor.flip),
-    }
+    model = ModelDescription.of_model(info, extractor.feature_dim, extractor.source_path)
+    return {**model.to_record(), "dataset": info.dataset, "flip": bool(extractor.flip)}
 
 
 def open_store_for(uri: str, model: Dict[str, Any]) -> GalleryStore:
-    """Open (or create) ``uri`` for features of ``model``; another model is refused."""
-    info = {"dim": model["feature_dim"], "model": model}
-    store = open_store(uri, create=True, info=info)
-    have = store.info.get("model", {})
-    if have.get("fingerprint") != model["fingerprint"] or int(store.dim) != model["feature_dim"]:
-        store.close()
-        raise StoreError(
-            f"store {uri} holds {store.dim}-d features of model {have.get('name')!r} "
-            f"(fingerprint {have.get('fingerprint')}, from {have.get('checkpoint')}); "
-            f"{model['checkpoint']} is model {model['name']!r} with {model['feature_dim']}-d "
-            f"features (fingerprint {model['fingerprint']}): ingest with the store's model or "
-            "into a new store"
+    """Open (or create) ``uri`` for features of ``model``; another model is refused
+    (:func:`partreid.utils.model_match.check_same_model`)."""
+    store = open_store(uri, create=True, info={"dim": model["feature_dim"], "model": model})
+    try:
+        check_same_model(
+            ModelDescription.from_record(store.info.get("model"), store.dim),
+            f"store {uri}",
+            ModelDescription.from_record(model),
+            "the checkpoint",
+            "ingest with the store's model, or into a new store",
         )
+    except ModelMismatchError:
+        store.close()
+        raise
     return store
 
 
@@ -207,12 +169,6 @@ class IngestReport:
     unreadable: List[str] = field(default_factory=list)
     seconds: float = 0.0
     store_seconds: float = 0.0
-
-    def to_dict(self) -> Dict[str, Any]:
-        """Plain values (JSON)."""
-        d = dict(self.__dict__)
-        d["unreadable"] = len(self.unreadable)
-        return d
 
 
 def ingest(extractor: Extractor, store: GalleryStore, src: Source, timing: Timing) -> IngestReport:

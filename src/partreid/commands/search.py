@@ -5,7 +5,8 @@
 
 A query is a features file, an image or a folder of images; images go through
 :class:`partreid.inference.Extractor` with the checkpoint the gallery was extracted with
-(``--checkpoint`` to use another).  Results: one row per (query, rank) with the gallery row,
+(``--checkpoint`` to use another). Query features of another model than the gallery's are
+refused by the one rule of :mod:`partreid.utils.model_match`.  Results: one row per (query, rank) with the gallery row,
 its path, the distance and the identity / camera where known.
 """
 
@@ -26,33 +27,17 @@ from ..features import Features
 from ..index import GalleryIndex, GalleryIndexError, open_gallery
 from ..inference import Extractor
 from ..utils.logs import setup_logging
+from ..utils.model_match import ModelDescription, check_same_model
 
 log = logging.getLogger("partreid")
 
 
-def index_command(
-    feats_path: str,
-    out: str,
-    kind: str = "exact",
-    backend: str = "auto",
-    metric: Optional[str] = None,
-    normalize: Optional[bool] = None,
-    device: str = "auto",
-    **params: Any,
-) -> GalleryIndex:
-    """``partreid index FEATS --out INDEX``: build an index of a features file and save it."""
+def index_command(feats_path: str, out: str, **options: Any) -> GalleryIndex:
+    """``partreid index FEATS --out INDEX``: build an index of a features file and save it
+    (``options``: those of :meth:`GalleryIndex.build`; None leaves one at its default)."""
     setup_logging()
-    feats = Features.load(feats_path)
-    params = {k: v for k, v in params.items() if v is not None}
-    index = GalleryIndex.build(
-        feats,
-        kind=kind,
-        backend=backend,
-        metric=metric,
-        normalize=normalize,
-        device=device,
-        **params,
-    )
+    options = {k: v for k, v in options.items() if v is not None}
+    index = GalleryIndex.build(Features.load(feats_path), **options)
     index.save(out)
     print(f"{index.describe()}\nsaved to {out}")
     return index
@@ -72,12 +57,16 @@ def load_queries(
             f"query not found: {query} (a features .npz, an image or a folder of images)"
         )
     gmeta = index.features.meta
+    gallery = ModelDescription.from_record(gmeta, index.dim)
     if os.path.isfile(query) and query.lower().endswith(".npz"):
         q = Features.load(query)
-        q.check_dim(index.dim, "the gallery index", query)
-        a, b = q.meta.get("checkpoint"), gmeta.get("checkpoint")
-        if a and b and os.path.abspath(a) != os.path.abspath(b):
-            log.warning("query features come from %s but the gallery's from %s", a, b)
+        check_same_model(
+            gallery,
+            "the gallery index",
+            ModelDescription.from_record(q.meta, q.dim),
+            f"the query features file {query}",
+            "extract the queries with the checkpoint the gallery was extracted with",
+        )
         return q
     if os.path.isfile(query) and not query.lower().endswith(IMAGE_EXTENSIONS):
         raise GalleryIndexError(
@@ -103,11 +92,13 @@ def load_queries(
         flip=bool(gmeta.get("flip", True)),
         progress=False,
     )
-    if ext.feature_dim != index.dim:
-        raise GalleryIndexError(
-            f"{ckpt} makes {ext.feature_dim}-d features but the gallery index holds "
-            f"{index.dim}-d features; use the checkpoint the gallery was extracted with"
-        )
+    check_same_model(
+        gallery,
+        "the gallery index",
+        ModelDescription.of_model(ext.info, ext.feature_dim, ext.source_path),
+        "the query's checkpoint",
+        "use the checkpoint the gallery was extracted with (--checkpoint)",
+    )
     q = ext.extract(query)
     if os.path.isfile(query) and (q.pids < 0).all():
         # a single image: identity and camera from a Market-style name, as extract does for folders

@@ -19,6 +19,7 @@ from ..store import GalleryStore, open_store
 from ..store.query import parse_cameras, search_store
 from ..store.query import records as hit_records
 from ..utils.logs import setup_logging
+from ..utils.model_match import ModelDescription, check_same_model
 from ..utils.times import format_time, parse_time
 
 log = logging.getLogger("partreid")
@@ -58,12 +59,14 @@ def query_feature(
             "store was built with)"
         )
     ext = Extractor(ckpt, device=device, batch_size=batch_size, num_workers=0, progress=False)
-    want = (store.info.get("model") or {}).get("fingerprint")
-    if want and ext.info.fingerprint() != want:
-        raise InvalidValueError(
-            f"{ckpt} is not the model store {store.uri} was built with (fingerprint "
-            f"{ext.info.fingerprint()} vs {want})"
-        )
+    check_same_model(
+        ModelDescription.from_record(store.info.get("model"), store.dim),
+        f"store {store.uri}",
+        ModelDescription.of_model(ext.info, ext.feature_dim, ext.source_path),
+        "the query's checkpoint",
+        "give --checkpoint the model the store was built with (or leave it out: the store "
+        "names its own)",
+    )
     paths = list_image_files(query)[0] if os.path.isdir(query) else [query]
     if not paths:
         raise NotFoundError(f"no images under {query}")

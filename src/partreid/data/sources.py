@@ -1,11 +1,12 @@
-"""What ``partreid extract`` reads: a folder of crops, a manifest CSV, one image, or a video
-plus a MOT box file. Each becomes a :class:`Source`: per-item columns (path, pid, camid, frame,
+"""What ``partreid extract`` and ``partreid ingest`` read: a folder of crops, a manifest CSV,
+one image, or a video plus a MOT box file. Each becomes a :class:`Source`: per-item columns (path, pid, camid, frame,
 track id, box) and a torch dataset that yields ``(tensor or None, index, error)`` per item, so
 an unreadable item is named and counted instead of stopping the run.
 
 Folder crops named like Market-1501 (``0002_c1s1_000451_03.jpg``) get their pid and 0-based
 camid from the name, as the data sets do; other folders get -1. A manifest gives them in its
-``pid`` and ``camid`` columns. Video crops carry their frame (1-based, as in MOT), track id and
+``pid`` and ``camid`` (or ``camera``) columns, with track ids, frames and times where it has
+them (:mod:`partreid.data.list_files`). Video crops carry their frame (1-based, as in MOT), track id and
 box (clipped to the frame).
 """
 
@@ -22,8 +23,8 @@ from PIL import Image
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from ..errors import MissingExtraError, NotFoundError, PartreidError
-from .datasets.manifest import read_manifest
 from .io import IMAGE_EXTENSIONS, list_image_files
+from .list_files import read_manifest_rows, shown_lines
 from .names import market_labels
 
 log = logging.getLogger("partreid")
@@ -48,6 +49,8 @@ class Source:
     track_ids: np.ndarray
     boxes: np.ndarray  # (N, 4) float32 x, y, w, h; NaN for images
     notes: Dict[str, object] = field(default_factory=dict)
+    timestamps: Optional[np.ndarray] = None  # float64 epoch seconds: a manifest's column
+    cameras: Optional[np.ndarray] = None  # int64 camera numbers: a manifest's camera column
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -122,20 +125,17 @@ def folder_source(root: str) -> Source:
 
 
 def manifest_source(csv_path: str) -> Source:
-    """The rows of a manifest CSV ``image,pid,camid[,split]`` (paths relative to the CSV)."""
-
-    items, splits, _, notes = read_manifest(csv_path)
-    src = _image_source(
-        "manifest",
-        csv_path,
-        [p for p, _, _ in items],
-        [pid for _, pid, _ in items],
-        [cam for _, _, cam in items],
-    )
-    if splits:
-        src.notes["splits"] = {s: splits.count(s) for s in sorted(set(splits))}
-    if notes:
-        src.notes["manifest"] = notes
+    """The rows of a manifest CSV (:func:`partreid.data.list_files.read_manifest_rows`: image
+    and optional pid, camid or camera, track_id, frame, timestamp, split; paths relative to the
+    CSV)."""
+    m = read_manifest_rows(csv_path)
+    src = _image_source("manifest", csv_path, m.paths, m.pids, m.camids)
+    src.frames, src.track_ids = m.frames, m.track_ids
+    src.timestamps, src.cameras = m.timestamps, m.cameras
+    if m.splits:
+        src.notes["splits"] = {s: m.splits.count(s) for s in sorted(set(m.splits))}
+    if m.notes:
+        src.notes["manifest"] = m.notes
     return src
 
 
@@ -169,12 +169,9 @@ def read_mot_boxes(path: str) -> np.ndarray:
             else:
                 rows.append(vals)
     if bad:
-        shown = "\n  ".join(bad[:10]) + (
-            f"\n  ... and {len(bad) - 10} more" if len(bad) > 10 else ""
-        )
         raise SourceError(
             f"{len(bad)} bad row(s) in boxes file {path} (MOT format: frame,id,x,y,w,h,... with "
-            f"frames counted from 1):\n  {shown}"
+            f"frames counted from 1):\n{shown_lines(bad)}"
         )
     if not rows:
         raise SourceError(f"boxes file {path} holds no boxes (MOT format: frame,id,x,y,w,h,...)")
@@ -350,6 +347,6 @@ def open_source(source: str, boxes: Optional[str] = None) -> Source:
         return _image_source("image", source, [source])
     raise SourceError(
         f"cannot extract from {source}: expected a folder of images, a manifest .csv "
-        f"(image,pid,camid[,split]), an image ({', '.join(IMAGE_EXTENSIONS)}) or a video "
+        f"(image[,pid,camid,...]), an image ({', '.join(IMAGE_EXTENSIONS)}) or a video "
         f"({', '.join(VIDEO_EXTENSIONS)}) with --boxes"
     )

@@ -138,6 +138,7 @@ class Extractor:
             "model": self.info.name,
             "checkpoint": self.source_path,
             "feature_dim": self.feature_dim,
+            "fingerprint": self.info.fingerprint(),
             "distance": ev.get("distance", "euclidean"),
             "normalize": bool(ev.get("normalize", False)),
             "flip": self.flip,

@@ -34,6 +34,7 @@ from ..deploy.runtime import build_extractor
 from ..errors import InvalidValueError
 from ..store import GalleryStore, open_store, scheme_of
 from ..utils.logs import setup_logging
+from ..utils.model_match import ModelDescription, check_same_model
 from .access import AuditLog, auth_router, check_exposure
 from .error_responses import add_error_handlers, missing_extra, require_serve_extra
 from .gallery import default_cache_dir, load_gallery
@@ -94,18 +95,16 @@ def create_app(
 
 
 def check_store_model(worker: SearchWorker, store: GalleryStore) -> None:
-    """Refuse a store whose features come from another model than the served one."""
-    want = (store.info.get("model") or {}).get("fingerprint")
-    have = worker.info.fingerprint()
-    dim = int(worker.extractor.feature_dim)
-    if (want and want != have) or dim != store.dim:
-        model = store.info.get("model") or {}
-        raise InvalidValueError(
-            f"store {store.uri} holds {store.dim}-d features of model {model.get('name')!r} "
-            f"(fingerprint {want}, from {model.get('checkpoint')}); the served checkpoint is "
-            f"{worker.info.name!r} with {dim}-d features (fingerprint {have}): serve the "
-            "store with the model it was built with"
-        )
+    """Refuse a store whose features come from another model than the served one (the one
+    rule, :func:`partreid.utils.model_match.check_same_model`)."""
+    ckpt = getattr(worker.info, "path", "") or worker.extractor.source_path
+    check_same_model(
+        ModelDescription.from_record(store.info.get("model"), store.dim),
+        f"store {store.uri}",
+        ModelDescription.of_model(worker.info, worker.extractor.feature_dim, ckpt),
+        "the served checkpoint",
+        "serve the store with the model it was built with",
+    )
 
 
 def default_audit_path(store_uri: str, cache_dir: Optional[str]) -> str:

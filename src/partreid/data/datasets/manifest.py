@@ -3,7 +3,9 @@
 ``image`` is a path relative to the CSV's folder (or absolute), ``pid`` any identity label
 (integers are kept as they are; other labels are mapped to ``0..K-1`` in sorted order), ``camid``
 an integer as given in the CSV (``-1`` = unknown camera; it is NOT shifted to 0-based, so the
-camera numbers of ``query_cams``/``gallery_cams`` are those written in the CSV).
+camera numbers of ``query_cams``/``gallery_cams`` are those written in the CSV). The file is read
+by the one manifest reader (:func:`partreid.data.list_files.read_manifest_rows`, which
+``partreid extract`` and ``partreid ingest`` use too), with image, pid and camid required.
 
 Protocols (``protocol=``):
 
@@ -25,13 +27,13 @@ Protocols (``protocol=``):
 
 from __future__ import annotations
 
-import csv as csvlib
+import inspect
 import os
-import re
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from ..list_files import read_manifest_rows, shown_lines
 from .base import (
     DatasetError,
     DatasetNotFoundError,
@@ -69,70 +71,19 @@ def named_test_set(name: str, root: str) -> Dict[str, object]:
     return {"name": name, "root": root}
 
 
-_INT = re.compile(r"^[-+]?\d+$")
-
-
-def _read_rows(csv_path: str) -> List[Dict[str, str]]:
-    with open(csv_path, newline="", encoding="utf-8-sig") as f:
-        reader = csvlib.DictReader(f)
-        header = [h.strip() for h in (reader.fieldnames or [])]
-        missing = [c for c in REQUIRED_COLUMNS if c not in header]
-        if missing:
-            raise DatasetError(
-                f"{csv_path}: header must contain {','.join(REQUIRED_COLUMNS)}[,split]; "
-                f"missing {', '.join(missing)} (found: {','.join(header) or 'nothing'})"
-            )
-        reader.fieldnames = header
-        return [{k: (v or "").strip() for k, v in row.items() if k is not None} for row in reader]
-
-
 def _bad_lines(csv_path: str, bad: Sequence[str], expected: str) -> DatasetError:
-    shown = "\n  ".join(bad[:10]) + (f"\n  ... and {len(bad) - 10} more" if len(bad) > 10 else "")
-    return DatasetError(f"{len(bad)} row(s) of {csv_path} are invalid ({expected}):\n  {shown}")
+    return DatasetError(
+        f"{len(bad)} row(s) of {csv_path} are invalid ({expected}):\n{shown_lines(bad)}"
+    )
 
 
 def read_manifest(csv_path: str) -> tuple[List[Item], List[str], bool, List[str]]:
-    """Return ``(items, splits, has_split_column, notes)`` of a manifest; paths are resolved."""
-    rows = _read_rows(csv_path)
-    if not rows:
-        raise DatasetError(f"{csv_path} has a header but no rows")
-    base = os.path.dirname(os.path.abspath(csv_path))
-    has_split = "split" in rows[0]
-    labels = [r["pid"] for r in rows]
-    notes: List[str] = []
-    if all(_INT.match(p) for p in labels):
-        pids = [int(p) for p in labels]
-    else:
-        mapping = {lab: i for i, lab in enumerate(sorted(set(labels)))}
-        pids = [mapping[p] for p in labels]
-        notes.append(
-            f"pid labels are not all integers: mapped to 0..{len(mapping) - 1} in sorted order"
-        )
-    items: List[Item] = []
-    bad: List[str] = []
-    for line, (row, pid) in enumerate(zip(rows, pids), start=2):
-        if not row["image"] or not row["pid"]:
-            bad.append(f"line {line}: empty image or pid")
-            continue
-        if not _INT.match(row["camid"]):
-            bad.append(f"line {line}: camid {row['camid']!r} is not an integer")
-            continue
-        items.append((os.path.join(base, row["image"]), pid, int(row["camid"])))
-    if bad:
-        raise _bad_lines(
-            csv_path, bad, "image and pid must be set, camid an integer (-1 = unknown)"
-        )
-    missing = [p for p, _, _ in items if not os.path.isfile(p)]
-    if missing:
-        shown = "\n  ".join(missing[:10]) + (
-            f"\n  ... and {len(missing) - 10} more" if len(missing) > 10 else ""
-        )
-        raise DatasetNotFoundError(
-            f"{len(missing)} of {len(items)} images listed in {csv_path} do not exist "
-            f"(paths are relative to the CSV's folder {base}):\n  {shown}"
-        )
-    splits = [r.get("split", "").lower() for r in rows] if has_split else []
-    return items, splits, has_split, notes
+    """Return ``(items, splits, has_split_column, notes)`` of a data set's manifest (the one
+    reader, :func:`partreid.data.list_files.read_manifest_rows`, with image, pid and camid set
+    on every row); paths are resolved."""
+    m = read_manifest_rows(csv_path, REQUIRED_COLUMNS)
+    items = list(zip(m.paths, m.pids.tolist(), m.camids.tolist()))
+    return items, m.splits, "split" in m.columns, m.notes
 
 
 def load_manifest(
@@ -156,47 +107,8 @@ def load_manifest(
             f"manifest {csv_path} not found (option csv={csv!r}, relative to root {root})"
         )
     items, splits, has_split, notes = read_manifest(csv_path)
-    name = os.path.basename(os.path.dirname(os.path.abspath(csv_path))) or "manifest"
-    if protocol == "auto":
-        protocol = "split_column" if has_split else "random_ids"
-    if protocol == "split_column":
-        if not has_split:
-            raise DatasetError(f"protocol='split_column' but {csv_path} has no 'split' column")
-        changed = {
-            k: v
-            for k, v, d in (
-                ("num_test_ids", num_test_ids, None),
-                ("test_fraction", test_fraction, 0.5),
-                ("query_per", query_per, "camera"),
-                ("query_cams", query_cams, None),
-                ("gallery_cams", gallery_cams, None),
-                ("gallery_only_ids", gallery_only_ids, False),
-            )
-            if v != d
-        }
-        if changed:
-            raise DatasetError(
-                f"option(s) {', '.join(changed)} only apply to protocol='random_ids', but "
-                f"{csv_path} is split by its 'split' column (pass protocol='random_ids' to ignore it)"
-            )
-        bad = [f"line {i + 2}: split {s!r}" for i, s in enumerate(splits) if s not in SPLITS]
-        if bad:
-            raise _bad_lines(csv_path, bad, "split must be one of train, query, gallery")
-        subsets = {s: [it for it, sp in zip(items, splits) if sp == s] for s in SPLITS}
-        notes.append(f"split from the 'split' column of {os.path.basename(csv_path)}")
-        return ReIDDataset(
-            name=f"manifest:{name}",
-            root=csv_path,
-            train=subsets["train"],
-            query=subsets["query"],
-            gallery=subsets["gallery"],
-            notes=notes,
-        )
-    if has_split:
-        notes.append("the 'split' column is ignored (protocol='random_ids')")
-    train, query, gallery, split_notes = random_identity_split(
-        items,
-        seed=seed,
+    name = f"manifest:{os.path.basename(os.path.dirname(os.path.abspath(csv_path))) or 'manifest'}"
+    split = dict(
         num_test_ids=num_test_ids,
         test_fraction=test_fraction,
         query_per=query_per,
@@ -204,14 +116,48 @@ def load_manifest(
         gallery_cams=gallery_cams,
         gallery_only_ids=gallery_only_ids,
     )
+    if protocol == "auto":
+        protocol = "split_column" if has_split else "random_ids"
+    if protocol == "split_column":
+        if not has_split:
+            raise DatasetError(f"protocol='split_column' but {csv_path} has no 'split' column")
+        return _split_column_dataset(name, csv_path, items, splits, notes, split)
+    if has_split:
+        notes.append("the 'split' column is ignored (protocol='random_ids')")
+    train, query, gallery, split_notes = random_identity_split(items, seed=seed, **split)
     return ReIDDataset(
-        name=f"manifest:{name}",
+        name=name,
         root=csv_path,
         train=train,
         query=query,
         gallery=gallery,
         notes=notes + split_notes,
     )
+
+
+def _split_column_dataset(
+    name: str,
+    csv_path: str,
+    items: List[Item],
+    splits: List[str],
+    notes: List[str],
+    split_options: Dict[str, object],
+) -> ReIDDataset:
+    """The data set as the manifest's ``split`` column divides it; refuses the options of the
+    random identity split that differ from their defaults."""
+    defaults = inspect.signature(random_identity_split).parameters
+    changed = [k for k, v in split_options.items() if v != defaults[k].default]
+    if changed:
+        raise DatasetError(
+            f"option(s) {', '.join(changed)} only apply to protocol='random_ids', but "
+            f"{csv_path} is split by its 'split' column (pass protocol='random_ids' to ignore it)"
+        )
+    bad = [f"line {i + 2}: split {s!r}" for i, s in enumerate(splits) if s not in SPLITS]
+    if bad:
+        raise _bad_lines(csv_path, bad, "split must be one of train, query, gallery")
+    subsets = {s: [it for it, sp in zip(items, splits) if sp == s] for s in SPLITS}
+    notes.append(f"split from the 'split' column of {os.path.basename(csv_path)}")
+    return ReIDDataset(name=name, root=csv_path, notes=notes, **subsets)
 
 
 def random_identity_split(

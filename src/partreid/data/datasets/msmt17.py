@@ -19,6 +19,7 @@ import os
 from typing import Dict, List, Optional, Tuple
 
 from ...errors import InvalidValueError
+from ..list_files import shown_lines
 from .base import (
     DatasetError,
     DatasetNotFoundError,
@@ -92,13 +93,10 @@ def read_list(list_path: str, image_dir: str, data_dir: str) -> List[Item]:
         except (ValueError, IndexError) as exc:
             bad.append(f"line {n}: {line!r} ({exc})")
     if bad:
-        shown = "\n  ".join(bad[:10]) + (
-            f"\n  ... and {len(bad) - 10} more" if len(bad) > 10 else ""
-        )
         raise DatasetError(
             f"{len(bad)} line(s) of {list_path} could not be parsed; expected "
             f"'<path> <pid>' with file names like 0000_000_01_0303morning_0015_0.jpg "
-            f"(third field = camera 01..15):\n  {shown}"
+            f"(third field = camera 01..15):\n{shown_lines(bad)}"
         )
     return items
 
