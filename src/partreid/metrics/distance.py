@@ -54,6 +54,22 @@ def float_features(x: torch.Tensor, name: str) -> torch.Tensor:
     return x
 
 
+def feature_pair(
+    qf: ArrayLike, gf: ArrayLike, device: torch.device | str | None = None
+) -> Tuple[torch.Tensor, torch.Tensor, bool]:
+    """Query and gallery features as 2-D floating tensors of one dtype on one device (``device``,
+    else ``qf``'s), and whether both came as numpy (so the result goes back as numpy)."""
+    q, q_np = as_tensor(qf, "qf", device=device)
+    g, g_np = as_tensor(gf, "gf", device=q.device)
+    q, g = float_features(q, "qf"), float_features(g, "gf")
+    if q.shape[1] != g.shape[1]:
+        raise InvalidValueError(
+            f"qf and gf must have the same feature dimension, got {q.shape[1]} and {g.shape[1]}"
+        )
+    dtype = torch.promote_types(q.dtype, g.dtype)
+    return q.to(dtype), g.to(dtype), q_np and g_np
+
+
 @contextmanager
 def single_thread_on_cpu(device: torch.device) -> Iterator[None]:
     """Run memory-bound CPU tensor code with one torch thread, restoring the setting after.
@@ -161,16 +177,7 @@ def compute_distance(qf: ArrayLike, gf: ArrayLike, metric: str = "euclidean") ->
     equals :func:`re_rank_features` on the features.  Rankings are the same either way.
     """
     check_metric(metric)
-    q, q_np = as_tensor(qf, "qf")
-    g, g_np = as_tensor(gf, "gf", device=q.device)
-    q, g = float_features(q, "qf"), float_features(g, "gf")
-    if q.shape[1] != g.shape[1]:
-        raise InvalidValueError(
-            f"qf and gf must have the same feature dimension, got {q.shape[1]} and {g.shape[1]}"
-        )
-    if q.dtype != g.dtype:
-        dtype = torch.promote_types(q.dtype, g.dtype)
-        q, g = q.to(dtype), g.to(dtype)
+    q, g, as_numpy = feature_pair(qf, gf)
     if metric == "euclidean":
         d = squared_euclidean(q, g).sqrt_()
     else:
@@ -179,4 +186,4 @@ def compute_distance(qf: ArrayLike, gf: ArrayLike, metric: str = "euclidean") ->
         d = torch.addmm(
             torch.ones((), dtype=q.dtype, device=q.device), qn, gn.t(), beta=1.0, alpha=-1.0
         )
-    return d.cpu().numpy() if (q_np and g_np) else d
+    return d.cpu().numpy() if as_numpy else d

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InvalidValueError
-from .distance import ArrayLike, as_tensor, chunks, float_features, topk_smallest_stable
+from .distance import ArrayLike, as_tensor, chunks, feature_pair, topk_smallest_stable
 
 __all__ = ["average_query_expansion", "alpha_query_expansion"]
 
@@ -26,17 +26,10 @@ _CHUNK_ELEMENTS = 1 << 24
 
 
 def _inputs(qf: ArrayLike, gf: ArrayLike, k: int):
-    q, q_np = as_tensor(qf, "qf")
-    g, g_np = as_tensor(gf, "gf", device=q.device)
-    q, g = float_features(q, "qf"), float_features(g, "gf")
-    if q.shape[1] != g.shape[1]:
-        raise InvalidValueError(
-            f"qf and gf must have the same feature dimension, got {q.shape[1]} and {g.shape[1]}"
-        )
+    q, g, as_numpy = feature_pair(qf, gf)
     if int(k) < 0:
         raise InvalidValueError(f"k: expected a non-negative number of neighbours, got {k}")
-    dtype = torch.promote_types(q.dtype, g.dtype)
-    return F.normalize(q.to(dtype), dim=1), F.normalize(g.to(dtype), dim=1), q_np and g_np
+    return F.normalize(q, dim=1), F.normalize(g, dim=1), as_numpy
 
 
 def _neighbours(

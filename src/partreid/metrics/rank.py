@@ -152,15 +152,7 @@ def _match_ranks_dense(
     c, num_g = dc.shape
     dev = dc.device
     ds = dc.gather(1, same)
-    inf = torch.tensor(float("inf"), dtype=dc.dtype, device=dev)
-    # the matches of each row sorted by (distance, index); padding (+inf, index num_g) last
-    key = torch.where(match, ds, inf)
-    order = torch.argsort(key, dim=1, stable=True)
-    order = order.gather(
-        1, torch.argsort((~match.gather(1, order)).to(torch.int8), dim=1, stable=True)
-    )
-    t_val = key.gather(1, order).contiguous()
-    t_idx = torch.where(match.gather(1, order), same.gather(1, order), torch.full_like(same, num_g))
+    t_val, t_idx = _sorted_matches(ds, same, match, num_g)
     m = t_val.shape[1]
     pos = torch.searchsorted(t_val, dc)  # (c, G): match distances strictly below each item
     # items tied with a match distance (the matches themselves at least)
@@ -178,17 +170,7 @@ def _match_ranks_dense(
     late = (t_val[tie_r] == tv.unsqueeze(1)) & (t_idx[tie_r] <= tie_j.unsqueeze(1))  # (ties, m)
     lr, lk = torch.nonzero(late, as_tuple=True)
     before.view(-1).index_add_(0, tie_r[lr] * m + lk, torch.full_like(lr, -1))
-    # junk items (same identity, same camera) before each match
-    dj = torch.where(junk, ds, inf).unsqueeze(2)
-    jb = junk.unsqueeze(2) & (
-        (dj < t_val.unsqueeze(1))
-        | ((dj == t_val.unsqueeze(1)) & (same.unsqueeze(2) < t_idx.unsqueeze(1)))
-    )
-    rank = before - jb.sum(1)
-    k = torch.arange(1, m + 1, device=dev).expand(c, m)
-    real = k <= n_match.unsqueeze(1)
-    rows = torch.arange(c, device=dev).unsqueeze(1).expand(c, m)
-    return rows[real], k[real], rank[real]
+    return _per_match(before - _junk_before(ds, same, junk, t_val, t_idx), n_match)
 
 
 def _sorted_matches(ds: torch.Tensor, same: torch.Tensor, match: torch.Tensor, num_g: int):
@@ -213,6 +195,16 @@ def _junk_before(ds, same, junk, t_val, t_idx) -> torch.Tensor:
         | ((dj == t_val.unsqueeze(1)) & (same.unsqueeze(2) < t_idx.unsqueeze(1)))
     )
     return jb.sum(1)
+
+
+def _per_match(rank: torch.Tensor, n_match: torch.Tensor):
+    """``(rows, k, ranks)`` of the real matches in a (c, m) table of sorted matches' ranks
+    (the padding columns beyond each row's ``n_match`` dropped)."""
+    c, m = rank.shape
+    k = torch.arange(1, m + 1, device=rank.device).expand(c, m)
+    real = k <= n_match.unsqueeze(1)
+    rows = torch.arange(c, device=rank.device).unsqueeze(1).expand(c, m)
+    return rows[real], k[real], rank[real]
 
 
 def _match_ranks_binned(
@@ -282,10 +274,7 @@ def _match_ranks_binned(
     tv, ti = t_val[sr], t_idx[sr]
     ahead = (sk == t_key[sr]) & ((sv < tv) | ((sv == tv) & (sj.unsqueeze(1) < ti)))
     before.index_add_(0, sr, ahead.to(before.dtype))
-    rank = before - _junk_before(ds, same, junk, t_val, t_idx)
-    k = torch.arange(1, m + 1, device=dev).expand(c, m)
-    rows = torch.arange(c, device=dev).unsqueeze(1).expand(c, m)
-    return rows[real], k[real], rank[real]
+    return _per_match(before - _junk_before(ds, same, junk, t_val, t_idx), n_match)
 
 
 def _lane_base(work, c: int, num_g: int, nbins: int, lanes: int, dtype, dev) -> torch.Tensor:

@@ -49,7 +49,7 @@ from .distance import (
     as_tensor,
     check_metric,
     chunks,
-    float_features,
+    feature_pair,
     merge_topk_stable,
     single_thread_on_cpu,
     squared_euclidean,
@@ -640,6 +640,32 @@ def _exact_values(src: _FeatureSource, parts) -> list:
     return out
 
 
+def _exact_lists(src: _FeatureSource, rows: torch.Tensor, near, far, k: int):
+    """The ``k`` nearest (if ``near``) and the maximum of ``rows`` from candidate lists.
+
+    ``near`` / ``far``: ``(z, idx, bound, approx)`` candidates for :func:`_near_needs` /
+    :func:`_far_needs` (``near`` None: no neighbour list wanted). The candidates that can matter
+    get their float32 values. Returns ``(nn, nn_vals, rowmax, ok)``, ``ok`` False for the rows
+    whose lists cannot be shown to hold every item that matters (``nn``, ``nn_vals`` None
+    without ``near``).
+    """
+    inf = torch.full((), float("inf"), device=src.device)
+    parts, ok = [], torch.ones(rows.numel(), dtype=torch.bool, device=src.device)
+    if near is not None:
+        need, complete = _near_needs(src, rows, *near, k)
+        parts.append((rows, near[0], near[1], need & near[3]))
+        ok &= complete
+    need_f, complete = _far_needs(src, rows, *far)
+    parts.append((rows, far[0], far[1], need_f & far[3]))
+    ok &= complete
+    exact = _exact_values(src, parts)
+    rowmax = torch.where(need_f, exact[-1], -inf).amax(1)
+    if near is None:
+        return None, None, rowmax, ok
+    vals, idx = _sort_stable(torch.where(need, exact[0], inf), near[1])
+    return idx[:, :k], vals[:, :k], rowmax, ok
+
+
 def _finish_features(src: _FeatureSource, knn, far, k: int, need_knn: bool):
     """Exact neighbour lists and row maxima (``e`` space) from the candidates of the pass.
 
@@ -651,32 +677,22 @@ def _finish_features(src: _FeatureSource, knn, far, k: int, need_knn: bool):
     if not src.bf16:
         return (knn.idx, knn.vals) if need_knn else (None, None), far.top
     kk = min(k, n)
-    inf = torch.full((), float("inf"), device=dev)
     rows = torch.arange(n, device=dev)
     gallery_row = (rows >= n_q).unsqueeze(1)
     # estimates: pairs on the same side (query x query, gallery x gallery)
     with single_thread_on_cpu(dev):
-        parts, ok = [], torch.ones(n, dtype=torch.bool, device=dev)
+        near = None
         if need_knn:
-            near = knn.near
-            approx = (gallery_row == (near.idx >= n_q)) & (near.idx < n)
-            need, complete = _near_needs(
-                src, rows, near.vals, near.idx, near.last if near.width < n else None, approx, kk
-            )
-            parts.append((rows, near.vals, near.idx, need & approx))
-            ok &= complete
+            cand = knn.near
+            approx = (gallery_row == (cand.idx >= n_q)) & (cand.idx < n)
+            near = (cand.vals, cand.idx, cand.last if cand.width < n else None, approx)
         fz, fidx = far.far.vals.neg(), far.far.idx
         approx_f = (gallery_row == (fidx >= n_q)) & (fidx < n)
-        need_f, complete = _far_needs(src, rows, fz, fidx, far.far.last.neg(), approx_f)
-        ok &= complete
-        parts.append((rows, fz, fidx, need_f & approx_f))
-        exact = _exact_values(src, parts)
-        rowmax = torch.where(need_f, exact[-1], -inf).amax(1)
+        nn, nn_vals, rowmax, ok = _exact_lists(
+            src, rows, near, (fz, fidx, far.far.last.neg(), approx_f), kk
+        )
         if need_knn:
-            vals, idx = _sort_stable(torch.where(need, exact[0], inf), near.idx)
-            nn, nn_vals = idx[:, :kk].contiguous(), vals[:, :kk].contiguous()
-        else:
-            nn = nn_vals = None
+            nn, nn_vals = nn.contiguous(), nn_vals.contiguous()
         redo = torch.nonzero(~ok).flatten()
         if redo.numel():
             _redo_rows(src, redo, nn, nn_vals, rowmax, kk)
@@ -686,44 +702,23 @@ def _finish_features(src: _FeatureSource, knn, far, k: int, need_knn: bool):
 def _redo_rows(src: _FeatureSource, redo: torch.Tensor, nn, nn_vals, rowmax, k: int) -> None:
     """Neighbours (if ``nn``) and maxima of rows whose candidates were not enough: wider lists from
     bfloat16 rows against all items, then float32 rows where still needed."""
-    n, dev = src.n_q + src.n_g, src.device
+    n = src.n_q + src.n_g
     width = min(n, _REDO_WIDEN * (k + _KNN_SLACK))
     far_width = min(n, _REDO_WIDEN * _FAR_SLOTS)
-    inf = torch.full((), float("inf"), device=dev)
     exact_rows = []
     for a, b in chunks(redo.numel(), max(1, _BLOCK_ELEMENTS // n)):
         rows = redo[a:b]
-        z = src.approx_rows(rows)
-        parts, ok = [], torch.ones(rows.numel(), dtype=torch.bool, device=dev)
+        z = src.approx_rows(rows)  # every entry an estimate
+        near = None
         if nn is not None:
             v, i = z.topk(width, dim=1, largest=False, sorted=False)
-            need, complete = _near_needs(
-                src,
-                rows,
-                v,
-                i,
-                v.amax(1) if width < n else None,
-                torch.ones_like(v, dtype=torch.bool),
-                k,
-            )
-            parts.append((rows, v, i, need))
-            ok &= complete
+            near = (v, i, v.amax(1) if width < n else None, torch.ones_like(v, dtype=torch.bool))
         fv, fi = z.topk(far_width, dim=1, largest=True, sorted=False)
-        need_f, complete = _far_needs(
-            src,
-            rows,
-            fv,
-            fi,
-            fv.amin(1) if far_width < n else None,
-            torch.ones_like(fv, dtype=torch.bool),
-        )
-        parts.append((rows, fv, fi, need_f))
-        ok &= complete
-        exact = _exact_values(src, parts)
-        rowmax[rows] = torch.where(need_f, exact[-1], -inf).amax(1)
+        far = (fv, fi, fv.amin(1) if far_width < n else None, torch.ones_like(fv, dtype=torch.bool))
+        row_nn, row_vals, row_max, ok = _exact_lists(src, rows, near, far, k)
+        rowmax[rows] = row_max
         if nn is not None:
-            vals, idx = _sort_stable(torch.where(need, exact[0], inf), i)
-            nn[rows], nn_vals[rows] = idx[:, :k], vals[:, :k]
+            nn[rows], nn_vals[rows] = row_nn, row_vals
         exact_rows.append(rows[~ok])
     exact_rows = torch.cat(exact_rows)
     for a, b in chunks(exact_rows.numel(), max(1, _BLOCK_ELEMENTS // n)):
@@ -1082,15 +1077,12 @@ def re_rank_features(
         raise InvalidValueError(f"chunk_size: expected a positive integer, got {chunk_size}")
     if device is None:
         device = qf.device if isinstance(qf, torch.Tensor) else "cpu"
-    q, q_np = as_tensor(qf, "qf", device=device)
-    g, g_np = as_tensor(gf, "gf", device=device)
-    q, g = float_features(q, "qf"), float_features(g, "gf")
-    if q.shape[1] != g.shape[1] or q.shape[0] < 1 or g.shape[0] < 1:
+    q, g, as_numpy = feature_pair(qf, gf, device)
+    if q.shape[0] < 1 or g.shape[0] < 1:
         raise InvalidValueError(
-            f"qf {tuple(q.shape)} and gf {tuple(g.shape)}: expected non-empty features of equal dimension"
+            f"qf {tuple(q.shape)} and gf {tuple(g.shape)}: expected non-empty features"
         )
-    dtype = torch.promote_types(q.dtype, g.dtype)
-    src = _FeatureSource(q.to(dtype), g.to(dtype), metric, _bf16_products_are_fast(q.device))
+    src = _FeatureSource(q, g, metric, _bf16_products_are_fast(q.device))
     k = min(max(k1 + 1, k2), src.n_q + src.n_g)
     nn_faiss = _faiss_knn(src, k) if use_faiss is True else None
     knn, far, qg = _feature_pass(src, k, int(chunk_size), need_knn=nn_faiss is None)
@@ -1101,4 +1093,4 @@ def re_rank_features(
     else:
         nn_vals = src.value(nn_vals)
     out = _sparse_stages(src, nn, nn_vals, src.value(rowmax), k1, k2, lam, qg)
-    return out.cpu().numpy() if (q_np and g_np) else out
+    return out.cpu().numpy() if as_numpy else out
