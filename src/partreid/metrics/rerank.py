@@ -267,18 +267,26 @@ class _NearFar:
             self.top.scatter_reduce_(0, r, v, reduce="amax")
             self.far.add_pairs(r, c, v.neg())
 
-    def rows(self, r0: int, c0: int, x: torch.Tensor) -> None:
-        """``x[t, j]`` is the value of row ``r0 + t`` at column ``c0 + j``."""
+    def _filters(self, r0: int, c0: int, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(thr, last)`` of rows ``r0..`` for their block ``x`` (row ``r0 + t`` at column
+        ``c0 + j`` in ``x[t, j]``; a transposed view is copied only where it is needed); rows still
+        filling their near list take the block's smallest first, then filter nothing."""
         r1 = r0 + x.shape[0]
         top = self.top[r0:r1]
         if torch.isinf(top).any():
             torch.maximum(top, x.amax(1), out=top)
         thr = torch.maximum(top - self.window[r0:r1], self.far.last[r0:r1].neg())
         last = self.near.last[r0:r1]
-        if torch.isinf(last).any():  # rows still filling: the block's smallest, then no filter
+        if torch.isinf(last).any():
+            x = x.contiguous()
             v, i = x.topk(min(self.near.width, x.shape[1]), dim=1, largest=False, sorted=False)
             self.near.merge(slice(r0, r1), v, i + c0)
             last = torch.full_like(last, float("-inf"))
+        return thr, last
+
+    def rows(self, r0: int, c0: int, x: torch.Tensor) -> None:
+        """``x[t, j]`` is the value of row ``r0 + t`` at column ``c0 + j``."""
+        thr, last = self._filters(r0, c0, x)
         mask = x < last.unsqueeze(1)
         mask |= x >= thr.unsqueeze(1)
         r, c = _positions(mask)
@@ -286,20 +294,7 @@ class _NearFar:
 
     def cols(self, c0: int, r0: int, x: torch.Tensor) -> None:
         """``x[t, j]`` is the value of row ``c0 + j`` at column ``r0 + t`` (a transposed block)."""
-        c1 = c0 + x.shape[1]
-        top = self.top[c0:c1]
-        if torch.isinf(top).any():
-            torch.maximum(top, x.amax(0), out=top)
-        thr = torch.maximum(top - self.window[c0:c1], self.far.last[c0:c1].neg())
-        last = self.near.last[c0:c1]
-        if torch.isinf(last).any():
-            v, i = (
-                x.t()
-                .contiguous()
-                .topk(min(self.near.width, x.shape[0]), dim=1, largest=False, sorted=False)
-            )
-            self.near.merge(slice(c0, c1), v, i + r0)
-            last = torch.full_like(last, float("-inf"))
+        thr, last = self._filters(c0, r0, x.t())
         mask = x < last.unsqueeze(0)
         mask |= x >= thr.unsqueeze(0)
         t, j = _positions(mask)
