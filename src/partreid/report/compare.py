@@ -22,6 +22,7 @@ from .compare_tables import (
     CLEAN_METRICS,
     ROB_METRICS,
     Report,
+    RobustnessRuns,
     Run,
     add_clean_table,
     add_cross_tables,
@@ -29,9 +30,7 @@ from .compare_tables import (
     add_mean_table,
     add_robustness_gap_notes,
     add_robustness_table,
-    csv_head,
-    robustness_axes,
-    robustness_results,
+    robustness_runs,
 )
 from .robustness import curve, draw_robustness_curves
 
@@ -103,36 +102,29 @@ def compare_runs(run_args: Sequence[str], out_dir: str) -> Dict[str, Any]:
 def _add_robustness(rep: Report, runs: Sequence[Run], out_dir: str) -> Optional[str]:
     """The robustness tables, the intervals and the figure; the figure's path (None: no run has
     robustness results)."""
-    robs = robustness_results(rep, runs)
-    if not robs:
+    rob = robustness_runs(rep, runs)
+    if rob is None:
         return None
-    kinds, sevs = robustness_axes(robs)
-    add_robustness_gap_notes(rep, robs, kinds, sevs)
-    add_robustness_table(rep, runs, robs, kinds, sevs)
-    shared = [k for k in kinds if all(k in r.get("results", {}) for r in robs.values())]
+    add_robustness_gap_notes(rep, rob)
+    add_robustness_table(rep, rob)
+    shared = [k for k in rob.kinds if all(k in r.get("results", {}) for r in rob.results.values())]
     if shared:  # the mean over the kinds every run has, and what is kept of the clean mAP
-        add_mean_table(rep, runs, robs, shared, sevs)
-        _add_intervals(rep, runs, robs, shared, [s for s in sevs if s > 0])
+        add_mean_table(rep, rob, shared)
+        _add_intervals(rep, rob, shared)
     return draw_robustness_curves(
-        robs,
+        rob.results,
         os.path.join(out_dir, "compare_robustness.png"),
         metrics=("mAP", "rank1"),
-        kinds=kinds,
+        kinds=rob.kinds,
     )
 
 
-def _add_intervals(
-    rep: Report,
-    runs: Sequence[Run],
-    robs: Dict[str, Dict[str, Any]],
-    shared: Sequence[str],
-    sevs: Sequence[float],
-) -> None:
-    md, tails, notes = share_intervals(robs, shared, sevs)
+def _add_intervals(rep: Report, rob: RobustnessRuns, shared: Sequence[str]) -> None:
+    altered = [s for s in rob.sevs if s > 0]
+    md, tails, notes = share_intervals(rob.results, shared, altered)
     rep.md += md
     rep.notes += notes
-    metrics = dict(runs)
-    rep.csv_rows += [csv_head(lab, metrics[lab], robs[lab].get("dataset")) + t for lab, t in tails]
+    rep.csv_rows += [rob.csv_head(lab) + t for lab, t in tails]
 
 
 def _add_notes(rep: Report) -> None:

@@ -106,39 +106,50 @@ def _add_cross_table(rep: Report, runs: Sequence[Run], test_set: str) -> None:
         rep.notes.append(f"cross-data-set test {test_set}: missing in {', '.join(missing)}")
 
 
-def robustness_results(rep: Report, runs: Sequence[Run]) -> Dict[str, Dict[str, Any]]:
-    """The runs' robustness results by label; a note names the runs without any."""
+@dataclass
+class RobustnessRuns:
+    """The robustness results of the runs that have them, by label, with every kind any of them
+    has (in first-seen order) and every severity (sorted): the axes of the robustness tables."""
+
+    results: Dict[str, Dict[str, Any]]
+    metrics: Dict[str, Dict[str, Any]]  # each run's metrics.json, by label
+    kinds: List[str]
+    sevs: List[float]
+
+    def csv_head(self, label: str) -> List[Any]:
+        """The first CSV columns of a robustness row of run ``label``."""
+        return csv_head(label, self.metrics[label], self.results[label].get("dataset"))
+
+
+def robustness_runs(rep: Report, runs: Sequence[Run]) -> Optional[RobustnessRuns]:
+    """The runs' robustness results (None: no run has any); a note names the runs without any."""
     lacking = [lab for lab, m in runs if not m.get("robustness")]
     if lacking:
         rep.notes.append(
             f"no robustness results in: {', '.join(lacking)} (run `partreid eval --checkpoint "
             "CKPT --robustness --out DIR` to add them)"
         )
-    return {lab: m["robustness"] for lab, m in runs if m.get("robustness")}
-
-
-def robustness_axes(robs: Dict[str, Dict[str, Any]]) -> Tuple[List[str], List[float]]:
-    """Every kind any run has (in first-seen order) and every severity (sorted)."""
+    robs = {lab: m["robustness"] for lab, m in runs if m.get("robustness")}
+    if not robs:
+        return None
     kinds: List[str] = []
     sevs: List[float] = []
     for rob in robs.values():
         kinds += [k for k in rob.get("kinds", []) if k not in kinds]
         sevs += [float(s) for s in rob.get("severities", []) if float(s) not in sevs]
     sevs.sort()
-    return kinds, sevs
+    return RobustnessRuns(robs, dict(runs), kinds, sevs)
 
 
-def add_robustness_gap_notes(
-    rep: Report, robs: Dict[str, Dict[str, Any]], kinds: Sequence[str], sevs: Sequence[float]
-) -> None:
+def add_robustness_gap_notes(rep: Report, rob: RobustnessRuns) -> None:
     """Notes on kinds or severities a run lacks, and on differing robustness settings."""
-    for lab, rob in robs.items():
-        miss = [k for k in kinds if k not in rob.get("results", {})]
-        miss_s = [s for s in sevs if s not in [float(x) for x in rob.get("severities", [])]]
+    for lab, r in rob.results.items():
+        miss = [k for k in rob.kinds if k not in r.get("results", {})]
+        miss_s = [s for s in rob.sevs if s not in [float(x) for x in r.get("severities", [])]]
         if miss or miss_s:
             parts = (f"kinds {miss}" if miss else "", f"severities {miss_s}" if miss_s else "")
             rep.notes.append(f"robustness of {lab} lacks " + "; ".join(p for p in parts if p))
-    settings = {(r.get("seed"), r.get("alter_gallery")) for r in robs.values()}
+    settings = {(r.get("seed"), r.get("alter_gallery")) for r in rob.results.values()}
     if len(settings) > 1:
         rep.notes.append(
             f"robustness runs used different (seed, alter_gallery): {sorted(settings, key=str)}"
@@ -152,16 +163,9 @@ def _point(rob: Dict[str, Any], kind: str, sev: float) -> Optional[Dict[str, Any
     return None
 
 
-def add_robustness_table(
-    rep: Report,
-    runs: Sequence[Run],
-    robs: Dict[str, Dict[str, Any]],
-    kinds: Sequence[str],
-    sevs: Sequence[float],
-) -> None:
+def add_robustness_table(rep: Report, rob: RobustnessRuns) -> None:
     """Rank-1 / mAP of every run at every kind and severity (``—`` where a run lacks it)."""
-    metrics = dict(runs)
-    labs = list(robs)
+    labs = list(rob.results)
     rep.md += ["## Robustness: rank-1 / mAP (%) with altered queries", ""]
     rep.md += [
         "severity = fraction of the crop lost (occluded area, or height cut off for keep_*).",
@@ -169,40 +173,32 @@ def add_robustness_table(
     ]
     rows = [
         ["clean", "0"]
-        + [f"{pct(r['clean']['rank1'])} / {pct(r['clean']['mAP'])}" for r in robs.values()]
+        + [f"{pct(r['clean']['rank1'])} / {pct(r['clean']['mAP'])}" for r in rob.results.values()]
     ]
-    for kind in kinds:
-        for s in sevs:
+    for kind in rob.kinds:
+        for s in rob.sevs:
             row = [kind, f"{s:g}"]
             for lab in labs:
-                p = _point(robs[lab], kind, s)
+                p = _point(rob.results[lab], kind, s)
                 row.append("—" if p is None else f"{pct(p['rank1'])} / {pct(p['mAP'])}")
                 if p is not None:
-                    head = csv_head(lab, metrics[lab], robs[lab].get("dataset"))
-                    rep.csv_rows += [head + [kind, s, k, p[k]] for k in ROB_METRICS]
+                    rep.csv_rows += [rob.csv_head(lab) + [kind, s, k, p[k]] for k in ROB_METRICS]
             rows.append(row)
     rep.md += [md_table(["kind", "severity"] + labs, rows), ""]
 
 
-def add_mean_table(
-    rep: Report,
-    runs: Sequence[Run],
-    robs: Dict[str, Dict[str, Any]],
-    shared: Sequence[str],
-    sevs: Sequence[float],
-) -> None:
+def add_mean_table(rep: Report, rob: RobustnessRuns, shared: Sequence[str]) -> None:
     """mAP averaged over the ``shared`` kinds per severity, with the share of the clean mAP kept."""
-    metrics = dict(runs)
     rep.md += [
         f"## Mean over the {len(shared)} shared kinds: mAP (%) and share of the clean mAP kept",
         "",
     ]
-    altered = [s for s in sevs if s > 0]
+    altered = [s for s in rob.sevs if s > 0]
     rows = []
-    for lab, rob in robs.items():
-        xs, ys = mean_curve(rob, shared, "mAP")
-        r1x, r1y = mean_curve(rob, shared, "rank1")
-        clean = rob["clean"]["mAP"]
+    for lab, r in rob.results.items():
+        xs, ys = mean_curve(r, shared, "mAP")
+        r1x, r1y = mean_curve(r, shared, "rank1")
+        clean = r["clean"]["mAP"]
         rows.append(
             [lab]
             + [
@@ -210,7 +206,7 @@ def add_mean_table(
                 for s in [0.0] + altered
             ]
         )
-        head = csv_head(lab, metrics[lab], rob.get("dataset"))
+        head = rob.csv_head(lab)
         rep.csv_rows += [head + ["mean", x, "mAP", y] for x, y in zip(xs, ys)]
         rep.csv_rows += [head + ["mean", x, "rank1", y] for x, y in zip(r1x, r1y)]
     rep.md += [md_table(["run", "clean"] + [f"{s:g}" for s in altered], rows), ""]
