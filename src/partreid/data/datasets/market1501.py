@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 from ..names import MARKET_NAME
 from .base import (
@@ -29,6 +29,7 @@ from .base import (
 
 MARKET_PATTERN = MARKET_NAME  # <pid>_c<camera>... (partreid.data.names)
 TRAIN_DIR, QUERY_DIR, GALLERY_DIR = "bounding_box_train", "query", "bounding_box_test"
+MARKET_NAME_EXAMPLE = "0002_c1s1_000451_03.jpg"
 
 
 def load_market_layout(
@@ -41,7 +42,7 @@ def load_market_layout(
     seed: int = 0,
     train_only: bool = False,
     pattern: re.Pattern[str] = MARKET_PATTERN,
-    name_example: str = "0002_c1s1_000451_03.jpg",
+    name_example: str = MARKET_NAME_EXAMPLE,
     notes: Optional[List[str]] = None,
 ) -> ReIDDataset:
     """Load a Market-like layout found in ``root`` or ``root/<candidate>``.
@@ -105,19 +106,30 @@ MARKET_CANDIDATES = (
 )
 
 
-def load_market1501(
-    root: str, *, carve_val: Optional[int] = None, seed: int = 0, train_only: bool = False
-) -> ReIDDataset:
-    """Market-1501 (``Market-1501-v15.09.15/`` in root, or root itself)."""
-    return load_market_layout(
-        root,
-        name="market1501",
-        title="Market-1501",
-        candidates=MARKET_CANDIDATES,
-        carve_val=carve_val,
-        seed=seed,
-        train_only=train_only,
-    )
+def market_layout_data_set(
+    name: str, title: str, candidates: Sequence[str], name_example: str = MARKET_NAME_EXAMPLE
+) -> Callable[..., ReIDDataset]:
+    """Register data set ``name``, a Market-like layout in ``root/<candidate>`` (or ``root``
+    itself), and return its loader: :func:`load_market_layout` with the data set's names."""
+
+    def load(
+        root: str, *, carve_val: Optional[int] = None, seed: int = 0, train_only: bool = False
+    ) -> ReIDDataset:
+        return load_market_layout(
+            root,
+            name=name,
+            title=title,
+            candidates=candidates,
+            carve_val=carve_val,
+            seed=seed,
+            train_only=train_only,
+            name_example=name_example,
+        )
+
+    load.__name__ = load.__qualname__ = f"load_{name}"
+    load.__doc__ = f"{title} (``{candidates[0]}/`` in root, or root itself)."
+    register_dataset(name, load)
+    return load
 
 
-register_dataset("market1501", load_market1501)
+load_market1501 = market_layout_data_set("market1501", "Market-1501", MARKET_CANDIDATES)
