@@ -12,6 +12,7 @@ import hashlib
 import logging
 import os
 import time
+from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -61,15 +62,62 @@ def query_digest(query: Sequence[Item]) -> str:
     return h.hexdigest()[:16]
 
 
-def _features(model, dataset, eval_cfg, device, num_workers: int, amp: bool):
-    loader = DataLoader(
-        dataset,
-        batch_size=int(eval_cfg.batch_size),
-        shuffle=False,
-        num_workers=int(num_workers),
-        collate_fn=collate_batch,
+@dataclass
+class _Extractor:
+    """The model and settings the sweep extracts every image list with."""
+
+    model: Any
+    transform: Any
+    eval_cfg: Any
+    device: torch.device
+    num_workers: int
+    amp: bool
+
+    def clean(self, items: Sequence[Item]) -> Tuple[Any, Any, Any]:
+        """``(features, pids, camids)`` of the unaltered images, as the test loader reads them."""
+        loader = build_test_loader(
+            items, self.transform, self.eval_cfg.batch_size, self.num_workers, pin_memory=False
+        )
+        return self._extract(loader)
+
+    def altered(
+        self, items: Sequence[Item], kind: str, severity: float, seed: int, donors, prefix: str
+    ):
+        """The features of ``items`` altered by ``kind`` at ``severity``."""
+        ds = AlteredImageDataset(items, kind, severity, seed, donors, self.transform, prefix)
+        loader = DataLoader(
+            ds,
+            batch_size=int(self.eval_cfg.batch_size),
+            shuffle=False,
+            num_workers=int(self.num_workers),
+            collate_fn=collate_batch,
+        )
+        return self._extract(loader)[0]
+
+    def _extract(self, loader):
+        return extract_features(
+            self.model, loader, self.device, flip=self.eval_cfg.flip, amp=self.amp
+        )
+
+
+def _clean_features(ex: _Extractor, query, gallery, clean_features) -> Tuple[tuple, tuple]:
+    """The clean query's and gallery's ``(features, pids, camids)``: the evaluation's own when
+    it handed them over (for this query list), else extracted."""
+    if clean_features and len(clean_features["query"][0]) == len(query):
+        return clean_features["query"], clean_features["gallery"]
+    gal = ex.clean(gallery)
+    return ex.clean(query), gal
+
+
+def _log_points(name: str, kind: str, points: Sequence[Dict[str, float]]) -> None:
+    log.info(
+        "%s robustness %s: %s",
+        name,
+        kind,
+        "  ".join(
+            f"{r['severity']:g}: R1 {100 * r['rank1']:.1f} mAP {100 * r['mAP']:.1f}" for r in points
+        ),
     )
-    return extract_features(model, loader, device, flip=eval_cfg.flip, amp=amp)
 
 
 def robustness_sweep(
@@ -106,45 +154,28 @@ def robustness_sweep(
     if any(k.startswith("person_") for k in kinds) and donors is None:
         raise InvalidValueError("person_* kinds need a DonorPool of training images (donors=...)")
     t0 = time.time()
-    if clean_features and len(clean_features["query"][0]) == len(query):
-        (qf, q_pids, q_cams), (gf, g_pids, g_cams) = (
-            clean_features["query"],
-            clean_features["gallery"],
-        )
-    else:
-        gal = build_test_loader(
-            gallery, transform, eval_cfg.batch_size, num_workers, pin_memory=False
-        )
-        gf, g_pids, g_cams = extract_features(model, gal, device, flip=eval_cfg.flip, amp=amp)
-        qry = build_test_loader(
-            query, transform, eval_cfg.batch_size, num_workers, pin_memory=False
-        )
-        qf, q_pids, q_cams = extract_features(model, qry, device, flip=eval_cfg.flip, amp=amp)
-    clean = _rank_metrics(distances(qf, gf, eval_cfg), q_pids, g_pids, q_cams, g_cams)
+    ex = _Extractor(model, transform, eval_cfg, device, num_workers, amp)
+    (qf, q_pids, q_cams), (gf, g_pids, g_cams) = _clean_features(ex, query, gallery, clean_features)
+
+    def score(aq, ag) -> Dict[str, Any]:
+        return _rank_metrics(distances(aq, ag, eval_cfg), q_pids, g_pids, q_cams, g_cams)
+
+    clean = score(qf, gf)
     results: Dict[str, List[Dict[str, float]]] = {}
     per_query: Dict[str, Any] = {"clean": _ap_list(clean["ap"])}
     for kind in kinds:
-        results[kind] = []
-        per_query[kind] = []
+        results[kind], per_query[kind] = [], []
         for s in severities:
-            ds = AlteredImageDataset(query, kind, s, seed, donors, transform, prefix="query:")
-            aq = _features(model, ds, eval_cfg, device, num_workers, amp)[0]
-            ag = gf
-            if alter_gallery and s > 0:
-                ds = AlteredImageDataset(gallery, kind, s, seed, donors, transform, "gallery:")
-                ag = _features(model, ds, eval_cfg, device, num_workers, amp)[0]
-            m = _rank_metrics(distances(aq, ag, eval_cfg), q_pids, g_pids, q_cams, g_cams)
+            aq = ex.altered(query, kind, s, seed, donors, "query:")
+            ag = (
+                ex.altered(gallery, kind, s, seed, donors, "gallery:")
+                if alter_gallery and s > 0
+                else gf
+            )
+            m = score(aq, ag)
             results[kind].append({"severity": s, **{k: m[k] for k in POINT_METRICS}})
             per_query[kind].append(_ap_list(m["ap"]))
-        log.info(
-            "%s robustness %s: %s",
-            name,
-            kind,
-            "  ".join(
-                f"{r['severity']:g}: R1 {100 * r['rank1']:.1f} mAP {100 * r['mAP']:.1f}"
-                for r in results[kind]
-            ),
-        )
+        _log_points(name, kind, results[kind])
     return {
         "dataset": name,
         "seed": int(seed),
