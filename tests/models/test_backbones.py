@@ -80,6 +80,22 @@ def test_registry_validates_options():
         build_model("nonexistent", 5)
 
 
+@pytest.mark.parametrize(
+    "name, key, valid",
+    [
+        ("bot", "test_feature", ["after_bn", "before_bn"]),
+        ("mgn", "triplet_on", ["pooled", "reduced"]),
+        ("pcb", "pooling", ["avg", "max"]),
+        ("cgpn", "local_part", ["coarse", "fine", "none"]),
+        ("rmgl", "rp_global", ["stitch", "none"]),
+    ],
+)
+def test_a_choice_option_names_its_key_and_the_valid_values(name, key, valid):
+    with pytest.raises(ValueError) as err:
+        build_model(name, 5, backbone="resnet18", **{key: "bogus"})
+    assert str(err.value) == f"model.{key} must be one of {valid}, got 'bogus'"
+
+
 def test_bot_outputs_and_feature():
     m = build_model("bot", 7, backbone="resnet18")
     out = m(torch.randn(4, 3, 128, 64))

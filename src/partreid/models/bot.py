@@ -10,9 +10,8 @@ from typing import Dict
 import torch
 from torch import nn
 
-from ..errors import InvalidValueError
 from .backbones import build_backbone
-from .parts import ReductionHead, pool2d
+from .parts import ReductionHead, check_choice, pool2d
 from .registry import register_model
 
 
@@ -37,10 +36,7 @@ class BoT(nn.Module):
         test_feature: str = "after_bn",
     ):
         super().__init__()
-        if test_feature not in ("after_bn", "before_bn"):
-            raise InvalidValueError(
-                f"test_feature must be 'after_bn' or 'before_bn', got {test_feature!r}"
-            )
+        check_choice("test_feature", test_feature, ("after_bn", "before_bn"))
         self.backbone = build_backbone(backbone, pretrained, last_stride)
         self.pooling = pooling
         self.test_feature = test_feature

@@ -34,7 +34,7 @@ from torch import nn
 
 from ..errors import InvalidValueError
 from .backbones import build_backbone
-from .parts import ReductionHead, pool2d, stripe_pool, window_max
+from .parts import ReductionHead, check_choice, pool2d, stripe_pool, window_max
 from .registry import register_model
 
 LOCAL_PARTS = ("coarse", "fine", "none")
@@ -180,10 +180,10 @@ class CGPN(nn.Module):
                 f"(e.g. [2, 3, 4]), got {stripes!r}"
             )
         stripes = [int(k) for k in stripes]
-        _check_choice("local_part", local_part, LOCAL_PARTS)
-        _check_choice("triplet_on", triplet_on, TRIPLET_ON)
-        _check_choice("triplet_features", triplet_features, TRIPLET_FEATURES)
-        _check_choice("global_conv_init", global_conv_init, CONV_INITS)
+        check_choice("local_part", local_part, LOCAL_PARTS)
+        check_choice("triplet_on", triplet_on, TRIPLET_ON)
+        check_choice("triplet_features", triplet_features, TRIPLET_FEATURES)
+        check_choice("global_conv_init", global_conv_init, CONV_INITS)
         if not stripes or any(k < 1 for k in stripes):
             raise InvalidValueError(
                 f"model.stripes must be a non-empty list of stripe counts >= 1, got {stripes}"
@@ -290,11 +290,6 @@ class CGPN(nn.Module):
                 maps[f"branch{i}.local"] = t.pow(2).mean(1)
         self.train(was_training)
         return maps
-
-
-def _check_choice(key: str, value: str, choices: Sequence[str]) -> None:
-    if value not in choices:
-        raise InvalidValueError(f"model.{key} must be one of {list(choices)}, got {value!r}")
 
 
 def _check_height(t: torch.Tensor, branch: CGPNBranch, x: torch.Tensor) -> None:

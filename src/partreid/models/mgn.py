@@ -21,7 +21,7 @@ from torch import nn
 
 from ..errors import InvalidValueError
 from .backbones import build_backbone
-from .parts import ReductionHead, pool2d, stripe_pool
+from .parts import ReductionHead, check_choice, pool2d, stripe_pool
 from .registry import register_model
 
 
@@ -79,10 +79,7 @@ class MGN(nn.Module):
         triplet_on: str = "pooled",
     ):
         super().__init__()
-        if triplet_on not in ("pooled", "reduced"):
-            raise InvalidValueError(
-                f"model.triplet_on must be 'pooled' or 'reduced', got {triplet_on!r}"
-            )
+        check_choice("triplet_on", triplet_on, ("pooled", "reduced"))
         if isinstance(parts, (int, str)) or not all(isinstance(k, int) for k in parts):
             raise InvalidValueError(
                 f"model.parts must be a list of stripe counts, one per part branch "

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
 from ..errors import InvalidValueError
+
+
+def check_choice(key: str, value: str, valid: Sequence[str]) -> str:
+    """``value`` if it is one of ``valid``; else an error naming the ``model.<key>`` option."""
+    if value not in valid:
+        raise InvalidValueError(f"model.{key} must be one of {list(valid)}, got {value!r}")
+    return value
 
 
 def pool2d(x: torch.Tensor, mode: str = "max") -> torch.Tensor:

@@ -20,7 +20,7 @@ from torch import nn
 from ..errors import InvalidValueError
 from .abp import abp_pool as _abp_pool
 from .backbones import build_backbone
-from .parts import ReductionHead, stripe_pool
+from .parts import ReductionHead, check_choice, stripe_pool
 from .registry import register_model
 
 
@@ -56,13 +56,9 @@ class PCB(nn.Module):
         super().__init__()
         if isinstance(stripes, bool) or not isinstance(stripes, int) or stripes < 1:
             raise InvalidValueError(f"model.stripes must be a positive integer, got {stripes!r}")
-        for name, value, valid in (
-            ("pooling", pooling, ("avg", "max")),
-            ("test_feature", test_feature, ("reduced", "pooled")),
-            ("abp_pool", abp_pool, ("avg", "max")),
-        ):
-            if value not in valid:
-                raise InvalidValueError(f"model.{name} must be one of {list(valid)}, got {value!r}")
+        check_choice("pooling", pooling, ("avg", "max"))
+        check_choice("test_feature", test_feature, ("reduced", "pooled"))
+        check_choice("abp_pool", abp_pool, ("avg", "max"))
         self.backbone = build_backbone(backbone, pretrained, last_stride)
         self.stripes = stripes
         self.pooling = pooling

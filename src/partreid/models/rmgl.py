@@ -29,7 +29,7 @@ from ..errors import InvalidValueError
 from .abp import abp_borders as _abp_borders
 from .abp import abp_pool as _abp_pool
 from .backbones import build_backbone
-from .parts import ReductionHead, pool2d, stripe_pool
+from .parts import ReductionHead, check_choice, pool2d, stripe_pool
 from .receptive import run_on_stripes, stitch
 from .registry import register_model
 
@@ -46,12 +46,6 @@ PARTITION_DEPTHS = {
 OUTPUT_DEPTHS = ("output", "op")
 
 Paths = List[Tuple[Optional[torch.Tensor], Optional[List[torch.Tensor]]]]
-
-
-def _choice(name: str, value: str, valid: Sequence[str]) -> str:
-    if value not in valid:
-        raise InvalidValueError(f"model.{name} must be one of {list(valid)}, got {value!r}")
-    return value
 
 
 @register_model("rmgl")
@@ -124,11 +118,11 @@ class RMGL(nn.Module):
         self.stripes = stripes
         self.rp = rp
         self.only_rp = only_rp
-        self.rp_global = _choice("rp_global", rp_global, ("stitch", "none"))
+        self.rp_global = check_choice("rp_global", rp_global, ("stitch", "none"))
         self.abp = abp
-        self.abp_pool = _choice("abp_pool", abp_pool, ("avg", "max"))
-        self.pooling = _choice("pooling", pooling, ("max", "avg"))
-        self.triplet_on = _choice("triplet_on", triplet_on, ("reduced", "pooled"))
+        self.abp_pool = check_choice("abp_pool", abp_pool, ("avg", "max"))
+        self.pooling = check_choice("pooling", pooling, ("max", "avg"))
+        self.triplet_on = check_choice("triplet_on", triplet_on, ("reduced", "pooled"))
 
         bb = build_backbone(backbone, pretrained, last_stride)
         trunk, rest = bb.split(branch_cut)
