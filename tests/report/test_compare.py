@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from partreid.cli import main
-from partreid.report.compare import compare_runs, parse_run
+from partreid.errors import InvalidValueError
+from partreid.report.compare import compare_runs, load_run, parse_run
 
 
 def _rob(drop: float, kinds=("person_bottom", "keep_top"), sevs=(0.1, 0.3)) -> dict:
@@ -114,6 +115,13 @@ def test_cli_compare_and_clear_error(tmp_path, capsys):
     assert main(["compare", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "partreid compare: error:" in err and "metrics.json" in err
+
+
+@pytest.mark.parametrize("content", [b"{not json", b"\xff\xfe\x00binary", b"[1, 2]"])
+def test_a_metrics_file_that_is_not_a_metrics_object_is_a_clear_error(tmp_path, content):
+    (tmp_path / "metrics.json").write_bytes(content)
+    with pytest.raises(InvalidValueError, match="metrics.json"):
+        load_run(str(tmp_path))
 
 
 def _rob_per_query(clean_ap, factor, digest="q1", kinds=("person_bottom", "keep_top")) -> dict:

@@ -56,9 +56,9 @@ def load_run(path: str) -> Dict[str, Any]:
             "`partreid eval --out DIR` (or the path of its metrics.json)"
         )
     try:
-        with open(f) as fh:
+        with open(f, encoding="utf-8") as fh:
             m = json.load(fh)
-    except json.JSONDecodeError as exc:
+    except ValueError as exc:  # bad JSON, or not text at all (UnicodeDecodeError)
         raise InvalidValueError(f"{f} is not valid JSON: {exc}") from exc
     if not isinstance(m, dict) or "mAP" not in m:
         raise InvalidValueError(f"{f}: not a partreid metrics file (no top-level 'mAP')")
