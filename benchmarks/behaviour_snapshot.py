@@ -6,8 +6,11 @@ Runs, through the public CLI and the public serve API only (so it runs on any tr
 the CLI parser dump (every command's options), a short demo (metrics), extract (features),
 index + search (results), ingest of the demo videos into an embedded store, search --store by
 tracklet and by image (results), store stats, store delete, and the OpenAPI schema of the gallery
-server and of the store server. Compare two runs with ``diff -r OUT_A OUT_B`` (``timings.json``
-and absolute paths aside: every path is written relative to OUT).
+server and of the store server. Compare two runs with
+
+    python benchmarks/behaviour_snapshot.py --compare OUT_A OUT_B
+
+(clock times, durations and the SQLite file size aside; every path is written relative to OUT).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -36,7 +40,14 @@ def _run(out: str, *args: str) -> str:
     )
     if proc.returncode != 0:
         raise SystemExit(f"partreid {' '.join(args)} failed:\n{proc.stderr[-3000:]}")
-    return proc.stdout.replace(os.path.abspath(out) + os.sep, "")
+    return _steady(proc.stdout.replace(os.path.abspath(out) + os.sep, ""))
+
+
+def _steady(text: str) -> str:
+    """Text without what changes from run to run: clock times, durations, rates."""
+    text = re.sub(r"(?m)^\d\d:\d\d:\d\d ", "", text)
+    text = re.sub(r"\d+(\.\d+)? ?(s|ms|img/s|crops/s)\b", "<t>", text)
+    return re.sub(r"\(\d+(\.\d+)? MB", "(<MB>", text)
 
 
 def _parser_dump(out: str) -> None:
@@ -86,9 +97,43 @@ def _openapi(out: str, ckpt: str, gallery: str, store: str) -> None:
         json.dump(spec, f, indent=1, sort_keys=True)
 
 
+def _steady_json(x: object) -> object:
+    """``x`` with :func:`_steady` applied to every string (and the SQLite file size left out)."""
+    if isinstance(x, str):
+        return re.sub(r'"disk_bytes": \d+', '"disk_bytes": <n>', _steady(x))
+    if isinstance(x, list):
+        return [_steady_json(v) for v in x]
+    if isinstance(x, dict):
+        return {k: _steady_json(v) for k, v in x.items()}
+    return x
+
+
+def compare(a: str, b: str) -> int:
+    """Print what differs between two snapshots; returns the number of differing files."""
+    import difflib
+
+    bad = 0
+    names = ["parser.json", "metrics.json", "results.json", "openapi_gallery.json"]
+    for name in [*names, "openapi_store.json"]:
+        ta = json.dumps(_steady_json(_load(os.path.join(a, name))), indent=1, sort_keys=True)
+        tb = json.dumps(_steady_json(_load(os.path.join(b, name))), indent=1, sort_keys=True)
+        diff = list(difflib.unified_diff(ta.splitlines(), tb.splitlines(), name, name, n=0))
+        bad += bool(diff)
+        print(f"{name}: {'identical' if not diff else f'{len(diff)} diff lines'}")
+        for line in diff[:40]:
+            print("   ", line[:300])
+    fa, fb = (np.load(os.path.join(d, "features.npy")) for d in (a, b))
+    same = fa.shape == fb.shape and np.array_equal(fa, fb)
+    bad += not same
+    print(f"features.npy: {'identical' if same else 'DIFFERENT'} {fa.shape}")
+    return bad
+
+
 def main() -> None:
     """Write the snapshot."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    if len(sys.argv) == 4 and sys.argv[1] == "--compare":
+        raise SystemExit(1 if compare(sys.argv[2], sys.argv[3]) else 0)
     ap.add_argument("out")
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--reuse-demo", action="store_true", help="keep OUT/demo from an earlier run")
