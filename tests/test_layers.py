@@ -2,6 +2,11 @@
 rooms of lower layers (or its own room), never one of a higher layer, at module level or inside
 a function; imports inside functions are left for optional extras; no import cycles.
 
+A ``"partreid.module:name"`` string constant is an import by name done when the code runs (the
+command line's ``RUNS`` table, the store's ``BACKENDS``, the catalogue): it is an edge of the
+module that holds it, checked against the layers and the cycles like an import, and it must name
+a module of the package and a name that module defines.
+
 The test reads the source with ``ast`` and runs none of it, so it also sees imports in functions
 that no other test calls.
 """
@@ -9,7 +14,9 @@ that no other test calls.
 from __future__ import annotations
 
 import ast
+import functools
 import os
+import re
 from typing import Dict, Iterator, List, Set, Tuple
 
 import pytest
@@ -21,7 +28,7 @@ LAYERS: List[Tuple[str, ...]] = [
     ("errors", "_version"),
     ("utils",),
     ("data", "models", "metrics", "losses", "features", "checkpoint", "store", "index"),
-    ("config",),
+    ("config", "catalogue"),  # catalogue: the models and data sets by name, without torch
     ("inference",),
     ("report",),
     ("engine", "deploy"),
@@ -95,12 +102,17 @@ def _targets(module: str, node: ast.AST, is_package: bool) -> Iterator[str]:
         yield full if full in MODULES else base
 
 
-def _imports(module: str) -> Iterator[Tuple[str, bool, int]]:
-    """``(imported module, inside a function?, line)`` for every import in ``module``."""
+@functools.cache
+def _tree(module: str) -> ast.Module:
     path = MODULES[module]
     with open(path, encoding="utf-8") as f:
-        tree = ast.parse(f.read(), filename=path)
-    is_package = path.endswith("__init__.py")
+        return ast.parse(f.read(), filename=path)
+
+
+def _imports(module: str) -> Iterator[Tuple[str, bool, int]]:
+    """``(imported module, inside a function?, line)`` for every import in ``module``."""
+    tree = _tree(module)
+    is_package = MODULES[module].endswith("__init__.py")
 
     def walk(node: ast.AST, in_function: bool) -> Iterator[Tuple[str, bool, int]]:
         for child in ast.iter_child_nodes(node):
@@ -111,6 +123,46 @@ def _imports(module: str) -> Iterator[Tuple[str, bool, int]]:
             yield from walk(child, inner)
 
     yield from walk(tree, False)
+
+
+# "partreid.module:name", as cli's RUNS and store's BACKENDS name what they import when they run
+TARGET = re.compile(r"^(partreid(?:\.[A-Za-z_]\w*)*):([A-Za-z_]\w*)$")
+
+
+def _lazy_targets(tree: ast.AST) -> Iterator[Tuple[str, str, int]]:
+    """``(module, name, line)`` of every ``"partreid.module:name"`` string constant in ``tree``."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            m = TARGET.match(node.value)
+            if m:
+                yield m.group(1), m.group(2), node.lineno
+
+
+def _top_level_names(tree: ast.Module) -> Set[str]:
+    """The names a module defines at module level (defs, classes, assignments, imports)."""
+    names: Set[str] = set()
+    todo = list(tree.body)
+    while todo:
+        node = todo.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names.update(n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name))
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update((a.asname or a.name).split(".")[0] for a in node.names)
+        elif isinstance(node, (ast.If, ast.Try, ast.With)):
+            todo.extend(ast.iter_child_nodes(node))
+    return names
+
+
+def _missing_target(module: str, name: str) -> str:
+    """Why ``"module:name"`` names nothing ('' if it names a module's name or a submodule)."""
+    if module not in MODULES:
+        return f"no module {module}"
+    if name in _top_level_names(_tree(module)) or f"{module}.{name}" in MODULES:
+        return ""
+    return f"{module} defines no {name!r}"
 
 
 def _room(module: str) -> str:
@@ -132,11 +184,19 @@ def test_every_room_has_a_layer():
     assert not unknown, f"rooms without a layer in ARCHITECTURE.md / this test: {unknown}"
 
 
+def _edges(module: str) -> Iterator[Tuple[str, str, int]]:
+    """``(target, how, line)``: the module's imports and its ``"module:name"`` targets."""
+    for target, in_function, line in _imports(module):
+        yield target, "inside a function" if in_function else "at module level", line
+    for target, name, line in _lazy_targets(_tree(module)):
+        yield target, f"by name ('{target}:{name}')", line
+
+
 def test_imports_go_down_the_layers():
     bad = []
     for module in sorted(MODULES):
         src_room = _room(module)
-        for target, in_function, line in _imports(module):
+        for target, where, line in _edges(module):
             dst = _internal(target)
             if not dst or dst == module:
                 continue
@@ -149,12 +209,24 @@ def test_imports_go_down_the_layers():
                 and (src_room, dst_room) not in SAME_LAYER_ALLOWED
             )
             if up or sideways:
-                where = "inside a function" if in_function else "at module level"
                 bad.append(
                     f"{MODULES[module]}:{line}: {module} (layer {LAYER[src_room]}, {src_room}) "
                     f"imports {dst} (layer {LAYER[dst_room]}, {dst_room}) {where}"
                 )
     assert not bad, "imports against the layer order:\n" + "\n".join(bad)
+
+
+def test_lazy_targets_name_what_exists():
+    """A ``"module:name"`` target that is misspelt, or whose module or name went, fails here
+    rather than when a user runs the command."""
+    bad = [
+        f"{MODULES[m]}:{line}: '{target}:{name}': {why}"
+        for m in sorted(MODULES)
+        for target, name, line in _lazy_targets(_tree(m))
+        for why in [_missing_target(target, name)]
+        if why
+    ]
+    assert not bad, "targets that name nothing:\n" + "\n".join(bad)
 
 
 def test_no_package_imports_inside_functions():
@@ -186,9 +258,9 @@ def test_optional_extras_are_imported_where_used():
 def _graph(module_level_only: bool) -> Dict[str, Set[str]]:
     graph: Dict[str, Set[str]] = {m: set() for m in MODULES}
     for m in MODULES:
-        for t, in_function, _ in _imports(m):
+        for t, where, _ in _edges(m):
             dst = _internal(t)
-            if dst and dst != m and not (module_level_only and in_function):
+            if dst and dst != m and not (module_level_only and where != "at module level"):
                 graph[m].add(dst)
     return graph
 
@@ -251,3 +323,21 @@ def test_the_checker_sees_a_violation(tmp_path):
     assert list(_targets("partreid.metrics.rank", node, False)) == ["partreid.serve.app"]
     assert LAYER[_room("partreid.serve.app")] > LAYER[_room("partreid.metrics.rank")]
     assert _cycles({"a": {"b"}, "b": {"a"}, "c": set()}) == [["a", "b"]]
+
+
+def test_the_checker_sees_bad_targets():
+    """Targets are read from string constants; a misspelt module or name is reported."""
+    tree = ast.parse(
+        'RUNS = {"a": "partreid.commands.store:stats_command", "b": "not a target",\n'
+        '        "c": "partreid.comands.store:stats_command", "d": "partreid.cli:nope"}\n'
+    )
+    found = list(_lazy_targets(tree))
+    assert [(t, n) for t, n, _ in found] == [
+        ("partreid.commands.store", "stats_command"),
+        ("partreid.comands.store", "stats_command"),
+        ("partreid.cli", "nope"),
+    ]
+    assert [bool(_missing_target(t, n)) for t, n, _ in found] == [False, True, True]
+    assert _missing_target("partreid.engine", "train") == ""  # re-exported by a package
+    assert _missing_target("partreid.commands", "store") == ""  # a submodule
+    assert LAYER[_room("partreid.cli")] > LAYER[_room("partreid.commands.store")]
