@@ -1,12 +1,24 @@
-"""The command line as a user meets it: clear messages for bad inputs."""
+"""The command line as a user meets it: clear messages for bad inputs, each option reaching the
+call it stands for, the parser's choices equal to what the libraries accept, and the quick
+commands (--help, list, store stats) answered without importing torch."""
 
+import argparse
+import functools
+import importlib
+import inspect
 import json
+import os
+import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from partreid.cli import _eval_overrides, build_parser, main
+import partreid.cli
+from partreid.cli import RUNS, _eval_overrides, _resolve, build_parser, main
 
 BOT = str(Path(__file__).resolve().parents[1] / "configs" / "bot" / "market1501.yaml")
 
@@ -68,12 +80,6 @@ def test_missing_checkpoint_and_weights_file(capsys, tiny_overrides, tmp_path):
     assert code == 2 and "pretrained weights file not found" in err
 
 
-def test_list(capsys):
-    assert main(["list"]) == 0
-    out = capsys.readouterr().out
-    assert "bot:" in out and "market1501" in out
-
-
 def test_eval_test_sets_become_data_test_entries():
     args = build_parser().parse_args(
         ["eval", "--checkpoint", "c.pth", "--test", "viper=/d/viper", "--test", "market1501=/m"]
@@ -92,3 +98,287 @@ def test_eval_test_sets_become_data_test_entries():
     bad = build_parser().parse_args(["eval", "--checkpoint", "c.pth", "--test", "viper"])
     with pytest.raises(SystemExit, match="--test expects NAME=ROOT"):
         _eval_overrides(bad)
+
+
+# --------------------------------------------------------------------------------------------
+# The runners: every "module:function" resolves, every parsed option reaches its call
+# --------------------------------------------------------------------------------------------
+
+# options a cmd_* function turns into something else before the call (checked by behaviour below)
+HANDLED_BEFORE_THE_CALL = {
+    "train": {"config", "overrides", "resume"},  # load_config(config, overrides), train(resume)
+    "eval": {"rerank", "distance", "qe", "test", "robustness"},  # _eval_overrides
+}
+
+
+def _commands(parser, path=()):
+    """``(command path, its parser)`` of every command that runs (``store stats``, ...)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _commands(sub, path + (name,))
+            return
+    yield " ".join(path), parser
+
+
+def _dests(parser):
+    return {a.dest for a in parser._actions if not isinstance(a, argparse._HelpAction)}
+
+
+def test_every_target_resolves():
+    targets = re.findall(
+        r"[\"'](partreid(?:\.\w+)*:\w+)[\"']", Path(partreid.cli.__file__).read_text()
+    )
+    assert len(targets) >= len(RUNS) + 5
+    for target in targets:
+        _resolve(target)  # raises if the module or the name went
+    for name, run in RUNS.items():
+        assert callable(_resolve(run.target)), name
+
+
+def test_every_option_reaches_its_call():
+    commands = dict(_commands(build_parser()))
+    assert {key.split(" --")[0] for key in RUNS} <= set(commands)
+    for path, parser in commands.items():
+        dests = _dests(parser)
+        used = set(HANDLED_BEFORE_THE_CALL.get(path, ()))
+        for key, run in RUNS.items():
+            if key.split(" --")[0] != path:
+                continue
+            func = _resolve(run.target)
+            params = inspect.signature(func).parameters
+            plan = run.plan(func, dests)
+            required = {
+                n
+                for n, p in params.items()
+                if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+            }
+            assert required <= set(plan), f"{key}: {sorted(required - set(plan))} not given"
+            assert set(run.rename) <= set(params), f"{key}: renames a parameter that went"
+            assert set(run.rename.values()) | set(run.extra) <= dests, key
+            used |= {dest for dest, _ in plan.values()}
+        if path not in ("train", "list"):
+            assert used == dests, f"{path}: options no call takes: {sorted(dests - used)}"
+        runner = parser.get_default("func")  # its Run, or its cmd_* function
+        assert runner is RUNS.get(path) or runner is getattr(partreid.cli, f"cmd_{path}", None)
+
+
+def _record(monkeypatch, target, result=None):
+    """Replace ``target`` by a recorder of the arguments it is given, by name (same signature)."""
+    module, _, name = target.partition(":")
+    real = _resolve(target)
+    calls = []
+
+    sig = inspect.signature(real)
+    (rest,) = [p.name for p in sig.parameters.values() if p.kind is p.VAR_KEYWORD] or [None]
+
+    @functools.wraps(real)
+    def fake(*args, **kwargs):
+        call = dict(sig.bind(*args, **kwargs).arguments)
+        call.update(call.pop(rest, {}))  # **kwargs by their own names
+        calls.append(call)
+        return result
+
+    monkeypatch.setattr(importlib.import_module(module), name, fake)
+    return calls
+
+
+def test_options_become_the_calls_arguments(monkeypatch, capsys):
+    calls = _record(monkeypatch, "partreid.commands.extract:extract_command")
+    argv = ["extract", "m.pth", "crops", "--out", "f.npz", "--no-flip", "--workers", "3"]
+    assert main(argv) == 0
+    assert calls == [
+        dict(
+            model="m.pth",
+            source="crops",
+            out="f.npz",
+            boxes=None,
+            device="auto",
+            batch_size=64,
+            num_workers=3,
+            flip=False,
+            amp=True,
+            progress=True,
+        )
+    ]
+    calls = _record(monkeypatch, "partreid.commands.search:index_command")
+    assert main(["index", "g.npz", "--out", "ix", "--kind", "hnsw", "--hnsw-m", "16"]) == 0
+    params = dict.fromkeys(["pca", "nlist", "nprobe", "m", "nbits", "ef_construction"])
+    assert calls == [
+        dict(
+            feats_path="g.npz",
+            out="ix",
+            kind="hnsw",
+            backend="auto",
+            metric=None,
+            normalize=None,
+            device="auto",
+            **params,
+            hnsw_m=16,
+            ef_search=None,
+            refine=None,
+        )
+    ]
+    calls = _record(monkeypatch, "partreid.commands.store:stats_command", {"crops": 1})
+    assert main(["store", "stats", "site", "--json"]) == 0
+    assert calls == [dict(store_uri="site", as_json=True)]
+    calls = _record(monkeypatch, "partreid.commands.store:delete_command", 7)
+    assert main(["store", "delete", "site", "--camera", "3"]) == 0  # 7 deleted, exit status 0
+    assert calls == [dict(store_uri="site", before=None, camera=3, track=None)]
+    calls = _record(monkeypatch, "partreid.commands.export:export_command", 3)
+    assert main(["export", "c.pth", "--format", "onnx", "--out", "m.onnx"]) == 3
+    assert calls == [
+        dict(
+            checkpoint="c.pth",
+            fmt="onnx",
+            out="m.onnx",
+            check_images=None,
+            flip=True,
+            tolerance=1e-4,
+        )
+    ]
+    calls = _record(monkeypatch, "partreid.report.compare:compare_runs", {"markdown": "| a |"})
+    assert main(["compare", "A=r1", "r2"]) == 0
+    assert calls == [dict(run_args=["A=r1", "r2"], out_dir="compare")]
+    assert capsys.readouterr().out == "| a |\n"
+
+
+def test_search_picks_its_call(monkeypatch, capsys):
+    plain = _record(monkeypatch, "partreid.commands.search:search_command")
+    store = _record(monkeypatch, "partreid.commands.store_search:search_store_command")
+    assert main(["search", "ix", "q.npz", "--nprobe", "8"]) == 0
+    assert main(["search", "--store", "site", "q.jpg", "--cameras", "3,4", "--by", "crop"]) == 0
+    assert plain == [
+        dict(
+            index_path="ix",
+            query="q.npz",
+            topk=10,
+            checkpoint=None,
+            rerank=False,
+            out=None,
+            skip_same_camera=False,
+            backend="auto",
+            device="auto",
+            batch_size=64,
+            nprobe=8,
+            ef_search=None,
+            refine=None,
+        )
+    ]
+    assert store == [
+        dict(
+            store_uri="site",
+            query="q.jpg",
+            topk=10,
+            by="crop",
+            cameras="3,4",
+            after=None,
+            before=None,
+            tracklet=None,
+            checkpoint=None,
+            out=None,
+            device="auto",
+        )
+    ]
+    assert main(["search", "--store", "site", "ix", "q.jpg"]) == 2
+    assert main(["search", "ix"]) == 2
+    assert "search needs INDEX QUERY" in capsys.readouterr().err
+    assert len(plain) == len(store) == 1
+
+
+def test_eval_and_train_calls(monkeypatch, capsys):
+    calls = _record(monkeypatch, "partreid.engine.eval_run:evaluate_checkpoint")
+    argv = ["eval", "--checkpoint", "c.pth", "--rerank", "--qe", "alpha", "--only-test", "a.b=1"]
+    assert main(argv) == 0
+    assert calls == [
+        dict(
+            checkpoint="c.pth",
+            config=None,
+            overrides=["a.b=1", "eval.rerank=true", "eval.query_expansion=alpha"],
+            out=None,
+            only_test=True,
+        )
+    ]
+    configs = _record(monkeypatch, "partreid.config:load_config", "CFG")
+    interrupted = _resolve("partreid.engine.checkpointing:TrainingInterrupted")
+    runs = []
+
+    def train(cfg, resume=None):
+        runs.append((cfg, resume))
+        raise interrupted("stopped at step 5; run again with --resume", 15)
+
+    monkeypatch.setattr(importlib.import_module("partreid.engine"), "train", train)
+    assert main(["train", "-c", "x.yaml", "k=v", "--resume"]) == 143
+    assert main(["train", "-c", "x.yaml", "k=v", "--resume", "last.pth"]) == 143
+    assert configs == [dict(path="x.yaml", overrides=["k=v"])] * 2
+    assert runs == [("CFG", "auto"), ("CFG", "last.pth")]
+    assert "partreid train: stopped at step 5" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------
+# Choices and names: the parser's literals equal what the libraries accept
+# --------------------------------------------------------------------------------------------
+
+
+def _choices(path, dest):
+    parser = dict(_commands(build_parser()))[path]
+    (action,) = [a for a in parser._actions if a.dest == dest]
+    return tuple(action.choices)
+
+
+def test_choices_equal_the_libraries():
+    from partreid.deploy.runtime import RUNTIMES
+    from partreid.index import BACKENDS, KINDS
+    from partreid.metrics.distance import METRICS
+
+    assert _choices("index", "kind") == KINDS
+    assert _choices("index", "backend") == _choices("search", "backend") == BACKENDS
+    assert _choices("index", "metric") == _choices("eval", "distance") == METRICS
+    assert _choices("serve", "runtime") == RUNTIMES
+
+
+def test_list_prints_the_live_registries(capsys):
+    """``partreid list`` reads the torch-free catalogue; what it prints is the registries'."""
+    from partreid.data import list_datasets
+    from partreid.models import list_models, model_options
+
+    expected = ["models:"]
+    for m in list_models():
+        expected.append(f"  {m}: " + ", ".join(f"{k}={v!r}" for k, v in model_options(m).items()))
+    expected.append("data sets: " + ", ".join(list_datasets()))
+    assert main(["list"]) == 0
+    assert capsys.readouterr().out.splitlines() == expected
+
+
+# --------------------------------------------------------------------------------------------
+# The quick commands import no torch
+# --------------------------------------------------------------------------------------------
+
+QUICK = """
+import runpy, sys
+for argv in (["--help"], ["list"], ["store", "stats", sys.argv[1]]):
+    sys.argv = ["partreid", *argv]
+    try:
+        runpy.run_module("partreid", run_name="__main__", alter_sys=True)
+    except SystemExit as exc:
+        assert exc.code in (0, None), (argv, exc.code)
+heavy = ("torch", "torchvision", "faiss", "PIL", "scipy", "onnx", "onnxruntime", "fastapi")
+print(sorted({m.split(".")[0] for m in sys.modules} & set(heavy)))
+"""
+
+
+def test_quick_commands_import_no_torch(tmp_path):
+    from partreid.store import CropBatch, open_store
+
+    site = str(tmp_path / "site")
+    with open_store(site, create=True, info={"dim": 4, "model": {"name": "bot"}}) as st:
+        st.add(CropBatch(ids=[1, 2], features=np.eye(2, 4), camera=[3, 4], timestamp=[0.0, 1.0]))
+    env = dict(os.environ, PYTHONPATH=str(Path(partreid.cli.__file__).parents[1]))
+    out = subprocess.run(
+        [sys.executable, "-c", QUICK, site], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[-1] == "[]", lines[-1]  # no heavy module was imported
+    assert "usage: partreid" in out.stdout and "bot:" in out.stdout
+    assert any(line.startswith("camera 3") for line in lines)

@@ -1,61 +1,141 @@
-"""``partreid`` command line: train, eval, demo, visualize, list. No logic of its own lives here.
+"""``partreid`` command line: parses the arguments and calls the function doing the work.
 
-Each command is one ``_add_<command>`` function that registers its arguments and its
-``cmd_<command>``, which turns the parsed arguments into one call of the module doing the work.
+Commands: ``train``, ``eval``, ``compare``, ``demo``, ``visualize``, ``inspect``, ``extract``,
+``export``, ``serve``, ``index``, ``search``, ``ingest``, ``store stats|delete`` and ``list``.
+
+Nothing but the standard library is imported here: each command imports what it needs when it
+runs, so ``partreid --help``, ``partreid list`` and ``partreid store stats`` answer without
+loading torch. A command is one ``_add_<command>`` function that registers its arguments and
+its runner: an entry of :data:`RUNS` (a :class:`Run`: the ``"module:function"`` it calls, given
+the parsed arguments by name), or, where a command does a little more than one call (train,
+eval, compare, search, list), a ``cmd_<command>`` function below. ``tests/test_layers.py``
+checks every ``"module:name"`` target here against the layer order, and ``tests/test_cli.py``
+that each one resolves and that every parsed argument reaches its call.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import inspect
 import json
 import os
 import sys
-from typing import List, Optional
+from dataclasses import dataclass, field
+from typing import Any, Collection, Dict, List, Mapping, Optional, Tuple
 
-from .checkpoint import inspect_checkpoint
-from .commands.export import export_command
-from .commands.extract import extract_command
-from .commands.ingest import ingest_command
-from .commands.search import index_command, search_command
-from .commands.store import delete_command, stats_command
-from .commands.store_search import search_store_command
-from .config import load_config
-from .data import list_datasets
-from .data.datasets.manifest import named_test_set
-from .demo import run_demo
-from .engine import train
-from .engine.checkpointing import TrainingInterrupted
-from .engine.eval_run import evaluate_checkpoint
 from .errors import InvalidValueError, PartreidError
-from .models import list_models, model_options
-from .report.compare import compare_runs
-from .serve.app import serve_command
-from .visualize import visualize
 
 # --------------------------------------------------------------------------------------------
 # What each command calls
 # --------------------------------------------------------------------------------------------
 
 
-def _overrides(args: argparse.Namespace) -> List[str]:
-    return list(getattr(args, "overrides", []) or [])
+def _resolve(target: str) -> Any:
+    """The object a ``"package.module:name"`` target names, importing its module now."""
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+@dataclass(frozen=True)
+class Run:
+    """A command that is one call: ``target`` (``"module:function"``) gets the parsed arguments.
+
+    Each parameter ``p`` of the function takes the argument ``rename.get(p, p)``, or the negation
+    of ``no_<that>`` (``--no-flip`` gives ``flip=False``); a ``**kwargs`` parameter takes the
+    arguments named in ``extra``; a parameter no argument matches keeps its default.
+    """
+
+    target: str
+    rename: Mapping[str, str] = field(default_factory=dict)
+    extra: Tuple[str, ...] = ()
+    exit_status: bool = False  # the call returns the exit status (else the command exits 0)
+
+    def plan(self, func: Any, dests: Collection[str]) -> Dict[str, Tuple[str, bool]]:
+        """``{parameter: (argument, negated)}`` of ``func`` given the parser's ``dests``."""
+        plan: Dict[str, Tuple[str, bool]] = {}
+        for name, param in inspect.signature(func).parameters.items():
+            if param.kind is param.VAR_KEYWORD:
+                plan.update({dest: (dest, False) for dest in self.extra})
+                continue
+            dest = self.rename.get(name, name)
+            if dest in dests:
+                plan[name] = (dest, False)
+            elif f"no_{dest}" in dests:
+                plan[name] = (f"no_{dest}", True)
+        return plan
+
+    def call(self, args: argparse.Namespace, **values: Any) -> Any:
+        """Call the target with ``args`` (``values`` replace parsed arguments of their name)."""
+        given = {**vars(args), **values}
+        func = _resolve(self.target)
+        plan = self.plan(func, given)
+        return func(**{p: not given[d] if neg else given[d] for p, (d, neg) in plan.items()})
+
+    def __call__(self, args: argparse.Namespace, **values: Any) -> int:
+        """Run the command; its exit status."""
+        result = self.call(args, **values)
+        return int(result) if self.exit_status else 0
+
+
+#: The commands that are one call, by command (``"search --store"``: search's other call).
+RUNS: Dict[str, Run] = {
+    "eval": Run("partreid.engine.eval_run:evaluate_checkpoint"),
+    "compare": Run("partreid.report.compare:compare_runs", {"run_args": "runs", "out_dir": "out"}),
+    "demo": Run("partreid.demo:run_demo"),
+    "visualize": Run("partreid.visualize:visualize"),
+    "inspect": Run(
+        "partreid.checkpoint:inspect_checkpoint", {"path": "checkpoint", "as_json": "json"}
+    ),
+    "extract": Run(
+        "partreid.commands.extract:extract_command", {"source": "input", "num_workers": "workers"}
+    ),
+    "export": Run("partreid.commands.export:export_command", {"fmt": "format"}, exit_status=True),
+    "serve": Run("partreid.serve.app:serve_command", exit_status=True),
+    "index": Run(
+        "partreid.commands.search:index_command",
+        {"feats_path": "features"},
+        extra=(
+            "pca",
+            "nlist",
+            "nprobe",
+            "m",
+            "nbits",
+            "hnsw_m",
+            "ef_construction",
+            "ef_search",
+            "refine",
+        ),
+    ),
+    "search": Run(
+        "partreid.commands.search:search_command",
+        {"index_path": "index"},
+        extra=("nprobe", "ef_search", "refine"),
+    ),
+    "search --store": Run(
+        "partreid.commands.store_search:search_store_command",
+        {"store_uri": "store", "query": "index"},  # argparse puts the one positional in index
+    ),
+    "ingest": Run(
+        "partreid.commands.ingest:ingest_command", {"source": "input", "store_uri": "store"}
+    ),
+    "store stats": Run(
+        "partreid.commands.store:stats_command", {"store_uri": "store", "as_json": "json"}
+    ),
+    "store delete": Run("partreid.commands.store:delete_command", {"store_uri": "store"}),
+}
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     """``partreid train``: train from a config; a pre-empted run says how to continue."""
-    cfg = load_config(args.config, _overrides(args))
+    cfg = _resolve("partreid.config:load_config")(args.config, args.overrides)
     resume = None if args.resume is None else (args.resume or "auto")
+    interrupted = _resolve("partreid.engine.checkpointing:TrainingInterrupted")
     try:
-        train(cfg, resume=resume)
-    except TrainingInterrupted as exc:  # pre-empted: saved, say how to continue
+        _resolve("partreid.engine:train")(cfg, resume=resume)
+    except interrupted as exc:  # pre-empted: saved, say how to continue
         print(f"partreid train: {exc}", file=sys.stderr)
         return exc.exit_code
-    return 0
-
-
-def cmd_inspect(args: argparse.Namespace) -> int:
-    """``partreid inspect``: print what a checkpoint holds."""
-    inspect_checkpoint(args.checkpoint, as_json=args.json)
     return 0
 
 
@@ -68,19 +148,20 @@ def _test_sets(specs: List[str]) -> List[dict]:
             raise SystemExit(
                 f"--test expects NAME=ROOT (e.g. viper=../shared/data/classic/viper), got {spec!r}"
             )
-        tests.append(named_test_set(name, root))
+        tests.append(_resolve("partreid.data.datasets.manifest:named_test_set")(name, root))
     return tests
 
 
 def _eval_overrides(args: argparse.Namespace) -> List[str]:
-    over = _overrides(args)
+    """The config overrides of ``partreid eval``: its own plus those its options stand for."""
+    over = list(args.overrides)
     if args.rerank:
         over.append("eval.rerank=true")
     if args.distance:
         over.append(f"eval.distance={args.distance}")
     if args.qe:
         over.append(f"eval.query_expansion={args.qe}")
-    if getattr(args, "robustness", False):
+    if args.robustness:
         over.append("eval.robustness.enabled=true")
     if args.test:
         over.append("data.test=" + json.dumps(_test_sets(args.test)))
@@ -89,109 +170,12 @@ def _eval_overrides(args: argparse.Namespace) -> List[str]:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """``partreid eval``: evaluate a checkpoint."""
-    evaluate_checkpoint(
-        args.checkpoint, args.config, _eval_overrides(args), out=args.out, only_test=args.only_test
-    )
-    return 0
+    return RUNS["eval"](args, overrides=_eval_overrides(args))
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """``partreid compare``: several runs side by side; prints the Markdown."""
-    print(compare_runs(args.runs, args.out)["markdown"])
-    return 0
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    """``partreid demo``: synthetic data, a CPU-sized training run, a report."""
-    run_demo(args.out, model=args.model, epochs=args.epochs)
-    return 0
-
-
-def cmd_visualize(args: argparse.Namespace) -> int:
-    """``partreid visualize``: figures of a trained model."""
-    visualize(args.what, args.config, args.checkpoint, args.out, args.num, _overrides(args))
-    return 0
-
-
-def cmd_list(args: argparse.Namespace) -> int:
-    """``partreid list``: the models with their options, and the data sets."""
-    print("models:")
-    for m in list_models():
-        print(f"  {m}: " + ", ".join(f"{k}={v!r}" for k, v in model_options(m).items()))
-    print("data sets: " + ", ".join(list_datasets()))
-    return 0
-
-
-def cmd_extract(args: argparse.Namespace) -> int:
-    """``partreid extract``: features of crops, a manifest, an image or a video."""
-    extract_command(
-        args.model,
-        args.input,
-        args.out,
-        boxes=args.boxes,
-        device=args.device,
-        batch_size=args.batch_size,
-        num_workers=args.workers,
-        flip=not args.no_flip,
-        amp=not args.no_amp,
-        progress=not args.no_progress,
-    )
-    return 0
-
-
-def cmd_export(args: argparse.Namespace) -> int:
-    """``partreid export``: inference-only weights or an ONNX model."""
-    return export_command(
-        args.checkpoint,
-        args.format,
-        args.out,
-        check_images=args.check_images,
-        flip=not args.no_flip,
-        tolerance=args.tolerance,
-    )
-
-
-def cmd_serve(args: argparse.Namespace) -> int:
-    """``partreid serve``: search a gallery over HTTP."""
-    return serve_command(
-        args.checkpoint,
-        args.gallery,
-        host=args.host,
-        port=args.port,
-        cache=args.cache,
-        device=args.device,
-        batch_size=args.batch_size,
-        max_upload_mb=args.max_upload_mb,
-        max_pixels=args.max_pixels,
-        max_topk=args.max_topk,
-        max_page_size=args.max_page_size,
-        runtime=args.runtime,
-        store=args.store,
-        token_file=args.token_file,
-        audit_log=args.audit_log,
-    )
-
-
-def cmd_index(args: argparse.Namespace) -> int:
-    """``partreid index``: index a gallery features file."""
-    index_command(
-        args.features,
-        args.out,
-        kind=args.kind,
-        backend=args.backend,
-        metric=args.metric,
-        normalize=args.normalize,
-        device=args.device,
-        pca=args.pca,
-        nlist=args.nlist,
-        nprobe=args.nprobe,
-        m=args.m,
-        nbits=args.nbits,
-        hnsw_m=args.hnsw_m,
-        ef_construction=args.ef_construction,
-        ef_search=args.ef_search,
-        refine=args.refine,
-    )
+    print(RUNS["compare"].call(args)["markdown"])
     return 0
 
 
@@ -199,70 +183,21 @@ def cmd_search(args: argparse.Namespace) -> int:
     """``partreid search``: top-K gallery matches of query features or images (of a store's
     tracklets or crops with ``--store``)."""
     if args.store:
-        return _search_store(args)
+        if args.query is not None:
+            raise InvalidValueError("with --store give one QUERY (an image or a folder), no index")
+        return RUNS["search --store"](args)
     if args.index is None or args.query is None:
         raise InvalidValueError("search needs INDEX QUERY, or --store STORE QUERY")
-    search_command(
-        args.index,
-        args.query,
-        topk=args.topk,
-        checkpoint=args.checkpoint,
-        rerank=args.rerank,
-        out=args.out,
-        skip_same_camera=args.skip_same_camera,
-        backend=args.backend,
-        device=args.device,
-        batch_size=args.batch_size,
-        nprobe=args.nprobe,
-        ef_search=args.ef_search,
-        refine=args.refine,
-    )
-    return 0
+    return RUNS["search"](args)
 
 
-def _search_store(args: argparse.Namespace) -> int:
-    if args.query is not None:  # argparse puts the one positional into ``index``
-        raise InvalidValueError("with --store give one QUERY (an image or a folder), no index")
-    search_store_command(
-        args.store,
-        args.index,
-        topk=args.topk,
-        by=args.by,
-        cameras=args.cameras,
-        after=args.after,
-        before=args.before,
-        tracklet=args.tracklet,
-        checkpoint=args.checkpoint,
-        out=args.out,
-        device=args.device,
-    )
-    return 0
-
-
-def cmd_ingest(args: argparse.Namespace) -> int:
-    """``partreid ingest``: crops of a camera into a store."""
-    ingest_command(
-        args.checkpoint,
-        args.input,
-        args.store,
-        boxes=args.boxes,
-        camera=args.camera,
-        start_time=args.start_time,
-        fps=args.fps,
-        device=args.device,
-        batch_size=args.batch_size,
-        num_workers=args.num_workers,
-        progress=not args.no_progress,
-    )
-    return 0
-
-
-def cmd_store(args: argparse.Namespace) -> int:
-    """``partreid store delete|stats``."""
-    if args.store_command == "stats":
-        stats_command(args.store, as_json=args.json)
-    else:
-        delete_command(args.store, before=args.before, camera=args.camera, track=args.track)
+def cmd_list(args: argparse.Namespace) -> int:
+    """``partreid list``: the models with their options, and the data sets (no torch needed)."""
+    models = _resolve("partreid.catalogue:MODELS")
+    print("models:")
+    for name in sorted(models):
+        print(f"  {name}: " + ", ".join(f"{k}={v!r}" for k, v in models[name][1].items()))
+    print("data sets: " + ", ".join(sorted(_resolve("partreid.catalogue:DATASETS"))))
     return 0
 
 
@@ -332,7 +267,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--out", default="partreid_demo", help="output folder (default: partreid_demo)")
     d.add_argument("--model", default=None, help="model to train (default: cgpn, CPU-sized)")
     d.add_argument("--epochs", type=int, default=None)
-    d.set_defaults(func=cmd_demo)
+    d.set_defaults(func=RUNS["demo"])
 
 
 def _add_visualize(sub: argparse._SubParsersAction) -> None:
@@ -349,14 +284,14 @@ def _add_visualize(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--out", default=None, help="output PNG (default: in the run folder)")
     v.add_argument("--num", type=int, default=6, help="number of images")
     v.add_argument("overrides", nargs="*")
-    v.set_defaults(func=cmd_visualize)
+    v.set_defaults(func=RUNS["visualize"])
 
 
 def _add_inspect(sub: argparse._SubParsersAction) -> None:
     ins = sub.add_parser("inspect", help="print what a checkpoint holds (read safely)")
     ins.add_argument("checkpoint", help="a .pth checkpoint")
     ins.add_argument("--json", action="store_true", help="machine-readable JSON output")
-    ins.set_defaults(func=cmd_inspect)
+    ins.set_defaults(func=RUNS["inspect"])
 
 
 def _add_extract(sub: argparse._SubParsersAction) -> None:
@@ -375,7 +310,7 @@ def _add_extract(sub: argparse._SubParsersAction) -> None:
     x.add_argument("--no-flip", action="store_true", help="no flip-averaging")
     x.add_argument("--no-amp", action="store_true", help="full precision on CUDA")
     x.add_argument("--no-progress", action="store_true", help="no progress bar")
-    x.set_defaults(func=cmd_extract)
+    x.set_defaults(func=RUNS["extract"])
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
@@ -397,7 +332,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
         default=1e-4,
         help="largest allowed ONNX/PyTorch difference of L2-normalised features (default 1e-4)",
     )
-    xp.set_defaults(func=cmd_export)
+    xp.set_defaults(func=RUNS["export"])
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
@@ -446,7 +381,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         help="model runtime: auto = ONNX Runtime on the CPU when installed (exported and "
         "checked once, cached), else PyTorch",
     )
-    sv.set_defaults(func=cmd_serve)
+    sv.set_defaults(func=RUNS["serve"])
 
 
 def _add_index(sub: argparse._SubParsersAction) -> None:
@@ -482,7 +417,7 @@ def _add_index(sub: argparse._SubParsersAction) -> None:
     ix.add_argument("--ef-construction", type=int, help="hnsw: build beam width")
     ix.add_argument("--ef-search", type=int, help="hnsw: search beam width (saved default)")
     ix.add_argument("--refine", type=int, help="approximate kinds: shortlist = refine x topk")
-    ix.set_defaults(func=cmd_index)
+    ix.set_defaults(func=RUNS["index"])
 
 
 def _add_search(sub: argparse._SubParsersAction) -> None:
@@ -542,7 +477,7 @@ def _add_ingest(sub: argparse._SubParsersAction) -> None:
     ig.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     ig.add_argument("--num-workers", type=int, default=2, help="loader worker processes")
     ig.add_argument("--no-progress", action="store_true", help="no progress bar")
-    ig.set_defaults(func=cmd_ingest)
+    ig.set_defaults(func=RUNS["ingest"])
 
 
 def _add_store(sub: argparse._SubParsersAction) -> None:
@@ -556,8 +491,8 @@ def _add_store(sub: argparse._SubParsersAction) -> None:
     de.add_argument("--before", help="crops seen before this time (ISO 8601)")
     de.add_argument("--camera", type=int, help="crops of this camera")
     de.add_argument("--track", help="one tracklet: CAMERA:TRACK (or TRACK with --camera)")
-    for p in (stats, de):
-        p.set_defaults(func=cmd_store)
+    stats.set_defaults(func=RUNS["store stats"])
+    de.set_defaults(func=RUNS["store delete"])
 
 
 def _add_list(sub: argparse._SubParsersAction) -> None:
