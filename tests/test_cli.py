@@ -183,122 +183,112 @@ def _record(monkeypatch, target, result=None):
     return calls
 
 
-def test_options_become_the_calls_arguments(monkeypatch, capsys):
-    calls = _record(monkeypatch, "partreid.commands.extract:extract_command")
-    argv = ["extract", "m.pth", "crops", "--out", "f.npz", "--no-flip", "--workers", "3"]
-    assert main(argv) == 0
-    assert calls == [
-        dict(
-            model="m.pth",
-            source="crops",
-            out="f.npz",
-            boxes=None,
-            device="auto",
-            batch_size=64,
-            num_workers=3,
-            flip=False,
-            amp=True,
-            progress=True,
-        )
-    ]
-    calls = _record(monkeypatch, "partreid.commands.search:index_command")
-    assert main(["index", "g.npz", "--out", "ix", "--kind", "hnsw", "--hnsw-m", "16"]) == 0
-    params = dict.fromkeys(["pca", "nlist", "nprobe", "m", "nbits", "ef_construction"])
-    assert calls == [
-        dict(
-            feats_path="g.npz",
-            out="ix",
-            kind="hnsw",
-            backend="auto",
-            metric=None,
-            normalize=None,
-            device="auto",
-            **params,
-            hnsw_m=16,
-            ef_search=None,
-            refine=None,
-        )
-    ]
-    calls = _record(monkeypatch, "partreid.commands.store:stats_command", {"crops": 1})
-    assert main(["store", "stats", "site", "--json"]) == 0
-    assert calls == [dict(store_uri="site", as_json=True)]
-    calls = _record(monkeypatch, "partreid.commands.store:delete_command", 7)
-    assert main(["store", "delete", "site", "--camera", "3"]) == 0  # 7 deleted, exit status 0
-    assert calls == [dict(store_uri="site", before=None, camera=3, track=None)]
-    calls = _record(monkeypatch, "partreid.commands.export:export_command", 3)
-    assert main(["export", "c.pth", "--format", "onnx", "--out", "m.onnx"]) == 3
-    assert calls == [
-        dict(
-            checkpoint="c.pth",
-            fmt="onnx",
-            out="m.onnx",
-            check_images=None,
-            flip=True,
-            tolerance=1e-4,
-        )
-    ]
+# (target, command line, what the fake returns, exit status, the call the target gets): the
+# arguments are written out by hand, as the former cmd_* functions passed them
+CALLS = [
+    (
+        "partreid.commands.extract:extract_command",
+        "extract m.pth crops --out f.npz --no-flip --workers 3",
+        None,
+        0,
+        {
+            **dict(model="m.pth", source="crops", out="f.npz", boxes=None, device="auto"),
+            **dict(batch_size=64, num_workers=3, flip=False, amp=True, progress=True),
+        },
+    ),
+    (
+        "partreid.commands.search:index_command",
+        "index g.npz --out ix --kind hnsw --hnsw-m 16",
+        None,
+        0,
+        {
+            **dict(feats_path="g.npz", out="ix", kind="hnsw", backend="auto", metric=None),
+            **dict(normalize=None, device="auto", pca=None, nlist=None, nprobe=None, m=None),
+            **dict(nbits=None, hnsw_m=16, ef_construction=None, ef_search=None, refine=None),
+        },
+    ),
+    (
+        "partreid.commands.search:search_command",
+        "search ix q.npz --nprobe 8",
+        None,
+        0,
+        {
+            **dict(index_path="ix", query="q.npz", topk=10, checkpoint=None, rerank=False),
+            **dict(out=None, skip_same_camera=False, backend="auto", device="auto"),
+            **dict(batch_size=64, nprobe=8, ef_search=None, refine=None),
+        },
+    ),
+    (
+        "partreid.commands.store_search:search_store_command",
+        "search --store site q.jpg --cameras 3,4 --by crop",
+        None,
+        0,
+        {
+            **dict(store_uri="site", query="q.jpg", topk=10, by="crop", cameras="3,4"),
+            **dict(after=None, before=None, tracklet=None, checkpoint=None, out=None),
+            **dict(device="auto"),
+        },
+    ),
+    (
+        "partreid.commands.store:stats_command",
+        "store stats site --json",
+        {"crops": 1},
+        0,
+        dict(store_uri="site", as_json=True),
+    ),
+    (
+        "partreid.commands.store:delete_command",
+        "store delete site --camera 3",
+        7,  # crops deleted, not an exit status
+        0,
+        dict(store_uri="site", before=None, camera=3, track=None),
+    ),
+    (
+        "partreid.commands.export:export_command",
+        "export c.pth --format onnx --out m.onnx",
+        3,  # the exit status
+        3,
+        {
+            **dict(checkpoint="c.pth", fmt="onnx", out="m.onnx", check_images=None),
+            **dict(flip=True, tolerance=1e-4),
+        },
+    ),
+    (
+        "partreid.engine.eval_run:evaluate_checkpoint",
+        "eval --checkpoint c.pth --rerank --qe alpha --only-test a.b=1",
+        {},
+        0,
+        {
+            **dict(checkpoint="c.pth", config=None, out=None, only_test=True),
+            **dict(overrides=["a.b=1", "eval.rerank=true", "eval.query_expansion=alpha"]),
+        },
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "target, argv, result, status, expected", CALLS, ids=[c[1].split(" ")[0] for c in CALLS]
+)
+def test_options_become_the_calls_arguments(monkeypatch, target, argv, result, status, expected):
+    calls = _record(monkeypatch, target, result)
+    assert main(argv.split()) == status
+    assert calls == [expected]
+
+
+def test_search_and_compare(monkeypatch, capsys):
+    plain = _record(monkeypatch, "partreid.commands.search:search_command")
+    store = _record(monkeypatch, "partreid.commands.store_search:search_store_command")
+    assert main(["search", "--store", "site", "ix", "q.jpg"]) == 2
+    assert main(["search", "ix"]) == 2
+    assert "search needs INDEX QUERY" in capsys.readouterr().err
+    assert plain == store == []
     calls = _record(monkeypatch, "partreid.report.compare:compare_runs", {"markdown": "| a |"})
     assert main(["compare", "A=r1", "r2"]) == 0
     assert calls == [dict(run_args=["A=r1", "r2"], out_dir="compare")]
     assert capsys.readouterr().out == "| a |\n"
 
 
-def test_search_picks_its_call(monkeypatch, capsys):
-    plain = _record(monkeypatch, "partreid.commands.search:search_command")
-    store = _record(monkeypatch, "partreid.commands.store_search:search_store_command")
-    assert main(["search", "ix", "q.npz", "--nprobe", "8"]) == 0
-    assert main(["search", "--store", "site", "q.jpg", "--cameras", "3,4", "--by", "crop"]) == 0
-    assert plain == [
-        dict(
-            index_path="ix",
-            query="q.npz",
-            topk=10,
-            checkpoint=None,
-            rerank=False,
-            out=None,
-            skip_same_camera=False,
-            backend="auto",
-            device="auto",
-            batch_size=64,
-            nprobe=8,
-            ef_search=None,
-            refine=None,
-        )
-    ]
-    assert store == [
-        dict(
-            store_uri="site",
-            query="q.jpg",
-            topk=10,
-            by="crop",
-            cameras="3,4",
-            after=None,
-            before=None,
-            tracklet=None,
-            checkpoint=None,
-            out=None,
-            device="auto",
-        )
-    ]
-    assert main(["search", "--store", "site", "ix", "q.jpg"]) == 2
-    assert main(["search", "ix"]) == 2
-    assert "search needs INDEX QUERY" in capsys.readouterr().err
-    assert len(plain) == len(store) == 1
-
-
-def test_eval_and_train_calls(monkeypatch, capsys):
-    calls = _record(monkeypatch, "partreid.engine.eval_run:evaluate_checkpoint")
-    argv = ["eval", "--checkpoint", "c.pth", "--rerank", "--qe", "alpha", "--only-test", "a.b=1"]
-    assert main(argv) == 0
-    assert calls == [
-        dict(
-            checkpoint="c.pth",
-            config=None,
-            overrides=["a.b=1", "eval.rerank=true", "eval.query_expansion=alpha"],
-            out=None,
-            only_test=True,
-        )
-    ]
+def test_train_call(monkeypatch, capsys):
     configs = _record(monkeypatch, "partreid.config:load_config", "CFG")
     interrupted = _resolve("partreid.engine.checkpointing:TrainingInterrupted")
     runs = []

@@ -78,6 +78,10 @@ class Run:
         return int(result) if self.exit_status else 0
 
 
+# the options of an approximate search (``**params`` of index_command, which saves them as the
+# index's defaults, and of search_command)
+_SEARCH_PARAMS = ("nprobe", "ef_search", "refine")
+
 #: The commands that are one call, by command (``"search --store"``: search's other call).
 RUNS: Dict[str, Run] = {
     "eval": Run("partreid.engine.eval_run:evaluate_checkpoint"),
@@ -95,22 +99,10 @@ RUNS: Dict[str, Run] = {
     "index": Run(
         "partreid.commands.search:index_command",
         {"feats_path": "features"},
-        extra=(
-            "pca",
-            "nlist",
-            "nprobe",
-            "m",
-            "nbits",
-            "hnsw_m",
-            "ef_construction",
-            "ef_search",
-            "refine",
-        ),
+        extra=("pca", "nlist", "m", "nbits", "hnsw_m", "ef_construction", *_SEARCH_PARAMS),
     ),
     "search": Run(
-        "partreid.commands.search:search_command",
-        {"index_path": "index"},
-        extra=("nprobe", "ef_search", "refine"),
+        "partreid.commands.search:search_command", {"index_path": "index"}, extra=_SEARCH_PARAMS
     ),
     "search --store": Run(
         "partreid.commands.store_search:search_store_command",
