@@ -327,6 +327,17 @@ def test_choices_equal_the_libraries():
     assert _choices("serve", "runtime") == RUNTIMES
 
 
+def test_export_formats_equal_what_export_accepts():
+    """commands.export keeps its formats in code; its error for another one lists them."""
+    from partreid.commands.export import export_command
+    from partreid.errors import InvalidValueError
+
+    with pytest.raises(InvalidValueError, match="unknown export format") as err:
+        export_command("c.pth", "tflite", "m.out")
+    valid = re.search(r"valid: (.+)$", str(err.value)).group(1).split(", ")
+    assert _choices("export", "format") == tuple(valid)
+
+
 def test_list_prints_the_live_registries(capsys):
     """``partreid list`` reads the torch-free catalogue; what it prints is the registries'."""
     from partreid.data import list_datasets
