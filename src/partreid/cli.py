@@ -78,9 +78,11 @@ class Run:
         return int(result) if self.exit_status else 0
 
 
-# the options of an approximate search (``**params`` of index_command, which saves them as the
-# index's defaults, and of search_command)
-_SEARCH_PARAMS = ("nprobe", "ef_search", "refine")
+# the options of an approximate search: ``**search_params`` of search_command
+_SEARCH_OPTIONS = ("nprobe", "ef_search", "refine")
+# GalleryIndex.build's options: ``**options`` of index_command (the index saves the search ones)
+_INDEX_OPTIONS = ("kind", "backend", "metric", "normalize", "device", "pca", "nlist", "m")
+_INDEX_OPTIONS += ("nbits", "hnsw_m", "ef_construction", *_SEARCH_OPTIONS)
 
 #: The commands that are one call, by command (``"search --store"``: search's other call).
 RUNS: Dict[str, Run] = {
@@ -99,10 +101,10 @@ RUNS: Dict[str, Run] = {
     "index": Run(
         "partreid.commands.search:index_command",
         {"feats_path": "features"},
-        extra=("pca", "nlist", "m", "nbits", "hnsw_m", "ef_construction", *_SEARCH_PARAMS),
+        extra=_INDEX_OPTIONS,
     ),
     "search": Run(
-        "partreid.commands.search:search_command", {"index_path": "index"}, extra=_SEARCH_PARAMS
+        "partreid.commands.search:search_command", {"index_path": "index"}, extra=_SEARCH_OPTIONS
     ),
     "search --store": Run(
         "partreid.commands.store_search:search_store_command",
