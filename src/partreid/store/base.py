@@ -77,8 +77,9 @@ def chunks(a: Sequence[Any], n: int) -> Iterator[Sequence[Any]]:
 def sum_by_group(values: np.ndarray, group: np.ndarray, n_groups: int) -> np.ndarray:
     """float64 sums (n_groups, D) of the rows of ``values`` by ``group``.
 
-    Each group's rows are added in their order, so the sums equal ``np.add.at``'s to the bit, in
-    as many vector steps as the largest group has rows (``np.add.at`` on rows is ~50x slower).
+    Each group's rows are added in their order, from zero, so the sums equal ``np.add.at``'s to
+    the bit; but in as many vector steps as the largest group has rows, where ``np.add.at`` adds
+    row after row (about half the time at 1,000 x 1,280 in tracks of 4).
     """
     values = np.asarray(values, np.float64)
     counts = np.bincount(group, minlength=n_groups)
