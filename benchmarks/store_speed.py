@@ -184,7 +184,8 @@ def run_backend(args) -> dict:
         t = time.perf_counter()
         nd = st.delete(before=T0 + DAY)
         out["delete_day"] = {"crops": nd, "s": time.perf_counter() - t}
-        out["stats_after"] = {k: v for k, v in st.stats().items() if k in ("crops", "tracklets")}
+        st_after = st.stats()
+        out["stats_after"] = {"crops": st_after.crops, "tracklets": st_after.tracklets}
         st.close()
         du = subprocess.run(["du", "-sb", folder], capture_output=True, text=True).stdout.split()
         out["disk_gb"] = int(du[0]) / 1e9 if du else None

@@ -37,17 +37,17 @@ from typing import Any, Dict, Iterable, Iterator, Optional, Tuple
 import numpy as np
 import torch
 
-from .errors import NotFoundError, PartreidError
+from .errors import MissingExtraError, NotFoundError, PartreidError
 from .features import Features, FeaturesFileError
 from .metrics import re_rank_features
 from .metrics.distance import METRICS, merge_topk_stable, squared_euclidean, topk_smallest_stable
+from .utils.extras import FAISS_HINT, load_faiss
 
 log = logging.getLogger("partreid")
 
 INDEX_FORMAT = "partreid-index/1"
 KINDS = ("exact", "ivfpq", "ivfflat", "hnsw")
 BACKENDS = ("auto", "faiss", "torch")
-FAISS_HINT = "pip install 'partreid[deploy]' (or faiss-cpu / faiss-gpu)"
 _BLOCK_BYTES = 1 << 27  # memory for one block of distances or gathered gallery rows (128 MiB)
 _REFINE_BYTES = 1 << 23  # gathered gallery rows per refinement step (8 MiB)
 _ADD_CHUNK = 65536  # rows per faiss add() call
@@ -69,22 +69,15 @@ class GalleryIndexError(PartreidError, ValueError):
 # ============================================================================ helpers
 def faiss_available() -> bool:
     """Whether ``import faiss`` works."""
-    try:
-        _faiss("")
-    except GalleryIndexError:
-        return False
-    return True
+    return load_faiss() is not None
 
 
 def _faiss(what: str):
-    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # no INFO lines on import
+    """faiss, or a GalleryIndexError saying that ``what`` needs it."""
     try:
-        import faiss
-    except ImportError:
-        raise GalleryIndexError(
-            f"{what} needs faiss, which is not installed: {FAISS_HINT}"
-        ) from None
-    return faiss
+        return load_faiss(what)
+    except MissingExtraError as e:
+        raise GalleryIndexError(str(e)) from None
 
 
 def _faiss_gpu(faiss) -> bool:

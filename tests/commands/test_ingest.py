@@ -76,8 +76,8 @@ def test_ingest_is_idempotent_and_search_equals_brute_force(ckpt, crops, feats, 
     assert again.added == 0 and again.already == len(feats[2])
     with open_store(store) as st:
         s = st.stats()
-        assert s["crops"] == len(feats[2])
-        assert s["cameras"] == {int(c): int((feats[1] == c).sum()) for c in set(feats[1])}
+        assert s.crops == len(feats[2])
+        assert s.cameras == {int(c): int((feats[1] == c).sum()) for c in set(feats[1])}
         q = feats[0][3]
         for cams in ([1], [2, 3], sorted(set(feats[1]))):
             got = search_store(st, q[None], 10, by="crop", cameras=cams)
@@ -104,13 +104,13 @@ def test_time_filters_and_delete(ckpt, crops, feats, tmp_path):
     assert [r["distance"] for r in morning] == [r["distance"] for r in noon]
     assert main(["store", "delete", store, "--before", "2026-12-03T10:00:00"]) == 0
     with open_store(store) as st:
-        assert st.stats()["crops"] == len(names)
+        assert st.stats().crops == len(names)
         left = search_store(st, q, 50, by="crop")
     assert all(r["time"].startswith("2026-12-03T11:00") for r in left)
     cam = int(feats[1][0])
     assert main(["store", "delete", store, "--camera", str(cam)]) == 0
     with open_store(store) as st:
-        assert cam not in st.stats()["cameras"]
+        assert cam not in st.stats().cameras
         assert all(r["camera"] != cam for r in search_store(st, q, 50, by="crop"))
 
 
@@ -133,8 +133,8 @@ def test_video_tracklets_times_and_query_by_tracklet(ckpt, video, tmp_path):
     _ingest(ckpt, path, store, boxes=boxes, camera=7, fps=2.0)
     with open_store(store) as st:
         s = st.stats()
-        assert s["crops"] == 12 and s["tracklets"] == 2 and s["cameras"] == {7: 12}
-        assert s["first"] == parse_time(T0) and s["last"] == parse_time(T0) + 2.5  # frame 6
+        assert s.crops == 12 and s.tracklets == 2 and s.cameras == {7: 12}
+        assert s.first == parse_time(T0) and s.last == parse_time(T0) + 2.5  # frame 6
         feat, meta = st.get_tracklet("7:1")
         hits = st.search(np.zeros((1, st.dim), np.float32) + feat, 12, by="crop")[0]
     crop = np.stack([st_feat for st_feat in _crop_feats(ckpt, path, boxes, track=1)])
@@ -229,7 +229,7 @@ def test_kill_during_ingest_then_resume_gives_every_crop_once(ckpt, crops, feats
     assert rep.already == part and rep.added == n - part
     src, timing = open_timed_source(crops, None, None, T0, None)
     with open_store(store) as st:
-        assert st.stats()["crops"] == n and st.contains(crop_ids(src, timing.camera)).all()
+        assert st.stats().crops == n and st.contains(crop_ids(src, timing.camera)).all()
 
 
 def test_both_backends_give_the_same_answers(ckpt, crops, feats, tmp_path):

@@ -255,7 +255,7 @@ def test_store_page_logs_in_filters_and_groups_by_tracklet(
     )
     meta = page.inner_text("#meta")
     st = store_setup["store"].stats()
-    assert f"{st['crops']} crops in {st['tracklets']} tracklets" in meta and "4 cameras" in meta
+    assert f"{st.crops} crops in {st.tracklets} tracklets" in meta and "4 cameras" in meta
 
     # 2. upload: tracklets, the query's own first, each card with its best crop and a timeline
     page.set_input_files("#file", store_setup["query_image"])

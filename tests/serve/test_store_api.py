@@ -199,7 +199,7 @@ def test_unknown_tracklet_and_bad_upload(sclient):
 def test_stats_and_health_describe_the_store(sclient, store_setup):
     st = sclient.get("/api/store/stats").json()
     raw = store_setup["store"].stats()
-    assert (st["crops"], st["tracklets"]) == (raw["crops"], raw["tracklets"])
+    assert (st["crops"], st["tracklets"]) == (raw.crops, raw.tracklets)
     assert [c["camera"] for c in st["cameras"]] == [1, 2, 3, 9]
     assert st["first"] == f"{T}14:00:00.000Z" and st["model"]["name"] == "bot"
     health = sclient.get("/api/health").json()

@@ -70,11 +70,11 @@ def test_kill_during_add_loses_at_most_the_open_batch(tmp_path):
         p.stdout.close()
         with open_store(path) as st:
             s = st.stats()
-            n = s["crops"]
+            n = s.crops
             assert n % BATCH == 0 and n // BATCH - 1 >= last  # whole batches, every one reported
             present = st.contains(np.arange(BATCHES * BATCH))
             assert present[:n].all() and not present[n:].any()  # batches in order, none partial
-            assert s["tracklets"] == n // 4
+            assert s.tracklets == n // 4
             size = os.path.getsize(os.path.join(path, "vectors.f32"))
             assert size == n * DIM * 4  # no row of an uncommitted batch left
             done = n // BATCH
@@ -86,9 +86,9 @@ def test_kill_during_add_loses_at_most_the_open_batch(tmp_path):
             # resume: add everything written so far and the open batch again
             for i in range(done + 1):
                 assert st.add(batch(i)) == (BATCH if i == done else 0)
-            assert st.stats()["crops"] == (done + 1) * BATCH
+            assert st.stats().crops == (done + 1) * BATCH
     with open_store(path) as st:
-        n = st.stats()["crops"]
+        n = st.stats().crops
         assert st.contains(np.arange(n)).all()
         ids = [h.id for h in st.search(batch(0).features[:3], 2)[0]]
         assert ids[0] == 0 and len(set(ids)) == 2  # each crop exactly once

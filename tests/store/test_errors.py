@@ -92,12 +92,12 @@ def test_dim_and_delete_errors(store_uri):
             st.delete()
         with pytest.raises(StoreError, match="tracklet id 'abc'"):
             st.delete(track="abc")
-        assert st.stats()["crops"] == 4
+        assert st.stats().crops == 4
     with pytest.raises(StoreError) as e:
         open_store(uri, create=True, info={"dim": 16})
     assert "holds 8-d features" in str(e.value) and "dim 16" in str(e.value) and uri in str(e.value)
     with open_store(uri, create=True, info=INFO) as st:  # create on an existing store: opens it
-        assert st.stats()["crops"] == 4
+        assert st.stats().crops == 4
 
 
 def test_batch_errors():

@@ -34,7 +34,7 @@ def test_a_reader_sees_what_another_handle_commits(tmp_path):
         for cams in (None, [1, 2]):
             want = _ids(both.search(q, 10, by=by, cameras=cams))
             assert _ids(reader.search(q, 10, by=by, cameras=cams)) == want
-    assert reader.stats()["crops"] == 600 and reader.stats()["vector_rows"] == 600
+    assert reader.stats().crops == 600 and reader.stats().extra["vector_rows"] == 600
     for st in (writer, reader, both):
         st.close()
 
@@ -57,7 +57,7 @@ def test_two_writers_take_turns_without_overwriting_rows(tmp_path):
         ref.add(g.select(keep))
         want = _ids(ref.search(g.features[:8], 10, by="crop"))
     with open_store(path) as st:
-        assert st.stats()["crops"] == int(keep.sum())
+        assert st.stats().crops == int(keep.sum())
         assert _ids(st.search(g.features[:8], 10, by="crop")) == want
         assert os.path.getsize(os.path.join(path, "vectors.f32")) == 600 * DIM * 4
 
@@ -73,11 +73,11 @@ def test_opening_during_a_writers_batch_leaves_its_rows_alone(tmp_path):
     with open(os.path.join(path, "writer.lock"), "a+b") as lock:  # ... by a live writer
         fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
         with open_store(path) as st:
-            assert st.stats()["crops"] == 100
+            assert st.stats().crops == 100
         assert os.path.getsize(vec) == 107 * DIM * 4  # not cut under the writer's feet
         fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
     with open_store(path) as st:  # no writer: the rows are a dead batch's, dropped
-        assert st.stats()["crops"] == 100
+        assert st.stats().crops == 100
     assert os.path.getsize(vec) == 100 * DIM * 4
 
 

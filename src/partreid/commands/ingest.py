@@ -240,7 +240,7 @@ def ingest_command(
         rep.added / max(rep.seconds, 1e-9),
         100.0 * rep.store_seconds / max(rep.seconds, 1e-9),
         store_uri,
-        total.get("crops", 0),
-        total.get("tracklets", 0),
+        total.crops,
+        total.tracklets,
     )
     return rep

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any, Dict, Optional
+from typing import Optional
 
-from ..store import open_store
+from ..store import StoreStats, open_store
 from ..store.query import track_ref
 from ..utils.logs import setup_logging
 from ..utils.times import format_time, parse_time
@@ -27,27 +27,23 @@ def delete_command(
     with open_store(store_uri) as store:
         n = store.delete(before=t_before, camera=camera, track=track_ref(track, camera))
         left = store.stats()
-    log.info("deleted %d crop(s) from %s; %d left", n, store_uri, left.get("crops", 0))
+    log.info("deleted %d crop(s) from %s; %d left", n, store_uri, left.crops)
     return n
 
 
-def stats_command(store_uri: str, as_json: bool = False) -> Dict[str, Any]:
+def stats_command(store_uri: str, as_json: bool = False) -> StoreStats:
     """``partreid store stats STORE``: counts per camera, time span, dimension, model."""
     with open_store(store_uri) as store:
         st = store.stats()
     if as_json:
-        print(json.dumps(st, indent=1, default=str))
+        print(json.dumps(st.to_dict(), indent=1, default=str))
         return st
-    model = st.get("model") or {}
-    span = (
-        f"{format_time(st['first'])} .. {format_time(st['last'])}"
-        if st.get("first") is not None
-        else "empty"
-    )
-    print(f"store     {store_uri} ({st.get('backend', '?')})")
-    print(f"crops     {st.get('crops', 0)} in {st.get('tracklets', 0)} tracklets")
+    model = st.model or {}
+    span = f"{format_time(st.first)} .. {format_time(st.last)}" if st.first is not None else "empty"
+    print(f"store     {store_uri} ({st.backend})")
+    print(f"crops     {st.crops} in {st.tracklets} tracklets")
     print(f"span      {span}")
-    print(f"features  {st.get('dim')}-d, model {model.get('name')} ({model.get('checkpoint')})")
-    for cam, n in sorted((st.get("cameras") or {}).items()):
+    print(f"features  {st.dim}-d, model {model.get('name')} ({model.get('checkpoint')})")
+    for cam, n in sorted(st.cameras.items()):
         print(f"camera {cam:<4}{n:8d} crops")
     return st

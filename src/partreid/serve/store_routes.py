@@ -101,20 +101,17 @@ class StoreService:
         """Crops, tracklets, cameras, time span (UTC) and model of the store (JSON-ready)."""
         with self.lock:
             st = self.store.stats()
-        model = st.get("model") or self.store.info.get("model") or {}
-        first, last = st.get("first"), st.get("last")
+        model = st.model or {}
+        first, last = st.first, st.last
         return {
             "uri": self.store.uri,
-            "backend": st.get("backend"),
-            "crops": int(st.get("crops", 0)),
-            "tracklets": int(st.get("tracklets", 0)),
-            "cameras": [
-                {"camera": int(c), "crops": int(n)}
-                for c, n in sorted((st.get("cameras") or {}).items())
-            ],
+            "backend": st.backend,
+            "crops": st.crops,
+            "tracklets": st.tracklets,
+            "cameras": [{"camera": c, "crops": n} for c, n in sorted(st.cameras.items())],
             "first": None if first is None else format_time(first),
             "last": None if last is None else format_time(last),
-            "dim": int(st.get("dim") or self.store.dim),
+            "dim": st.dim,
             "model": {
                 k: model.get(k) for k in ("name", "feature_dim", "fingerprint", "checkpoint")
             },

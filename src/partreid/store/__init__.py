@@ -13,8 +13,9 @@ URIs (``open_store``):
 - ``milvus://host:19530[/collection]``: a Milvus server (collection prefix ``partreid`` unless
   given), :mod:`partreid.store.milvus`.
 
-A new backend is one module with an ``open_*(uri, create, info)`` function and one line in
-``BACKENDS``. This package is a low layer: it knows arrays and metadata, never models.
+A new backend is one module with an ``open_*(uri, create, info)`` function, a
+:class:`GalleryStore` subclass implementing the storage steps its docstring lists, and one line
+in ``BACKENDS``. This package is a low layer: it knows arrays and metadata, never models.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from partreid.store.base import (
     GalleryStore,
     Hit,
     StoreError,
+    StoreStats,
     TrackletHit,
     TrackletNotFoundError,
 )
@@ -44,6 +46,7 @@ __all__ = [
     "GalleryStore",
     "Hit",
     "StoreError",
+    "StoreStats",
     "TrackletHit",
     "TrackletNotFoundError",
     "open_store",

@@ -24,9 +24,8 @@ Search: the filter runs in SQLite first, on covering indexes (crops: (camera, ts
 (ts, row); tracklets: (camera, t0, t1) and (t0, t1)). The tracklet overlap filter ``t1 >= after
 and t0 < before`` is bounded on ``t0`` from both sides with ``t0 >= after - meta.max_span``
 (``max_span`` is an upper bound of every tracklet's ``t1 - t0``: add raises it, delete keeps it),
-so a one-day filter reads one day of index, not every later tracklet. A store of an earlier
-layout gets these indexes and ``max_span`` on open (once, one transaction). A filtered subset of
-at most ``SMALL`` rows is ranked exactly with numpy on its gathered rows; larger or unfiltered
+so a one-day filter reads one day of index, not every later tracklet. A filtered subset of at
+most ``SMALL`` rows is ranked exactly with numpy on its gathered rows; larger or unfiltered
 searches use an in-memory faiss ``IndexFlatIP`` (exact) with an ``IDSelectorBatch`` for the
 filter -- or exact numpy in blocks over the vector file when faiss is not installed. The
 in-memory indexes (faiss for the crops, a float32 matrix for the tracklet features) are built
@@ -49,7 +48,7 @@ import json
 import os
 import sqlite3
 import threading
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -58,18 +57,17 @@ try:  # POSIX: one writer at a time across processes
 except ImportError:  # pragma: no cover (Windows: one writing process is the user's job)
     fcntl = None  # type: ignore[assignment]
 
+from partreid.store import base
 from partreid.store.base import (
-    CropBatch,
-    GalleryStore,
     Hit,
     StoreError,
     TrackletHit,
-    TrackletNotFoundError,
-    TrackRef,
+    chunks,
     normalize,
-    parse_track,
+    sum_by_group,
     to_distance,
 )
+from partreid.utils.extras import load_faiss
 
 FORMAT = "partreid-store/1"
 SMALL = 20000  # filtered subsets up to this many rows: exact numpy on the gathered rows
@@ -77,9 +75,12 @@ MARGIN = 16  # extra candidates fetched from the index so that ties at rank k so
 _CHUNK = 900  # ids per SQL "IN (...)"
 _CROP_COLS = "id, row, camera, ts, track_id, frame, x1, y1, x2, y2, path, pid"
 
+# max_span bounds every tracklet's t1 - t0 from above (add raises it, delete leaves it), so that
+# the tracklet time filter is a range on t0 on both sides (see _where)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value);
 INSERT OR IGNORE INTO meta VALUES('rows', 0);
+INSERT OR IGNORE INTO meta VALUES('max_span', 0);
 CREATE TABLE IF NOT EXISTS crops(
     id INTEGER PRIMARY KEY, row INTEGER NOT NULL, camera INTEGER NOT NULL, ts REAL NOT NULL,
     track_id INTEGER NOT NULL, frame INTEGER NOT NULL,
@@ -89,10 +90,7 @@ CREATE TABLE IF NOT EXISTS tracklets(
     tid INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE, camera INTEGER NOT NULL,
     track_id INTEGER NOT NULL, n INTEGER NOT NULL, t0 REAL NOT NULL, t1 REAL NOT NULL,
     sum BLOB, row INTEGER);
-"""
-# the indexes, created on open when missing (a store of an earlier version is upgraded once).
-# Covering: a filter reads only the index (crops: the vector row; tracklets: t1, the rowid).
-_INDEXES = """
+-- covering: a filter reads only the index (crops: the vector row; tracklets: t1, the rowid)
 CREATE INDEX IF NOT EXISTS crops_cam_ts_row ON crops(camera, ts, row);
 CREATE INDEX IF NOT EXISTS crops_ts_row ON crops(ts, row);
 CREATE INDEX IF NOT EXISTS crops_cam_track ON crops(camera, track_id);
@@ -101,30 +99,12 @@ CREATE INDEX IF NOT EXISTS crops_tracklet ON crops(tracklet);
 CREATE INDEX IF NOT EXISTS tracklets_cam_t0 ON tracklets(camera, t0, t1);
 CREATE INDEX IF NOT EXISTS tracklets_t0 ON tracklets(t0, t1);
 """
-_OLD_INDEXES = ("crops_cam_ts", "crops_ts", "tracklets_cam_t1", "tracklets_t1")  # replaced
 
 
 def open_embedded(uri: str, create: bool, info: Optional[Dict[str, Any]]) -> EmbeddedStore:
     """Open the embedded store in the folder ``uri`` (``file://`` prefix allowed)."""
     path = uri[len("file://") :] if uri.lower().startswith("file://") else uri
     return EmbeddedStore(path, create=create, info=info)
-
-
-def _chunks(a: Sequence[Any], n: int = _CHUNK):
-    for i in range(0, len(a), n):
-        yield a[i : i + n]
-
-
-def _index_name(sql: str) -> str:
-    return sql.split(" ON ")[0].split()[-1]
-
-
-def _faiss():
-    try:
-        import faiss  # noqa: PLC0415
-    except ImportError:
-        return None
-    return faiss
 
 
 def _fsync_dir(path: str) -> None:
@@ -140,8 +120,10 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-class EmbeddedStore(GalleryStore):
+class EmbeddedStore(base.GalleryStore):
     """The gallery in one folder (see the module docstring)."""
+
+    backend = "embedded"
 
     def __init__(self, path: str, create: bool = False, info: Optional[Dict[str, Any]] = None):
         self.path = os.path.abspath(os.path.expanduser(path))
@@ -172,7 +154,6 @@ class EmbeddedStore(GalleryStore):
         )
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
-        self._upgrade()
         self._rows = int(self._db.execute("SELECT value FROM meta WHERE key='rows'").fetchone()[0])
         self._max_span = float(
             self._db.execute("SELECT value FROM meta WHERE key='max_span'").fetchone()[0]
@@ -201,34 +182,6 @@ class EmbeddedStore(GalleryStore):
         self._tvalid: Optional[np.ndarray] = None
 
     # -- creation, files ------------------------------------------------------------------
-
-    def _upgrade(self) -> None:
-        """Create missing indexes and ``meta.max_span`` (one transaction; a no-op when current).
-
-        ``max_span`` bounds every tracklet's ``t1 - t0`` from above (add raises it, delete
-        leaves it), so that the tracklet time filter is a range on ``t0`` on both sides.
-        """
-        db = self._db
-        have = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='index'")}
-        want = [ln for ln in _INDEXES.strip().splitlines() if _index_name(ln) not in have]
-        has_span = db.execute("SELECT 1 FROM meta WHERE key='max_span'").fetchone()
-        old = [name for name in _OLD_INDEXES if name in have]
-        if not want and not old and has_span:
-            return
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            for sql in want:
-                db.execute(sql)
-            for name in old:
-                db.execute(f"DROP INDEX {name}")
-            db.execute(
-                "INSERT OR IGNORE INTO meta SELECT 'max_span', coalesce(max(t1 - t0), 0)"
-                " FROM tracklets"
-            )
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
 
     def _create(self, meta_file: str, info: Dict[str, Any]) -> None:
         os.makedirs(self.path, exist_ok=True)
@@ -271,7 +224,7 @@ class EmbeddedStore(GalleryStore):
             fcntl.flock(self._lockf.fileno(), fcntl.LOCK_UN)
 
     @contextlib.contextmanager
-    def _writing(self):
+    def _writing(self) -> Iterator[None]:
         """Hold the store's writer lock (``writer.lock``, across processes) for one add or
         delete, and start from the committed state, whoever committed it."""
         if fcntl is not None:
@@ -282,6 +235,19 @@ class EmbeddedStore(GalleryStore):
             self._version = self._db.execute("PRAGMA data_version").fetchone()[0]
         finally:
             self._unlock_writer()
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One SQLite write transaction (``BEGIN IMMEDIATE`` .. ``COMMIT``), rolled back if the
+        body (or the commit) fails; every write of the metadata runs in one."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
 
     def _sync(self) -> None:
         """Notice commits of other processes (SQLite's ``data_version``): re-read the row count
@@ -324,121 +290,87 @@ class EmbeddedStore(GalleryStore):
 
     def _present(self, ids: np.ndarray) -> np.ndarray:
         found: set = set()
-        for part in _chunks(ids.tolist()):
+        for part in chunks(ids.tolist(), _CHUNK):
             q = f"SELECT id FROM crops WHERE id IN ({','.join('?' * len(part))})"
             found.update(r[0] for r in self._db.execute(q, part))
         return np.array([i in found for i in ids.tolist()], dtype=bool)
 
-    def contains(self, ids: Sequence[int]) -> np.ndarray:
-        """For each id, whether the store holds a crop with that id."""
-        with self._lock:
-            return self._present(np.asarray(ids, dtype=np.int64).reshape(-1))
-
-    def add(self, batch: CropBatch) -> int:
-        """Add a batch atomically (features are L2-normalised here); returns the number added."""
-        with self._lock, self._writing():
-            self._check_dim(batch)
-            batch = batch.unique()
-            new = batch.select(~self._present(batch.ids))
-            n = len(new)
-            if n == 0:
-                return 0
-            feats = normalize(new.features)
-            r0 = self._rows
-            rows = np.arange(r0, r0 + n, dtype=np.int64)
-            # 1. the vectors, durable before any metadata references them
-            self._vf.seek(r0 * self.dim * 4)
-            self._vf.truncate()
-            self._vf.write(np.ascontiguousarray(feats).tobytes())
-            self._vf.flush()
-            os.fsync(self._vf.fileno())
-            # 2. one transaction: tracklets, crops, committed row count (and the span bound)
-            db = self._db
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                tids, changed, span = self._add_tracklets(new, feats, rows)
-                self._insert_crops(new, rows, tids)
-                db.execute("UPDATE meta SET value=? WHERE key='rows'", (r0 + n,))
-                if span > self._max_span:
-                    db.execute("UPDATE meta SET value=? WHERE key='max_span'", (span,))
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            self._rows = r0 + n
-            self._max_span = max(self._max_span, span)
-            # 3. the in-memory indexes, if built
-            if self._index is not None:
-                self._index.add_with_ids(feats, rows)
-            if self._valid is not None:
-                self._valid = np.concatenate([self._valid, np.ones(n, bool)])
-            if self._tv is not None:
-                for tid, f in changed.items():
-                    self._set_tracklet(tid, f)
-            return n
+    def _insert(self, new: base.NewCrops) -> None:
+        """The vectors first (fsynced), then one transaction (see the module docstring)."""
+        n, feats, r0 = len(new), new.features, self._rows
+        rows = np.arange(r0, r0 + n, dtype=np.int64)
+        # 1. the vectors, durable before any metadata references them
+        self._vf.seek(r0 * self.dim * 4)
+        self._vf.truncate()
+        self._vf.write(np.ascontiguousarray(feats).tobytes())
+        self._vf.flush()
+        os.fsync(self._vf.fileno())
+        # 2. one transaction: tracklets, crops, committed row count (and the span bound)
+        with self._transaction() as db:
+            tids, changed, span = self._add_tracklets(new, rows)
+            self._insert_crops(new.batch, rows, tids)
+            db.execute("UPDATE meta SET value=? WHERE key='rows'", (r0 + n,))
+            if span > self._max_span:
+                db.execute("UPDATE meta SET value=? WHERE key='max_span'", (span,))
+        self._rows = r0 + n
+        self._max_span = max(self._max_span, span)
+        # 3. the in-memory indexes, if built
+        if self._index is not None:
+            self._index.add_with_ids(feats, rows)
+        if self._valid is not None:
+            self._valid = np.concatenate([self._valid, np.ones(n, bool)])
+        self._set_tracklets(changed)
 
     def _add_tracklets(
-        self, new: CropBatch, feats: np.ndarray, rows: np.ndarray
+        self, new: base.NewCrops, rows: np.ndarray
     ) -> Tuple[np.ndarray, Dict[int, Optional[np.ndarray]], float]:
         """Insert or update the batch's tracklets (in the open transaction).
 
         Returns each crop's tid, the changed tracklets' new features and their largest span.
         """
         db = self._db
-        n = len(new)
-        tids = np.empty(n, np.int64)
+        batch = new.batch
+        tid_of = np.empty(len(new.keys), np.int64)  # by position in new.keys
         changed: Dict[int, Optional[np.ndarray]] = {}
         span = 0.0
-        tracked = np.nonzero(new.track_id >= 0)[0]
-        if len(tracked):
-            keys = [f"{c}:{t}" for c, t in zip(new.camera[tracked], new.track_id[tracked])]
-            uniq, inv = np.unique(np.array(keys), return_inverse=True)
-            sums = np.zeros((len(uniq), self.dim), np.float64)
-            np.add.at(sums, inv, feats[tracked].astype(np.float64))
-            cnt = np.bincount(inv, minlength=len(uniq))
-            ts = new.timestamp[tracked]
-            t0 = np.full(len(uniq), np.inf)
-            t1 = np.full(len(uniq), -np.inf)
-            np.minimum.at(t0, inv, ts)
-            np.maximum.at(t1, inv, ts)
-            utid = np.empty(len(uniq), np.int64)
-            for j, key in enumerate(uniq.tolist()):
-                row = db.execute(
-                    "SELECT tid, n, t0, t1, sum FROM tracklets WHERE key=?", (key,)
-                ).fetchone()
-                a, b, s = float(t0[j]), float(t1[j]), sums[j]
-                if row is None:
-                    cam, tr = (int(v) for v in key.split(":"))
-                    cur = db.execute(
-                        "INSERT INTO tracklets(key, camera, track_id, n, t0, t1, sum)"
-                        " VALUES (?,?,?,?,?,?,?)",
-                        (key, cam, tr, int(cnt[j]), a, b, s.tobytes()),
-                    )
-                    tid = int(cur.lastrowid)
-                else:
-                    tid = int(row[0])
-                    s = np.frombuffer(row[4], np.float64) + s
-                    a, b = min(float(row[2]), a), max(float(row[3]), b)
-                    db.execute(
-                        "UPDATE tracklets SET n=?, t0=?, t1=?, sum=? WHERE tid=?",
-                        (int(row[1] + cnt[j]), a, b, s.tobytes(), tid),
-                    )
-                span = max(span, b - a)
-                utid[j] = tid
-                changed[tid] = normalize(s)
-            tids[tracked] = utid[inv]
-        for i in np.nonzero(new.track_id < 0)[0].tolist():
-            ts_i = float(new.timestamp[i])
+        for j, key in enumerate(new.keys):
+            if key.startswith("crop:"):  # one-crop tracklets: below, in the batch's order
+                continue
+            row = db.execute(
+                "SELECT tid, n, t0, t1, sum FROM tracklets WHERE key=?", (key,)
+            ).fetchone()
+            a, b, s = float(new.start[j]), float(new.end[j]), new.sum(j)
+            if row is None:
+                cam, tr = (int(v) for v in key.split(":"))
+                cur = db.execute(
+                    "INSERT INTO tracklets(key, camera, track_id, n, t0, t1, sum)"
+                    " VALUES (?,?,?,?,?,?,?)",
+                    (key, cam, tr, int(new.counts[j]), a, b, s.tobytes()),
+                )
+                tid = int(cur.lastrowid)
+            else:
+                tid = int(row[0])
+                s = np.frombuffer(row[4], np.float64) + s
+                a, b = min(float(row[2]), a), max(float(row[3]), b)
+                db.execute(
+                    "UPDATE tracklets SET n=?, t0=?, t1=?, sum=? WHERE tid=?",
+                    (int(row[1] + new.counts[j]), a, b, s.tobytes(), tid),
+                )
+            span = max(span, b - a)
+            tid_of[j] = tid
+            changed[tid] = normalize(s)
+        for i in np.nonzero(batch.track_id < 0)[0].tolist():
+            ts_i = float(batch.timestamp[i])
             cur = db.execute(
                 "INSERT INTO tracklets(key, camera, track_id, n, t0, t1, row)"
                 " VALUES (?,?,-1,1,?,?,?)",
-                (f"crop:{int(new.ids[i])}", int(new.camera[i]), ts_i, ts_i, int(rows[i])),
+                (f"crop:{int(batch.ids[i])}", int(batch.camera[i]), ts_i, ts_i, int(rows[i])),
             )
-            tids[i] = int(cur.lastrowid)
-            changed[tids[i]] = feats[i]
-        return tids, changed, span
+            tid_of[new.of_crop[i]] = tid = int(cur.lastrowid)
+            changed[tid] = new.features[i]
+        return tid_of[new.of_crop], changed, span
 
-    def _insert_crops(self, new: CropBatch, rows: np.ndarray, tids: np.ndarray) -> None:
+    def _insert_crops(self, new: base.CropBatch, rows: np.ndarray, tids: np.ndarray) -> None:
         """Insert the batch's crop rows (in the open transaction)."""
         box = new.box
         assert box is not None and new.path is not None
@@ -464,7 +396,7 @@ class EmbeddedStore(GalleryStore):
     # -- in-memory indexes ----------------------------------------------------------------
 
     def _crop_index(self) -> Any:
-        faiss = _faiss()
+        faiss = load_faiss()
         if faiss is None:
             if self._valid is None:
                 v = np.zeros(self._rows, bool)
@@ -514,6 +446,12 @@ class EmbeddedStore(GalleryStore):
                     raise StoreError(f"store {self.uri}: vectors.f32 is shorter than committed")
             else:
                 dst[:] = mm[part]
+
+    def _set_tracklets(self, changed: Dict[int, Optional[np.ndarray]]) -> None:
+        """Changed tracklet features (None: gone) into the tracklet matrix, if built."""
+        if self._tv is not None:
+            for tid, feat in changed.items():
+                self._set_tracklet(tid, feat)
 
     def _set_tracklet(self, tid: int, feat: Optional[np.ndarray]) -> None:
         assert self._tv is not None and self._tvalid is not None
@@ -587,18 +525,10 @@ class EmbeddedStore(GalleryStore):
             params.append(float(before))
         return " AND ".join(conds), params
 
-    def _search(
-        self,
-        q: np.ndarray,
-        k: int,
-        by: str,
-        cameras: Optional[Sequence[int]],
-        after: Optional[float],
-        before: Optional[float],
-    ) -> List[List[Any]]:
+    def _search(self, q: np.ndarray, k: int, by: str, flt: base.SearchFilter) -> List[List[Any]]:
         """Filters applied in SQLite first (see :meth:`GalleryStore.search`)."""
         self._sync()  # another process (an ingest) may have added or deleted since
-        where, params = self._where(by, cameras, after, before)
+        where, params = self._where(by, flt.cameras, flt.after, flt.before)
         if by == "crop":
             return self._search_crops(q, k, where, params)
         return self._search_tracklets(q, k, where, params)
@@ -621,7 +551,8 @@ class EmbeddedStore(GalleryStore):
             index = self._crop_index()
             kk = k + MARGIN
             if index is not None:
-                faiss = _faiss()
+                faiss = load_faiss()
+                assert faiss is not None  # the index is a faiss index
                 params_f = None
                 if subset is not None:
                     selector = faiss.IDSelectorBatch(subset)  # alive during the search
@@ -651,7 +582,7 @@ class EmbeddedStore(GalleryStore):
     def _crops_by(self, col: str, values: List[int]) -> Dict[int, tuple]:
         out: Dict[int, tuple] = {}
         pos = 1 if col == "row" else 0
-        for part in _chunks(values):
+        for part in chunks(values, _CHUNK):
             sql = f"SELECT {_CROP_COLS} FROM crops WHERE {col} IN ({','.join('?' * len(part))})"
             for r in self._db.execute(sql, part):
                 out[int(r[pos])] = r
@@ -679,7 +610,7 @@ class EmbeddedStore(GalleryStore):
             cand = _blocked_topk(tv, valid, q, k + MARGIN)
         tids = np.unique(np.concatenate([c[0] for c in cand])) if cand else np.zeros(0, np.int64)
         meta: Dict[int, tuple] = {}
-        for part in _chunks(tids.tolist()):
+        for part in chunks(tids.tolist(), _CHUNK):
             sql = (
                 "SELECT tid, key, camera, track_id, t0, t1, n FROM tracklets"
                 f" WHERE tid IN ({','.join('?' * len(part))})"
@@ -689,16 +620,7 @@ class EmbeddedStore(GalleryStore):
         out = []
         for qi, (t, s) in enumerate(cand):
             hits = [
-                TrackletHit(
-                    tracklet=meta[int(tid)][1],
-                    camera=int(meta[int(tid)][2]),
-                    track_id=int(meta[int(tid)][3]),
-                    start=float(meta[int(tid)][4]),
-                    end=float(meta[int(tid)][5]),
-                    n_crops=int(meta[int(tid)][6]),
-                    distance=float(d),
-                )
-                for tid, d in zip(t, to_distance(s))
+                _tracklet_hit(meta[int(tid)][1:], float(d)) for tid, d in zip(t, to_distance(s))
             ]
             hits.sort(key=lambda h: (h.distance, h.tracklet))
             hits = hits[:k]
@@ -727,143 +649,108 @@ class EmbeddedStore(GalleryStore):
 
     # -- delete ---------------------------------------------------------------------------
 
-    def _delete(
-        self,
-        before: Optional[float],
-        camera: Optional[int],
-        track: Optional[TrackRef],
-        ids: Optional[Sequence[int]],
-    ) -> int:
-        """One transaction under the writer lock (see :meth:`GalleryStore.delete`)."""
-        with self._writing():
-            conds, params = [], []
-            if before is not None:
-                conds.append("ts < ?")
-                params.append(float(before))
-            if camera is not None:
-                conds.append("camera = ?")
-                params.append(int(camera))
-            if track is not None:
-                key = parse_track(track)
-                a, _, b = key.partition(":")
-                if a == "crop":
-                    conds.append("id = ?")
-                    params.append(int(b))
-                else:
-                    conds.append("camera = ? AND track_id = ?")
-                    params += [int(a), int(b)]
-            db = self._db
-            if ids is not None:
-                db.execute("CREATE TEMP TABLE IF NOT EXISTS del_ids(id INTEGER PRIMARY KEY)")
-                db.execute("DELETE FROM del_ids")
-                db.executemany(
-                    "INSERT OR IGNORE INTO del_ids VALUES (?)",
-                    ((int(i),) for i in np.asarray(ids, np.int64).reshape(-1)),
-                )
-                conds.append("id IN (SELECT id FROM del_ids)")
-            sel = db.execute(
-                f"SELECT id, row, tracklet FROM crops WHERE {' AND '.join(conds)}", params
-            ).fetchall()
-            if not sel:
-                return 0
-            cid = np.array([r[0] for r in sel], np.int64)
-            rows = np.array([r[1] for r in sel], np.int64)
-            tr = np.array([r[2] for r in sel], np.int64)
-            feats = self._gather(rows).astype(np.float64)
-            uniq, inv = np.unique(tr, return_inverse=True)
-            sums = np.zeros((len(uniq), self.dim), np.float64)
-            np.add.at(sums, inv, feats)
-            cnt = np.bincount(inv, minlength=len(uniq))
-            changed: Dict[int, Optional[np.ndarray]] = {}
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                for part in _chunks(cid.tolist()):
-                    db.execute(f"DELETE FROM crops WHERE id IN ({','.join('?' * len(part))})", part)
-                for j, tid in enumerate(uniq.tolist()):
-                    n, s, cam, trk = db.execute(
-                        "SELECT n, sum, camera, track_id FROM tracklets WHERE tid=?", (tid,)
-                    ).fetchone()
-                    if n - cnt[j] <= 0:
-                        db.execute("DELETE FROM tracklets WHERE tid=?", (tid,))
-                        changed[tid] = None
-                        continue
-                    s = np.frombuffer(s, np.float64) - sums[j]
-                    t0, t1 = db.execute(
-                        "SELECT min(ts), max(ts) FROM crops WHERE camera=? AND track_id=?",
-                        (cam, trk),
-                    ).fetchone()
-                    db.execute(
-                        "UPDATE tracklets SET n=?, t0=?, t1=?, sum=? WHERE tid=?",
-                        (int(n - cnt[j]), t0, t1, s.tobytes(), tid),
-                    )
-                    changed[tid] = normalize(s)
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            if self._index is not None:
-                self._index.remove_ids(rows)
-            if self._valid is not None:
-                self._valid[rows] = False
-            if self._tv is not None:
-                for tid, f in changed.items():
-                    self._set_tracklet(tid, f)
-            return int(len(cid))
+    def _delete(self, flt: base.DeleteFilter) -> int:
+        """One transaction (see :meth:`GalleryStore.delete`)."""
+        sel = self._select_crops(flt)
+        if not sel:
+            return 0
+        cid = np.array([r[0] for r in sel], np.int64)
+        rows = np.array([r[1] for r in sel], np.int64)
+        uniq, inv = np.unique(np.array([r[2] for r in sel], np.int64), return_inverse=True)
+        sums = sum_by_group(self._gather(rows), inv, len(uniq))
+        cnt = np.bincount(inv, minlength=len(uniq))
+        with self._transaction() as db:
+            for part in chunks(cid.tolist(), _CHUNK):
+                db.execute(f"DELETE FROM crops WHERE id IN ({','.join('?' * len(part))})", part)
+            changed = self._subtract_tracklets(uniq.tolist(), sums, cnt)
+        if self._index is not None:
+            self._index.remove_ids(rows)
+        if self._valid is not None:
+            self._valid[rows] = False
+        self._set_tracklets(changed)
+        return int(len(cid))
+
+    def _select_crops(self, flt: base.DeleteFilter) -> List[tuple]:
+        """(id, row, tracklet) of the crops matching every given condition."""
+        conds: Dict[str, list] = {}  # SQL condition -> its parameters
+        if flt.before is not None:
+            conds["ts < ?"] = [float(flt.before)]
+        if flt.camera is not None:
+            conds["camera = ?"] = [int(flt.camera)]
+        if flt.track is not None:
+            a, _, b = flt.track.partition(":")
+            if a == "crop":
+                conds["id = ?"] = [int(b)]
+            else:
+                conds["camera = ? AND track_id = ?"] = [int(a), int(b)]
+        db = self._db
+        if flt.ids is not None:
+            db.execute("CREATE TEMP TABLE IF NOT EXISTS del_ids(id INTEGER PRIMARY KEY)")
+            db.execute("DELETE FROM del_ids")
+            id_rows = ((int(i),) for i in flt.ids)
+            db.executemany("INSERT OR IGNORE INTO del_ids VALUES (?)", id_rows)
+            conds["id IN (SELECT id FROM del_ids)"] = []
+        params = [v for values in conds.values() for v in values]
+        sql = f"SELECT id, row, tracklet FROM crops WHERE {' AND '.join(conds)}"
+        return db.execute(sql, params).fetchall()
+
+    def _subtract_tracklets(
+        self, tids: List[int], sums: np.ndarray, counts: np.ndarray
+    ) -> Dict[int, Optional[np.ndarray]]:
+        """Take deleted crops (their feature ``sums`` and ``counts`` per tid) out of their
+        tracklets, in the open transaction, after the crops' rows are gone: the span is
+        recomputed from the remaining crops, an emptied tracklet is removed. Returns the changed
+        tracklets' features (None: removed)."""
+        db = self._db
+        changed: Dict[int, Optional[np.ndarray]] = {}
+        for tid, s_del, c_del in zip(tids, sums, counts.tolist()):
+            n, s, cam, trk = db.execute(
+                "SELECT n, sum, camera, track_id FROM tracklets WHERE tid=?", (tid,)
+            ).fetchone()
+            if n - c_del <= 0:
+                db.execute("DELETE FROM tracklets WHERE tid=?", (tid,))
+                changed[tid] = None
+                continue
+            s = np.frombuffer(s, np.float64) - s_del
+            t0, t1 = db.execute(
+                "SELECT min(ts), max(ts) FROM crops WHERE camera=? AND track_id=?", (cam, trk)
+            ).fetchone()
+            db.execute(
+                "UPDATE tracklets SET n=?, t0=?, t1=?, sum=? WHERE tid=?",
+                (int(n - c_del), t0, t1, s.tobytes(), tid),
+            )
+            changed[tid] = normalize(s)
+        return changed
 
     # -- the rest -------------------------------------------------------------------------
 
-    def stats(self) -> Dict[str, Any]:
-        """Counts of crops and tracklets, per camera, the time span, dim, info and disk use."""
-        with self._lock:
-            self._sync()
-            db = self._db
-            n, first, last = db.execute("SELECT count(*), min(ts), max(ts) FROM crops").fetchone()
-            per = db.execute("SELECT camera, count(*) FROM crops GROUP BY camera ORDER BY camera")
-            cams = {int(c): int(m) for c, m in per}
-            ntr = db.execute("SELECT count(*) FROM tracklets").fetchone()[0]
-            disk = sum(
-                os.path.getsize(os.path.join(self.path, f))
-                for f in os.listdir(self.path)
-                if os.path.isfile(os.path.join(self.path, f))
-            )
-            return {
-                "backend": "embedded",
-                "uri": self.uri,
-                "crops": int(n),
-                "tracklets": int(ntr),
-                "cameras": cams,
-                "first": first,
-                "last": last,
-                "dim": self.dim,
-                "model": self.info.get("model"),
-                "info": self.info,
-                "vector_rows": self._rows,
-                "disk_bytes": disk,
-            }
+    def _stats(self) -> base.StoreStats:
+        """Also the embedded store's ``vector_rows`` (committed, deleted included) and
+        ``disk_bytes`` (the folder's files)."""
+        self._sync()
+        db = self._db
+        first, last = db.execute("SELECT min(ts), max(ts) FROM crops").fetchone()
+        per = db.execute("SELECT camera, count(*) FROM crops GROUP BY camera ORDER BY camera")
+        cams = {int(c): int(m) for c, m in per}
+        ntr = db.execute("SELECT count(*) FROM tracklets").fetchone()[0]
+        disk = sum(
+            os.path.getsize(os.path.join(self.path, f))
+            for f in os.listdir(self.path)
+            if os.path.isfile(os.path.join(self.path, f))
+        )
+        return self._stats_of(cams, int(ntr), first, last, vector_rows=self._rows, disk_bytes=disk)
 
-    def get_tracklet(self, tracklet_id: TrackRef) -> Tuple[np.ndarray, Dict[str, Any]]:
-        """A stored tracklet's normalised feature (D,) and metadata (for query by tracklet)."""
-        with self._lock:
-            key = parse_track(tracklet_id)
-            r = self._db.execute(
-                "SELECT key, camera, track_id, t0, t1, n, sum, row FROM tracklets WHERE key=?",
-                (key,),
-            ).fetchone()
-            if r is None:
-                raise TrackletNotFoundError(f"store {self.uri}: no tracklet {key!r}")
-            if r[6] is None:
-                feat = self._gather(np.array([r[7]], np.int64))[0]
-            else:
-                feat = normalize(np.frombuffer(r[6], np.float64))
-            meta = dict(
-                tracklet=r[0],
-                camera=int(r[1]),
-                track_id=int(r[2]),
-                start=r[3],
-                end=r[4],
-                n_crops=r[5],
-            )
-            return feat, meta
+    def _tracklet(self, key: str) -> Optional[Tuple[np.ndarray, TrackletHit]]:
+        r = self._db.execute(
+            "SELECT key, camera, track_id, t0, t1, n, sum, row FROM tracklets WHERE key=?", (key,)
+        ).fetchone()
+        if r is None:
+            return None
+        if r[6] is None:
+            feat = self._gather(np.array([r[7]], np.int64))[0]
+        else:
+            feat = normalize(np.frombuffer(r[6], np.float64))
+        return feat, _tracklet_hit(r[:6], 0.0)
 
     def close(self) -> None:
         """Close the database and the vector file (the store stays as committed)."""
@@ -888,6 +775,19 @@ def _hit(r: tuple, distance: float) -> Hit:
         box=(float(r[6]), float(r[7]), float(r[8]), float(r[9])),
         path=str(r[10]),
         pid=int(r[11]),
+    )
+
+
+def _tracklet_hit(r: Sequence[Any], distance: float) -> TrackletHit:
+    """A tracklet hit from its row's (key, camera, track_id, t0, t1, n)."""
+    return TrackletHit(
+        tracklet=str(r[0]),
+        camera=int(r[1]),
+        track_id=int(r[2]),
+        start=float(r[3]),
+        end=float(r[4]),
+        n_crops=int(r[5]),
+        distance=distance,
     )
 
 

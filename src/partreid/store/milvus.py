@@ -29,19 +29,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from partreid.store.base import (
-    CropBatch,
-    GalleryStore,
-    Hit,
-    StoreError,
-    TrackletHit,
-    TrackletNotFoundError,
-    TrackRef,
-    normalize,
-    parse_track,
-    to_distance,
-    tracklet_key,
-)
+from partreid.store import base
+from partreid.store.base import Hit, StoreError, TrackletHit, chunks, normalize, to_distance
 from partreid.utils.extras import require
 
 DEFAULT_COLLECTION = "partreid"
@@ -94,13 +83,10 @@ def _in(values: Sequence[Any]) -> str:
     return "[" + ",".join(json.dumps(v) for v in values) + "]"
 
 
-def _chunks(a: Sequence[Any], n: int):
-    for i in range(0, len(a), n):
-        yield a[i : i + n]
-
-
-class MilvusStore(GalleryStore):
+class MilvusStore(base.GalleryStore):
     """The gallery in Milvus collections (see the module docstring)."""
+
+    backend = "milvus"
 
     def __init__(self, uri: str, create: bool = False, info: Optional[Dict[str, Any]] = None):
         kind, target, prefix = parse_milvus_uri(uri)
@@ -205,83 +191,63 @@ class MilvusStore(GalleryStore):
 
     def _present(self, ids: np.ndarray) -> np.ndarray:
         found: set = set()
-        for part in _chunks(ids.tolist(), _IN_CHUNK):
+        for part in chunks(ids.tolist(), _IN_CHUNK):
             rows = self._c.query(self._crops, filter=f"id in {_in(part)}", output_fields=["id"])
             found.update(int(r["id"]) for r in rows)
         return np.array([i in found for i in ids.tolist()], dtype=bool)
 
-    def contains(self, ids: Sequence[int]) -> np.ndarray:
-        """For each id, whether the store holds a crop with that id."""
-        with self._lock:
-            return self._present(np.asarray(ids, dtype=np.int64).reshape(-1))
-
     def _tracklets(self, keys: List[str], fields: List[str]) -> Dict[str, dict]:
         out = {}
-        for part in _chunks(keys, _IN_CHUNK):
+        for part in chunks(keys, _IN_CHUNK):
             for r in self._c.query(self._tr, filter=f"key in {_in(part)}", output_fields=fields):
                 out[r["key"]] = r
         return out
 
-    def add(self, batch: CropBatch) -> int:
-        """Add a batch (features L2-normalised here); ids present are skipped. Returns the count."""
-        with self._lock:
-            self._check_dim(batch)
-            batch = batch.unique()
-            new = batch.select(~self._present(batch.ids))
-            n = len(new)
-            if n == 0:
-                return 0
-            feats = normalize(new.features)
-            keys = [tracklet_key(c, t, i) for c, t, i in zip(new.camera, new.track_id, new.ids)]
-            box = new.box
-            assert box is not None and new.path is not None
-            rows = [
-                {
-                    "id": int(new.ids[i]),
-                    "camera": int(new.camera[i]),
-                    "timestamp": float(new.timestamp[i]),
-                    "track_id": int(new.track_id[i]),
-                    "frame": int(new.frame[i]),
-                    "x1": float(box[i, 0]),
-                    "y1": float(box[i, 1]),
-                    "x2": float(box[i, 2]),
-                    "y2": float(box[i, 3]),
-                    "path": new.path[i],
-                    "pid": int(new.pid[i]),
-                    "tracklet": keys[i],
-                    "vector": feats[i],
-                }
-                for i in range(n)
-            ]
-            uniq, inv = np.unique(np.array(keys), return_inverse=True)
-            sums = np.zeros((len(uniq), self.dim), np.float64)
-            np.add.at(sums, inv, feats.astype(np.float64))
-            cnt = np.bincount(inv, minlength=len(uniq))
-            t0 = np.full(len(uniq), np.inf)
-            t1 = np.full(len(uniq), -np.inf)
-            np.minimum.at(t0, inv, new.timestamp)
-            np.maximum.at(t1, inv, new.timestamp)
-            old = self._tracklets(
-                [k for k in uniq.tolist() if not k.startswith("crop:")], _TR_FIELDS + ["vector"]
+    def _insert(self, new: base.NewCrops) -> None:
+        """The crops, then their tracklets (the stored sum plus the batch's, upserted)."""
+        batch, feats = new.batch, new.features
+        keys = [new.keys[j] for j in new.of_crop.tolist()]
+        box = batch.box
+        assert box is not None and batch.path is not None
+        rows = [
+            {
+                "id": int(batch.ids[i]),
+                "camera": int(batch.camera[i]),
+                "timestamp": float(batch.timestamp[i]),
+                "track_id": int(batch.track_id[i]),
+                "frame": int(batch.frame[i]),
+                "x1": float(box[i, 0]),
+                "y1": float(box[i, 1]),
+                "x2": float(box[i, 2]),
+                "y2": float(box[i, 3]),
+                "path": batch.path[i],
+                "pid": int(batch.pid[i]),
+                "tracklet": keys[i],
+                "vector": feats[i],
+            }
+            for i in range(len(batch))
+        ]
+        old = self._tracklets(
+            [k for k in new.keys if not k.startswith("crop:")], _TR_FIELDS + ["vector"]
+        )
+        ups = []
+        for j, key in enumerate(new.keys):
+            first = int(new.first[j])
+            s, m = new.sum(j), int(new.counts[j])
+            a, b = float(new.start[j]), float(new.end[j])
+            if key in old:
+                o = old[key]
+                s = s + np.asarray(o["vector"], np.float64) * float(o["norm"])
+                m += int(o["n"])
+                a, b = min(a, float(o["start"])), max(b, float(o["end"]))
+            ups.append(
+                self._tracklet_row(key, batch.camera[first], batch.track_id[first], s, m, a, b)
             )
-            ups = []
-            for j, key in enumerate(uniq.tolist()):
-                first = int(np.argmax(inv == j))
-                s, m, a, b = sums[j], int(cnt[j]), float(t0[j]), float(t1[j])
-                if key in old:
-                    o = old[key]
-                    s = s + np.asarray(o["vector"], np.float64) * float(o["norm"])
-                    m += int(o["n"])
-                    a, b = min(a, float(o["start"])), max(b, float(o["end"]))
-                ups.append(
-                    self._tracklet_row(key, new.camera[first], new.track_id[first], s, m, a, b)
-                )
-            for part in _chunks(rows, _INSERT_ROWS):
-                self._c.insert(self._crops, part)
-            for part in _chunks(ups, _INSERT_ROWS):
-                self._c.upsert(self._tr, part)
-            self._dirty = True
-            return n
+        for part in chunks(rows, _INSERT_ROWS):
+            self._c.insert(self._crops, part)
+        for part in chunks(ups, _INSERT_ROWS):
+            self._c.upsert(self._tr, part)
+        self._dirty = True
 
     @staticmethod
     def _tracklet_row(
@@ -314,17 +280,9 @@ class MilvusStore(GalleryStore):
             conds.append(f"{hi} < {float(before)!r}")
         return " and ".join(conds)
 
-    def _search(
-        self,
-        q: np.ndarray,
-        k: int,
-        by: str,
-        cameras: Optional[Sequence[int]],
-        after: Optional[float],
-        before: Optional[float],
-    ) -> List[List[Any]]:
+    def _search(self, q: np.ndarray, k: int, by: str, flt: base.SearchFilter) -> List[List[Any]]:
         """Filtered inside Milvus (see :meth:`GalleryStore.search`)."""
-        expr = self._expr(by, cameras, after, before)
+        expr = self._expr(by, flt.cameras, flt.after, flt.before)
         self._seal()
         coll = self._crops if by == "crop" else self._tr
         fields = _CROP_FIELDS if by == "crop" else _TR_FIELDS
@@ -416,26 +374,20 @@ class MilvusStore(GalleryStore):
         finally:
             it.close()
 
-    def _delete(
-        self,
-        before: Optional[float],
-        camera: Optional[int],
-        track: Optional[TrackRef],
-        ids: Optional[Sequence[int]],
-    ) -> int:
+    def _delete(self, flt: base.DeleteFilter) -> int:
         """Filter expressions inside Milvus (see :meth:`GalleryStore.delete`)."""
         conds = []
-        if before is not None:
-            conds.append(f"timestamp < {float(before)!r}")
-        if camera is not None:
-            conds.append(f"camera == {int(camera)}")
-        if track is not None:
-            conds.append(f"tracklet == {json.dumps(parse_track(track))}")
-        id_list = None if ids is None else np.asarray(ids, np.int64).reshape(-1).tolist()
+        if flt.before is not None:
+            conds.append(f"timestamp < {float(flt.before)!r}")
+        if flt.camera is not None:
+            conds.append(f"camera == {int(flt.camera)}")
+        if flt.track is not None:
+            conds.append(f"tracklet == {json.dumps(flt.track)}")
+        id_list = None if flt.ids is None else flt.ids.tolist()
         base = " and ".join(conds)
         victims: List[int] = []
         keys: set = set()
-        parts = [None] if id_list is None else list(_chunks(id_list, _IN_CHUNK))
+        parts = [None] if id_list is None else list(chunks(id_list, _IN_CHUNK))
         for part in parts:
             expr = (
                 base if part is None else " and ".join(filter(None, [base, f"id in {_in(part)}"]))
@@ -445,12 +397,12 @@ class MilvusStore(GalleryStore):
                 keys.add(r["tracklet"])
         if not victims:
             return 0
-        for part in _chunks(victims, _IN_CHUNK):
+        for part in chunks(victims, _IN_CHUNK):
             self._c.delete(self._crops, filter=f"id in {_in(part)}")
         # the affected tracklets, recomputed from their remaining crops
         left: Dict[str, List[dict]] = {}
         klist = sorted(keys)
-        for part in _chunks(klist, 256):
+        for part in chunks(klist, 256):
             for r in self._iterate(
                 self._crops,
                 f"tracklet in {_in(part)}",
@@ -458,7 +410,7 @@ class MilvusStore(GalleryStore):
             ):
                 left.setdefault(r["tracklet"], []).append(r)
         gone = [k for k in klist if k not in left]
-        for part in _chunks(gone, _IN_CHUNK):
+        for part in chunks(gone, _IN_CHUNK):
             self._c.delete(self._tr, filter=f"key in {_in(part)}")
         ups = []
         for key, rs in left.items():
@@ -469,7 +421,7 @@ class MilvusStore(GalleryStore):
                     key, rs[0]["camera"], rs[0]["track_id"], v.sum(0), len(rs), min(t), max(t)
                 )
             )
-        for part in _chunks(ups, _INSERT_ROWS):
+        for part in chunks(ups, _INSERT_ROWS):
             self._c.upsert(self._tr, part)
         self._dirty = True
         return len(victims)
@@ -479,46 +431,21 @@ class MilvusStore(GalleryStore):
     def _count(self, coll: str) -> int:
         return int(self._c.query(coll, filter="", output_fields=["count(*)"])[0]["count(*)"])
 
-    def stats(self) -> Dict[str, Any]:
-        """Counts of crops and tracklets, per camera, the time span, dim and info."""
-        with self._lock:
-            cams: Dict[int, int] = {}
-            first = last = None
-            for r in self._iterate(self._crops, "", ["camera", "timestamp"]):
-                c, t = int(r["camera"]), float(r["timestamp"])
-                cams[c] = cams.get(c, 0) + 1
-                first = t if first is None else min(first, t)
-                last = t if last is None else max(last, t)
-            return {
-                "backend": "milvus",
-                "uri": self.uri,
-                "crops": sum(cams.values()),
-                "tracklets": self._count(self._tr),
-                "cameras": dict(sorted(cams.items())),
-                "first": first,
-                "last": last,
-                "dim": self.dim,
-                "model": self.info.get("model"),
-                "info": self.info,
-            }
+    def _stats(self) -> base.StoreStats:
+        cams: Dict[int, int] = {}
+        first = last = None
+        for r in self._iterate(self._crops, "", ["camera", "timestamp"]):
+            c, t = int(r["camera"]), float(r["timestamp"])
+            cams[c] = cams.get(c, 0) + 1
+            first = t if first is None else min(first, t)
+            last = t if last is None else max(last, t)
+        return self._stats_of(dict(sorted(cams.items())), self._count(self._tr), first, last)
 
-    def get_tracklet(self, tracklet_id: TrackRef) -> Tuple[np.ndarray, Dict[str, Any]]:
-        """A stored tracklet's normalised feature (D,) and metadata (for query by tracklet)."""
-        with self._lock:
-            key = parse_track(tracklet_id)
-            r = self._tracklets([key], _TR_FIELDS + ["vector"]).get(key)
-            if r is None:
-                raise TrackletNotFoundError(f"store {self.uri}: no tracklet {key!r}")
-            h = _tracklet_hit(r, 1.0)
-            meta = dict(
-                tracklet=h.tracklet,
-                camera=h.camera,
-                track_id=h.track_id,
-                start=h.start,
-                end=h.end,
-                n_crops=h.n_crops,
-            )
-            return normalize(np.asarray(r["vector"], np.float32)), meta
+    def _tracklet(self, key: str) -> Optional[Tuple[np.ndarray, TrackletHit]]:
+        r = self._tracklets([key], _TR_FIELDS + ["vector"]).get(key)
+        if r is None:
+            return None
+        return normalize(np.asarray(r["vector"], np.float32)), _tracklet_hit(r, 1.0)
 
     def close(self) -> None:
         """Close the connection (Milvus keeps the data)."""
