@@ -43,7 +43,8 @@ from typing import Callable, Iterator, Optional, Tuple, Union
 import numpy as np
 import torch
 
-from ..errors import InvalidValueError, MissingExtraError
+from ..errors import InvalidValueError
+from ..utils.extras import load_faiss
 from .distance import (
     ArrayLike,
     as_tensor,
@@ -727,12 +728,7 @@ def _redo_rows(src: _FeatureSource, redo: torch.Tensor, nn, nn_vals, rowmax, k: 
 
 def _faiss_knn(src: _FeatureSource, k: int) -> torch.Tensor:
     """Nearest neighbours (self included) of all N items with faiss (CPU, exact search)."""
-    try:
-        import faiss  # noqa: PLC0415 - optional, heavy
-    except ImportError as exc:
-        raise MissingExtraError(
-            "re_rank_features(use_faiss=True) needs faiss (pip install faiss-cpu)"
-        ) from exc
+    faiss = load_faiss("re_rank_features(use_faiss=True)")
     f = src.f.detach().to("cpu", torch.float32).contiguous().numpy()
     index = faiss.IndexFlatL2(f.shape[1])  # e space: also the cosine order (normalised features)
     index.add(f)
