@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -30,12 +31,14 @@ from ..errors import InvalidValueError
 from ..inference import Extractor
 from ..inference.stream import iter_batches
 from ..store import CropBatch, GalleryStore, StoreError, open_store
+from ..store.query import camera_id
 from ..utils.logs import setup_logging
 from ..utils.times import parse_time
 
 log = logging.getLogger("partreid")
 
 ADD_ROWS = 256  # crops per store transaction (one fsync each)
+MAX_FPS = 1000.0
 
 
 def crop_ids(src: Source, camera: np.ndarray) -> np.ndarray:
@@ -101,7 +104,7 @@ def timed_manifest(csv_path: str, camera: Optional[int]) -> Tuple[Source, Timing
     def col(name: str, fill: int) -> np.ndarray:
         try:
             return np.array([int(r.get(name) or fill) for r in rows], np.int64)
-        except ValueError as exc:
+        except (ValueError, OverflowError) as exc:  # not a number, or not a 64-bit one
             raise SourceError(f"{csv_path}: column {name} must hold integers ({exc})") from None
 
     stamps = [parse_time(r["timestamp"], f"{csv_path} line {i}") for i, r in enumerate(rows, 2)]
@@ -134,6 +137,9 @@ def open_timed_source(
     fps: Optional[float],
 ) -> Tuple[Source, Timing]:
     """The input's items with their cameras and times (see the module docstring)."""
+    camera = camera_id(camera, "--camera")  # a camera the filters can name: 0..2^63-1
+    if fps is not None and not (math.isfinite(float(fps)) and 0 < float(fps) <= MAX_FPS):
+        raise InvalidValueError(f"--fps {fps}: expected frames per second in (0, {MAX_FPS}]")
     if source.lower().endswith(".csv") and os.path.isfile(source):
         with open(source, newline="", encoding="utf-8") as f:
             header = next(csv.reader(f), [])

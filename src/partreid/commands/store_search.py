@@ -16,12 +16,14 @@ from ..data.io import list_image_files
 from ..errors import InvalidValueError, NotFoundError
 from ..inference import Extractor
 from ..store import GalleryStore, open_store
-from ..store.query import parse_cameras, search_store
+from ..store.query import check_topk, parse_cameras, search_store, tracklet_id
 from ..store.query import records as hit_records
 from ..utils.logs import setup_logging
 from ..utils.times import format_time, parse_time
 
 log = logging.getLogger("partreid")
+
+MAX_QUERY_IMAGES = 1000  # crops of one query person (a folder), each through the model
 
 
 def _normalised_mean(feats: np.ndarray) -> np.ndarray:
@@ -64,9 +66,14 @@ def query_feature(
             f"{ckpt} is not the model store {store.uri} was built with (fingerprint "
             f"{ext.info.fingerprint()} vs {want})"
         )
-    paths = list_image_files(query)[0] if os.path.isdir(query) else [query]
+    paths = list_image_files(query, limit=MAX_QUERY_IMAGES)[0] if os.path.isdir(query) else [query]
     if not paths:
         raise NotFoundError(f"no images under {query}")
+    if len(paths) > MAX_QUERY_IMAGES:
+        raise InvalidValueError(
+            f"query {query} holds more than {MAX_QUERY_IMAGES} images; a query is one person: at most "
+            f"{MAX_QUERY_IMAGES} (pick the crops of that person into a folder of their own)"
+        )
     return _normalised_mean(ext(paths)), f"{len(paths)} image(s) of {query}"
 
 
@@ -115,6 +122,8 @@ def search_store_command(
     cams = parse_cameras(cameras)
     t_after = parse_time(after, "--after") if after else None
     t_before = parse_time(before, "--before") if before else None
+    topk = check_topk(topk)
+    tracklet = tracklet_id(tracklet) if tracklet else None
     with open_store(store_uri) as store:
         feature, what = query_feature(store, query, tracklet, checkpoint, device)
         hits = search_store(store, feature, topk, by, cams, t_after, t_before, tracklet)
@@ -123,7 +132,7 @@ def search_store_command(
         "store": store_uri,
         "query": what,
         "by": by,
-        "cameras": cams,
+        "cameras": None if cams is None else [list(r) for r in cams],  # [[first, last], ...]
         "after": format_time(t_after) if t_after is not None else None,
         "before": format_time(t_before) if t_before is not None else None,
         "topk": topk,
