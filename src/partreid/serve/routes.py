@@ -31,6 +31,18 @@ MAX_PATH_CHARS = 4096
 UPLOAD_TYPES = "image/jpeg, image/png, image/webp, image/bmp, image/gif, image/tiff"
 
 
+# a 2 x 4 plain-text PPM (a person in red over blue legs): an image that is also valid JSON
+# text, so the schema can carry an example upload that reaches the search
+EXAMPLE_UPLOAD = "P3 2 4 255 " + " ".join(["200 40 40"] * 4 + ["40 40 200"] * 4)
+
+
+def image_field(description: str = "the query crop (JPEG, PNG, ...)") -> Any:
+    """The ``image`` form field of an upload route, with :data:`EXAMPLE_UPLOAD` as example."""
+    from fastapi import File
+
+    return File(description=description, examples=[EXAMPLE_UPLOAD])
+
+
 def upload_schema(limits: ServeLimits) -> Dict[str, Any]:
     """OpenAPI of a multipart upload's ``image`` field: the image types it takes (a fuzzer
     sends images of those types) and the size and pixel limits."""
@@ -187,7 +199,7 @@ def _need_heatmap(worker: SearchWorker) -> None:
 
 def search_router(worker: SearchWorker, limits: ServeLimits) -> Any:
     """``/api/search``: top-K gallery items for an uploaded crop or for a gallery item."""
-    from fastapi import APIRouter, File, Path, Query, UploadFile
+    from fastapi import APIRouter, Path, Query, UploadFile
 
     router = APIRouter()
     gallery = worker.gallery
@@ -198,7 +210,7 @@ def search_router(worker: SearchWorker, limits: ServeLimits) -> Any:
         openapi_extra=upload_schema(limits),
     )
     async def search_upload(
-        image: Annotated[UploadFile, File(description="the query crop (JPEG, PNG, ...)")],
+        image: Annotated[UploadFile, image_field()],
         topk: int = Query(limits.default_topk, ge=1, le=limits.max_topk),
         rerank: bool = Query(False, description="k-reciprocal re-ranking of the shortlist"),
         heatmap: bool = Query(False, description="also return the query's activation map"),
@@ -251,7 +263,7 @@ def search_router(worker: SearchWorker, limits: ServeLimits) -> Any:
 
 def heatmap_router(worker: SearchWorker, limits: ServeLimits) -> Any:
     """``POST /api/heatmap``: an uploaded crop's activation map as a PNG."""
-    from fastapi import APIRouter, File, UploadFile
+    from fastapi import APIRouter, UploadFile
     from fastapi.responses import Response
 
     router = APIRouter()
@@ -263,7 +275,7 @@ def heatmap_router(worker: SearchWorker, limits: ServeLimits) -> Any:
         response_class=Response,
         responses={200: {"content": {"image/png": {}}}},
     )
-    async def heatmap_upload(image: Annotated[UploadFile, File(description="the crop")]):
+    async def heatmap_upload(image: Annotated[UploadFile, image_field("the crop")]):
         _need_heatmap(worker)
         _, tensor = await _upload_tensor(worker, limits, image)
         png = await asyncio.wrap_future(worker.submit_heatmap(tensor))

@@ -47,12 +47,13 @@ from ..utils.times import MAX_TIME_CHARS, TIME_HELP, TIME_PATTERN, format_time, 
 from .access import AuditLog, sha256_hex
 from .crops import CropRef, CropRegistry, crop_jpeg
 from .error_responses import RequestError
-from .routes import read_upload_tensor, upload_schema
+from .routes import image_field, read_upload_tensor, upload_schema
 from .worker import SearchWorker, ServeLimits
 
 BY_PATTERN = "^(tracklet|crop)$"
 CROP_ID_PATTERN = "^[0-9a-f]{24}$"  # CropRegistry ids
-TRACK_PATTERN = TRACKLET_PATTERN.replace("^(", "^([0-9]{1,19}|", 1)  # or a track of ?camera=
+TRACK_PATTERN = f"^$|^[0-9]{{1,19}}$|{TRACKLET_PATTERN}"  # none, a track of ?camera=, or an id
+OPTIONAL_TIME_PATTERN = f"^ *$|{TIME_PATTERN}"  # blank: no such bound
 
 
 @dataclass
@@ -260,14 +261,14 @@ def _filter_queries(limits: ServeLimits) -> Dict[str, Any]:
         ),
         "after": _text_query(
             None,
-            TIME_PATTERN,
+            OPTIONAL_TIME_PATTERN,
             MAX_TIME_CHARS,
             f"from this time on: {TIME_HELP}",
             "2026-12-03T14:00Z",
         ),
         "before": _text_query(
             None,
-            TIME_PATTERN,
+            OPTIONAL_TIME_PATTERN,
             MAX_TIME_CHARS,
             f"before this time: {TIME_HELP}",
             "2026-12-03T16:00Z",
@@ -277,7 +278,7 @@ def _filter_queries(limits: ServeLimits) -> Dict[str, Any]:
 
 def store_search_router(service: StoreService, worker: SearchWorker, limits: ServeLimits) -> Any:
     """``POST /api/store/search`` (an upload) and ``GET /api/store/search_tracklet``."""
-    from fastapi import APIRouter, File, Request, UploadFile
+    from fastapi import APIRouter, Request, UploadFile
     from starlette.concurrency import run_in_threadpool
 
     router = APIRouter()
@@ -295,7 +296,7 @@ def store_search_router(service: StoreService, worker: SearchWorker, limits: Ser
     )
     async def search_upload(
         request: Request,
-        image: Annotated[UploadFile, File(description="the query crop (JPEG, PNG, ...)")],
+        image: Annotated[UploadFile, image_field()],
         topk: int = q["topk"],
         by: str = q["by"],
         cameras: Optional[str] = q["cameras"],
@@ -375,7 +376,7 @@ def store_admin_router(service: StoreService) -> Any:
         request: Request,
         before: Optional[str] = _text_query(
             None,
-            TIME_PATTERN,
+            OPTIONAL_TIME_PATTERN,
             MAX_TIME_CHARS,
             f"crops seen before this time: {TIME_HELP}",
             "2026-12-03T14:00Z",

@@ -28,9 +28,10 @@ MAX_TOPK = 10_000  # results of one query: each is a record in memory and in the
 MAX_CAMERA_TERMS = 64  # comma-separated ids or ranges in one camera filter
 _ID = "[0-9]{1,19}"  # a 64-bit id has at most 19 digits (and is at most MAX_ID)
 _TERM = rf" *{_ID}( *- *{_ID})? *"
-CAMERAS_PATTERN = rf"^({_TERM}(,{_TERM}){{0,{MAX_CAMERA_TERMS - 1}}})?$"
+# blank (no filter) or 1..64 terms
+CAMERAS_PATTERN = rf"^ *$|^{_TERM}(,{_TERM}){{0,{MAX_CAMERA_TERMS - 1}}}$"
 CAMERAS_MAX_CHARS = MAX_CAMERA_TERMS * 48
-CAMERA_PATTERN = rf"^ *{_ID} *$"
+CAMERA_PATTERN = rf"^ *$|^ *{_ID} *$"  # blank: none
 TRACKLET_PATTERN = rf"^({_ID}:{_ID}|crop:{_ID})$"
 TRACKLET_MAX_CHARS = 45
 _CAMERAS_RE, _CAMERA_RE = re.compile(CAMERAS_PATTERN), re.compile(CAMERA_PATTERN)

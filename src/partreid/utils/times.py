@@ -18,15 +18,16 @@ MIN_TIME = 0.0  # 1970-01-01T00:00:00Z
 MAX_TIME = 253402300799.0  # 9999-12-31T23:59:59Z: the last second a datetime can hold
 MAX_TIME_CHARS = 64
 # seconds since the epoch (no sign: the range starts at 0), or ISO 8601 date[Ttime[offset]]
-_SECONDS = r"[0-9]{1,20}(\.[0-9]{1,20})?([eE][+-]?[0-9]{1,3})?"
-_ISO = (
-    r"[0-9]{4}-[0-9]{2}-[0-9]{2}"
-    r"([Tt ][0-9]{2}(:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,6})?)?)?([Zz]|[+-][0-9]{2}:[0-9]{2})?)?"
+_SECONDS = r"[0-9]{1,11}(\.[0-9]{1,20})?"  # up to 99999999999 s (the year 5138), no exponent
+_ISO = (  # the calendar's ranges, so that what matches is a time (but February 30 and the like)
+    r"(19[7-9][0-9]|[2-9][0-9]{3})-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])"
+    r"([Tt ]([01][0-9]|2[0-3])(:[0-5][0-9](:[0-5][0-9](\.[0-9]{1,6})?)?)?"
+    r"([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])?)?"
 )
 TIME_PATTERN = rf"^ *({_SECONDS}|{_ISO}) *$"
 TIME_HELP = (
     "ISO 8601 such as 2026-12-03T14:00:00 (UTC unless it says Z or +HH:MM) or seconds since "
-    "1970-01-01, from 1970-01-01T00:00:00Z to 9999-12-31T23:59:59Z"
+    "1970-01-01 (at most 11 digits), from 1970-01-01T00:00:00Z to 9999-12-31T23:59:59Z"
 )
 _TIME_RE = re.compile(TIME_PATTERN)
 _SECONDS_RE = re.compile(_SECONDS)
