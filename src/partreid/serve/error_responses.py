@@ -60,7 +60,10 @@ def _validation_message(request: Any, exc: Any) -> Any:
         )
     parts = []
     for e in exc.errors():
-        where = ".".join(str(x) for x in e.get("loc", ()) if x not in ("body", "query", "path"))
+        loc = tuple(e.get("loc", ()))
+        if loc[:1] in (("body",), ("query",), ("path",), ("header",), ("cookie",)):
+            loc = loc[1:]  # the location, not a name (a parameter may be called "path")
+        where = ".".join(str(x) for x in loc)
         parts.append(f"{where or 'request'}: {e.get('msg', 'invalid')}")
     return _error(422, "; ".join(parts))
 

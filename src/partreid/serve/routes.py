@@ -112,7 +112,6 @@ def gallery_router(gallery: ServedGallery, limits: ServeLimits) -> Any:
     def gallery_image_by_path(
         path: str = Query(
             ...,
-            min_length=1,
             max_length=MAX_PATH_CHARS,
             description="e.g. bounding_box_test/x.jpg",
         ),
