@@ -115,6 +115,28 @@ def test_oversized_and_odd_requests(sclient, store_setup):
     assert sclient.get("/api/health").json()["status"] == "ok"
 
 
+def _png_claiming(width: int, height: int) -> bytes:
+    """A PNG whose header claims ``width`` x ``height`` pixels, with almost no data."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\0" * 64)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("side", [5000, 50000])  # over the 16 M pixel limit; over PIL's own
+def test_an_image_claiming_too_many_pixels_is_413_before_decoding(sclient, side):
+    files = {"image": ("bomb.png", _png_claiming(side, side), "image/png")}
+    r = sclient.post("/api/store/search", files=files)
+    assert r.status_code == 413 and "pixels" in r.json()["detail"], r.text
+    assert sclient.get("/api/health").status_code == 200
+
+
 # ------------------------------------------------------------------------- throttled sign-in
 
 
