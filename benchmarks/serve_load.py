@@ -197,6 +197,15 @@ def gallery_request(port: int, images: List[bytes]) -> Callable:
     return send
 
 
+def stop(proc: subprocess.Popen) -> None:
+    """Stop a child process: terminate, then kill after 30 s."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 async def load(
     port: int,
     images: List[bytes],
@@ -435,11 +444,7 @@ def store_main(args, work: str, ckpt: str, images: List[bytes], basis: np.ndarra
         alive = proc.poll() is None and worker_stats(port) is not None
         print(f"#   server alive after all phases: {alive}; nothing lost: {lost == 0}")
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
 
 
 def fuzz_note(report: str) -> str:
@@ -546,11 +551,7 @@ def main() -> None:
                         flush=True,
                     )
             finally:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+                stop(proc)
         print(
             f"#   gallery {n:,}: built in {built:.1f} s{recall}; server ready: {', '.join(ready)}"
         )
