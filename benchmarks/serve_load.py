@@ -459,7 +459,8 @@ def fuzz_note(report: str) -> str:
     return f"fuzzer: {cases['generated']} cases, {cases['with_failures']} failing"
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
+    """The command line (bounded: 1..64 clients, at most 600 s a run)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     ap.add_argument("--kind", default="exact", help="gallery index: exact, ivfpq, hnsw, ...")
@@ -489,6 +490,13 @@ def main() -> None:
     args = ap.parse_args()
     if any(c < 1 or c > 64 for c in args.clients) or not 0 < args.seconds <= 600:
         ap.error("clients must be 1..64 and seconds 0..600")
+    if not 1 <= args.ingest_crops <= 100_000 or not all(1 <= n <= 10**7 for n in args.sizes):
+        ap.error("--ingest-crops must be 1..100000 and --sizes 1..10^7")
+    return args
+
+
+def main() -> None:
+    args = parse_args()
 
     import httpx
     import torch
