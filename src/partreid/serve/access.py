@@ -334,6 +334,18 @@ class LoginBodyError(InvalidValueError):
         self.status = status
 
 
+LOGIN_ANSWERS: Dict[Any, Any] = {
+    401: {"description": "a wrong token (audited; counts towards the client's wait)"},
+    413: {"description": f"a body over {MAX_LOGIN_BYTES} bytes"},
+    429: {
+        "description": f"too many wrong tokens from this client (after {FREE_GUESSES} different "
+        "ones, each further one doubles the wait, 1 s to 15 min); not even the right token is "
+        "looked at before Retry-After",
+        "headers": {"Retry-After": {"schema": {"type": "integer", "minimum": 1}}},
+    },
+}
+
+
 async def login_token(request: Any) -> str:
     """The token of a login body (JSON ``{"token": "..."}``, at most :data:`MAX_LOGIN_BYTES`),
     else :class:`LoginBodyError` (413, 422) naming ``token``."""
@@ -381,6 +393,7 @@ def auth_router(
         "/api/login",
         summary="Present the token once; the page then uses a cookie",
         openapi_extra=LOGIN_SCHEMA,
+        responses=LOGIN_ANSWERS,
     )
     async def login(request: Request):
         host = request.client.host if request.client else None
