@@ -37,7 +37,7 @@ from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable, Dict, List, Optional
 
 from ..errors import InvalidValueError, NotFoundError
-from ..utils.private import warn_loose_modes
+from ..utils.private import make_private_dir, warn_loose_modes
 
 log = logging.getLogger("partreid")
 
@@ -168,7 +168,7 @@ class Throttle:
         self._clients: OrderedDict[str, _Guesses] = OrderedDict()
         self._lock = threading.Lock()
 
-    def refuse(self, host: Optional[str], route: str) -> int:
+    def refuse(self, host: Optional[str]) -> int:
         """Seconds ``host`` must still wait (0: it may try); a refusal is counted."""
         with self._lock:
             g = self._clients.get(client_key(host))
@@ -247,7 +247,7 @@ class TokenGuard:
         given = presented_token(headers)
         host = (scope.get("client") or (None,))[0]
         if given is not None:
-            wait = self.throttle.refuse(host, path)
+            wait = self.throttle.refuse(host)
             if wait:
                 await too_many(wait)(scope, receive, send)
                 return
@@ -281,9 +281,7 @@ class AuditLog:
 
     def __init__(self, path: str):
         self.path = os.path.abspath(path)
-        folder = os.path.dirname(self.path)
-        if not os.path.isdir(folder):
-            os.makedirs(folder, mode=0o700, exist_ok=True)
+        make_private_dir(os.path.dirname(self.path))
         warn_loose_modes([self.path], f"the audit log {self.path}")
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         self._file = os.fdopen(fd, "a", encoding="utf-8")
@@ -397,7 +395,7 @@ def auth_router(
     )
     async def login(request: Request):
         host = request.client.host if request.client else None
-        wait = 0 if token is None else throttle.refuse(host, "/api/login")
+        wait = 0 if token is None else throttle.refuse(host)
         if wait:
             return too_many(wait)
         try:

@@ -225,20 +225,19 @@ def _text_query(default: Any, pattern: str, max_chars: int, description: str, ex
     )
 
 
-def _result_links(tracklet_op: bool = True) -> Dict[str, Any]:
+def _result_links() -> Dict[str, Any]:
     """OpenAPI links from a search answer to the crop and tracklet of its first result (the
     stateful fuzzing phase follows them)."""
-    links: Dict[str, Any] = {
+    links = {
         "CropOfFirstResult": {
             "operationId": "store_crop",
             "parameters": {"crop_id": "$response.body#/results/0/crop_id"},
-        }
-    }
-    if tracklet_op:
-        links["SearchFirstResultsTracklet"] = {
+        },
+        "SearchFirstResultsTracklet": {
             "operationId": "store_search_tracklet",
             "parameters": {"tracklet": "$response.body#/results/0/tracklet"},
-        }
+        },
+    }
     return {200: {"description": "the ranked results", "links": links}}
 
 
