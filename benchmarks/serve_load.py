@@ -352,8 +352,10 @@ def start_fuzzer(port: int, seconds: float, report: str, log_path: str) -> subpr
     cmd += ["--max-time", str(int(seconds)), "-n", "100000", "-w", "1", "--seed", "22"]
     cmd += ["--exclude-path", "/api/store/delete", "--generation-database", "none"]
     cmd += ["--report", "json", "--report-json-path", report, "--no-color"]
-    with open(log_path, "w") as log:
-        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    with open(log_path, "w") as log:  # in the work folder: schemathesis caches where it runs
+        return subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=os.path.dirname(report)
+        )
 
 
 def worker_stats(port: int) -> Dict[str, float]:

@@ -150,7 +150,9 @@ def fuzz(server, root, name, examples, phases=ALL_PHASES, known=None, only=None,
     cmd += ["--include-path", only] if only else []
     cmd += ["--exclude-path", skip] if skip else []
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([HERE, *sys.path]))
-    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+    res = subprocess.run(  # in the tmp folder: schemathesis keeps a cache where it runs
+        cmd, capture_output=True, text=True, env=env, timeout=900, cwd=root
+    )
     out = res.stdout + res.stderr
     assert os.path.isfile(report), out[-3000:]
     with open(report) as f:
