@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from ..errors import InvalidValueError
 from ..inference import Extractor
 from ..inference.stream import iter_batches
 from ..store import CropBatch, GalleryStore, open_store
+from ..store.query import camera_id
 from ..utils.logs import setup_logging
 from ..utils.model_match import ModelDescription, ModelMismatchError, check_same_model
 from ..utils.times import parse_time
@@ -38,6 +40,7 @@ from ..utils.times import parse_time
 log = logging.getLogger("partreid")
 
 ADD_ROWS = 256  # crops per store transaction (one fsync each)
+MAX_FPS = 1000.0
 
 
 def crop_ids(src: Source, camera: np.ndarray) -> np.ndarray:
@@ -106,6 +109,9 @@ def open_timed_source(
     fps: Optional[float],
 ) -> Tuple[Source, Timing]:
     """The input's items with their cameras and times (see the module docstring)."""
+    camera = camera_id(camera, "--camera")  # a camera the filters can name: 0..2^63-1
+    if fps is not None and not (math.isfinite(float(fps)) and 0 < float(fps) <= MAX_FPS):
+        raise InvalidValueError(f"--fps {fps}: expected frames per second in (0, {MAX_FPS}]")
     src = open_source(source, boxes)
     return src, source_timing(src, camera, start_time, fps)
 

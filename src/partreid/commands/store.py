@@ -8,7 +8,7 @@ import logging
 from typing import Optional
 
 from ..store import StoreStats, open_store
-from ..store.query import track_ref
+from ..store.query import camera_id, track_ref
 from ..utils.logs import setup_logging
 from ..utils.times import format_time, parse_time
 
@@ -24,8 +24,10 @@ def delete_command(
     """``partreid store delete STORE --before T / --camera C / --track ID``."""
     setup_logging()
     t_before = parse_time(before, "--before") if before else None
+    camera = camera_id(camera, "--camera")
+    ref = track_ref(track, camera)
     with open_store(store_uri) as store:
-        n = store.delete(before=t_before, camera=camera, track=track_ref(track, camera))
+        n = store.delete(before=t_before, camera=camera, track=ref)
         left = store.stats()
     log.info("deleted %d crop(s) from %s; %d left", n, store_uri, left.crops)
     return n

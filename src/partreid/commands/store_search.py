@@ -16,13 +16,15 @@ from ..data.io import list_image_files
 from ..errors import InvalidValueError, NotFoundError
 from ..inference import Extractor
 from ..store import GalleryStore, open_store
-from ..store.query import parse_cameras, search_store
+from ..store.query import check_topk, parse_cameras, search_store, tracklet_id
 from ..store.query import records as hit_records
 from ..utils.logs import setup_logging
 from ..utils.model_match import ModelDescription, check_same_model
 from ..utils.times import format_time, parse_time
 
 log = logging.getLogger("partreid")
+
+MAX_QUERY_IMAGES = 1000  # crops of one query person (a folder), each through the model
 
 
 def _normalised_mean(feats: np.ndarray) -> np.ndarray:
@@ -67,9 +69,14 @@ def query_feature(
         "give --checkpoint the model the store was built with (or leave it out: the store "
         "names its own)",
     )
-    paths = list_image_files(query)[0] if os.path.isdir(query) else [query]
+    paths = list_image_files(query, limit=MAX_QUERY_IMAGES)[0] if os.path.isdir(query) else [query]
     if not paths:
         raise NotFoundError(f"no images under {query}")
+    if len(paths) > MAX_QUERY_IMAGES:
+        raise InvalidValueError(
+            f"query {query} holds more than {MAX_QUERY_IMAGES} images; a query is one person: at most "
+            f"{MAX_QUERY_IMAGES} (pick the crops of that person into a folder of their own)"
+        )
     return _normalised_mean(ext(paths)), f"{len(paths)} image(s) of {query}"
 
 
@@ -118,6 +125,8 @@ def search_store_command(
     cams = parse_cameras(cameras)
     t_after = parse_time(after, "--after") if after else None
     t_before = parse_time(before, "--before") if before else None
+    topk = check_topk(topk)
+    tracklet = tracklet_id(tracklet) if tracklet else None
     with open_store(store_uri) as store:
         feature, what = query_feature(store, query, tracklet, checkpoint, device)
         hits = search_store(store, feature, topk, by, cams, t_after, t_before, tracklet)
@@ -126,7 +135,7 @@ def search_store_command(
         "store": store_uri,
         "query": what,
         "by": by,
-        "cameras": cams,
+        "cameras": None if cams is None else [list(r) for r in cams],  # [[first, last], ...]
         "after": format_time(t_after) if t_after is not None else None,
         "before": format_time(t_before) if t_before is not None else None,
         "topk": topk,

@@ -35,7 +35,7 @@ from ..errors import InvalidValueError
 from ..store import GalleryStore, open_store, scheme_of
 from ..utils.logs import setup_logging
 from ..utils.model_match import ModelDescription, check_same_model
-from .access import AuditLog, auth_router, check_exposure
+from .access import AuditLog, Throttle, auth_router, check_exposure
 from .error_responses import add_error_handlers, missing_extra, require_serve_extra
 from .gallery import default_cache_dir, load_gallery
 from .middleware import add_size_limit_and_nosniff
@@ -76,8 +76,9 @@ def create_app(
         '`{"detail": message}` with a 4xx status.',
     )
     app.state.worker = worker
+    app.state.throttle = throttle = Throttle(audit)  # wrong tokens: login and every route
     add_error_handlers(app)
-    app.include_router(auth_router(token, audit))
+    app.include_router(auth_router(token, audit, throttle))
     if store is None:
         app.include_router(health_router(worker, limits))
         app.include_router(gallery_router(worker.gallery, limits))
@@ -90,7 +91,7 @@ def create_app(
         app.include_router(store_admin_router(service))
     app.include_router(heatmap_router(worker, limits))
     add_page(app, "index.html" if store is None else "store.html")
-    add_size_limit_and_nosniff(app, limits.max_upload_bytes, token)
+    add_size_limit_and_nosniff(app, limits.max_upload_bytes, token, throttle)
     return app
 
 

@@ -11,7 +11,9 @@ Conventions shared by every backend:
   id ``"crop:{id}"``, so tracklet search also covers crops without tracks. A tracklet's feature
   is the L2-normalised mean of its crops' normalised features; ``start``/``end`` the min/max
   timestamp of its crops;
-- filters: ``cameras`` (camera in the set); crops: ``after <= timestamp < before``; tracklets:
+- filters: ``cameras`` (camera in the set: camera ids and/or inclusive ``(first, last)`` ranges,
+  kept as ranges down to the backend's filter, at most :data:`MAX_CAMERA_RANGES` of them once
+  adjacent ids are merged); crops: ``after <= timestamp < before``; tracklets:
   the span overlaps ``[after, before)``, i.e. ``end >= after and start < before``.
 """
 
@@ -27,6 +29,10 @@ from partreid.errors import PartreidError
 from partreid.utils.times import format_time
 
 TrackRef = Union[str, Tuple[int, int]]
+CameraFilter = Sequence[Union[int, Tuple[int, int]]]  # camera ids and/or inclusive ranges
+
+MAX_ID = 2**63 - 1  # ids, cameras and track ids are 64-bit integers (SQLite, Milvus Int64)
+MAX_CAMERA_RANGES = 100
 
 
 class StoreError(PartreidError, ValueError):
@@ -61,6 +67,29 @@ def parse_track(track: TrackRef) -> str:
     if not ok:
         raise StoreError(f"tracklet id {s!r}: expected 'camera:track_id' or 'crop:id'")
     return s
+
+
+def camera_ranges(cameras: CameraFilter, where: str = "cameras") -> List[Tuple[int, int]]:
+    """A camera filter as sorted, merged inclusive ``(first, last)`` ranges (an id ``c`` is
+    ``(c, c)``); ids outside 0..:data:`MAX_ID` or more than :data:`MAX_CAMERA_RANGES` ranges
+    raise :class:`StoreError`."""
+    spans = []
+    for c in cameras:
+        a, b = (c, c) if isinstance(c, (int, np.integer)) else c
+        if not 0 <= int(a) <= int(b) <= MAX_ID:
+            raise StoreError(f"{where}: camera range {a}..{b} is not within 0..{MAX_ID}")
+        spans.append((int(a), int(b)))
+    merged: List[Tuple[int, int]] = []
+    for a, b in sorted(spans):
+        if merged and a <= merged[-1][1] + 1:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+        else:
+            merged.append((a, b))
+    if len(merged) > MAX_CAMERA_RANGES:
+        raise StoreError(
+            f"{where}: {len(merged)} separate camera ranges; at most {MAX_CAMERA_RANGES}"
+        )
+    return merged
 
 
 def to_distance(score: np.ndarray) -> np.ndarray:
@@ -245,7 +274,7 @@ class NewCrops:
 class SearchFilter:
     """The filters of one search as given to :meth:`GalleryStore.search` (None: no filter)."""
 
-    cameras: Optional[Sequence[int]] = None
+    cameras: Optional[CameraFilter] = None  # camera ids and/or inclusive (first, last) ranges
     after: Optional[float] = None
     before: Optional[float] = None
 
@@ -441,7 +470,7 @@ class GalleryStore:
         queries: np.ndarray,
         k: int,
         by: str = "crop",
-        cameras: Optional[Sequence[int]] = None,
+        cameras: Optional[CameraFilter] = None,
         after: Optional[float] = None,
         before: Optional[float] = None,
     ) -> List[List[Any]]:

@@ -6,6 +6,11 @@ Layout of the folder::
     meta.sqlite    crops, tracklets and the committed vector row count (SQLite, WAL mode)
     vectors.f32    the crops' L2-normalised features, float32, row after row (append-only)
 
+Every file is created readable by its owner only (0600; SQLite's ``-wal``/``-shm`` files take
+the mode of ``meta.sqlite``) and a folder the store makes is 0700: the features and paths are
+biometric data. Opening a store whose folder or files others can read logs a warning naming
+them (:func:`partreid.utils.private.warn_loose_modes`); their modes are left as they are.
+
 Crash safety (``kill -9`` at any moment loses at most the unfinished batch): ``add`` first
 writes the new rows at the end of ``vectors.f32`` and fsyncs them, then commits ONE SQLite
 transaction (``synchronous=FULL``) that inserts the crops referencing those rows, updates their
@@ -59,15 +64,23 @@ except ImportError:  # pragma: no cover (Windows: one writing process is the use
 
 from partreid.store import base
 from partreid.store.base import (
+    CameraFilter,
     Hit,
     StoreError,
     TrackletHit,
+    camera_ranges,
     chunks,
     normalize,
     sum_by_group,
     to_distance,
 )
 from partreid.utils.extras import load_faiss
+from partreid.utils.private import (
+    create_private_file,
+    make_private_dir,
+    open_private,
+    warn_loose_modes,
+)
 
 FORMAT = "partreid-store/1"
 SMALL = 20000  # filtered subsets up to this many rows: exact numpy on the gathered rows
@@ -99,6 +112,16 @@ CREATE INDEX IF NOT EXISTS crops_tracklet ON crops(tracklet);
 CREATE INDEX IF NOT EXISTS tracklets_cam_t0 ON tracklets(camera, t0, t1);
 CREATE INDEX IF NOT EXISTS tracklets_t0 ON tracklets(t0, t1);
 """
+# the files of a store folder that must stay the owner's (audit.log: partreid serve's)
+PRIVATE_FILES = (
+    "store.json",
+    "meta.sqlite",
+    "meta.sqlite-wal",
+    "meta.sqlite-shm",
+    "vectors.f32",
+    "writer.lock",
+    "audit.log",
+)
 
 
 def open_embedded(uri: str, create: bool, info: Optional[Dict[str, Any]]) -> EmbeddedStore:
@@ -139,6 +162,10 @@ class EmbeddedStore(base.GalleryStore):
             if info is None:
                 raise StoreError(f"store {path}: creating a store needs info with 'dim'")
             self._create(meta_file, info)
+        warn_loose_modes(
+            [self.path] + [os.path.join(self.path, f) for f in PRIVATE_FILES],
+            f"the gallery store {path}",
+        )
         with open(meta_file) as f:
             head = json.load(f)
         if head.get("format") != FORMAT:
@@ -166,7 +193,7 @@ class EmbeddedStore(base.GalleryStore):
                 f"store {path}: vectors.f32 has {size // (4 * self.dim)} rows, the metadata"
                 f" references {self._rows}: the vector file was truncated or replaced"
             )
-        self._lockf = open(os.path.join(self.path, "writer.lock"), "a+b")  # noqa: SIM115
+        self._lockf = open_private(os.path.join(self.path, "writer.lock"))
         if size > want and self._try_writer_lock():  # rows of a batch that never committed
             try:  # (while another process holds the lock, those rows are its batch in flight)
                 self._vf.truncate(want)
@@ -184,7 +211,8 @@ class EmbeddedStore(base.GalleryStore):
     # -- creation, files ------------------------------------------------------------------
 
     def _create(self, meta_file: str, info: Dict[str, Any]) -> None:
-        os.makedirs(self.path, exist_ok=True)
+        """The store's files, readable by their owner only (0600 in a 0700 folder we make)."""
+        make_private_dir(self.path)
         info = dict(info)
         info["dim"] = int(info["dim"])
         try:
@@ -195,12 +223,14 @@ class EmbeddedStore(base.GalleryStore):
             p = os.path.join(self.path, name)
             if os.path.exists(p):
                 os.remove(p)
-        open(os.path.join(self.path, "vectors.f32"), "wb").close()
+        create_private_file(os.path.join(self.path, "vectors.f32"))
+        create_private_file(os.path.join(self.path, "meta.sqlite"))  # SQLite's -wal/-shm copy it
         db = sqlite3.connect(os.path.join(self.path, "meta.sqlite"), isolation_level=None)
         db.execute("PRAGMA journal_mode=WAL")
         db.executescript(_SCHEMA)
         db.close()
         tmp = meta_file + ".tmp"
+        create_private_file(tmp)
         with open(tmp, "w") as f:
             f.write(text)
             f.flush()
@@ -495,7 +525,7 @@ class EmbeddedStore(base.GalleryStore):
     # -- search ---------------------------------------------------------------------------
 
     def _where(
-        self, by: str, cameras: Optional[Sequence[int]], after: Any, before: Any
+        self, by: str, cameras: Optional[CameraFilter], after: Any, before: Any
     ) -> Tuple[str, list]:
         """The SQL filter and its parameters; tracklets: also ``t0 >= after - max_span``.
 
@@ -504,10 +534,13 @@ class EmbeddedStore(base.GalleryStore):
         without it every tracklet ending after ``after`` -- up to the newest -- was scanned.
         """
         conds, params = [], []
-        if cameras is not None:
-            cams = sorted({int(c) for c in cameras})
-            conds.append(f"camera IN ({','.join('?' * len(cams))})" if cams else "0")
-            params += cams
+        if cameras is not None:  # ids as one IN list, ranges as BETWEENs: never expanded
+            spans = camera_ranges(cameras, f"store {self.uri}")
+            ids = [a for a, b in spans if a == b]
+            terms = [f"camera IN ({','.join('?' * len(ids))})"] if ids else []
+            terms += ["camera BETWEEN ? AND ?" for a, b in spans if a != b]
+            conds.append(f"({' OR '.join(terms)})" if terms else "0")
+            params += ids + [v for a, b in spans if a != b for v in (a, b)]
         if by == "crop":
             if after is not None:
                 conds.append("ts >= ?")

@@ -10,6 +10,7 @@ track_id, n, start, end, ``norm`` = |sum of its normalised crop features| and ``
 normalised mean) and ``{prefix}_meta`` (the ``info`` JSON). Vector indexes are FLAT with metric
 IP (exact); every collection uses ``consistency_level="Strong"`` so a search right after an add
 sees it. Filters are Milvus boolean expressions (``camera in [...] and timestamp >= ...``).
+A new Milvus Lite store's folder is made 0700 (the owner's only); a looser one gets a warning.
 
 Tracklets: add adds to the stored sum (``vector * norm``) and upserts; delete recomputes the
 affected tracklets from their remaining crops (exact) or deletes them.
@@ -30,8 +31,18 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from partreid.store import base
-from partreid.store.base import Hit, StoreError, TrackletHit, chunks, normalize, to_distance
+from partreid.store.base import (
+    CameraFilter,
+    Hit,
+    StoreError,
+    TrackletHit,
+    camera_ranges,
+    chunks,
+    normalize,
+    to_distance,
+)
 from partreid.utils.extras import require
+from partreid.utils.private import make_private_dir, warn_loose_modes
 
 DEFAULT_COLLECTION = "partreid"
 CONNECT_TIMEOUT = 5.0  # seconds before an unreachable server is reported
@@ -100,6 +111,9 @@ class MilvusStore(base.GalleryStore):
                 raise StoreError(
                     f"store {uri}: no Milvus Lite file {target} (open it with create=True to make one)"
                 )
+            if not os.path.exists(target):  # Milvus Lite keeps its files in it: owner only
+                make_private_dir(target)
+            warn_loose_modes([target], f"the gallery store {uri}")
         try:
             if kind == "lite":
                 self._c = pm.MilvusClient(target)
@@ -268,11 +282,14 @@ class MilvusStore(base.GalleryStore):
     # -- search ---------------------------------------------------------------------------
 
     @staticmethod
-    def _expr(by: str, cameras: Optional[Sequence[int]], after: Any, before: Any) -> str:
+    def _expr(by: str, cameras: Optional[CameraFilter], after: Any, before: Any) -> str:
         conds = []
-        if cameras is not None:
-            cams = sorted({int(c) for c in cameras})
-            conds.append(f"camera in {_in(cams)}" if cams else "camera in [-9223372036854775807]")
+        if cameras is not None:  # ids as one list, ranges as bounds: never expanded
+            spans = camera_ranges(cameras)
+            ids = [a for a, b in spans if a == b]
+            terms = [f"camera in {_in(ids)}"] if ids else []
+            terms += [f"(camera >= {a} and camera <= {b})" for a, b in spans if a != b]
+            conds.append(f"({' or '.join(terms)})" if terms else "camera in [-9223372036854775807]")
         lo, hi = ("timestamp", "timestamp") if by == "crop" else ("end", "start")
         if after is not None:
             conds.append(f"{lo} >= {float(after)!r}")

@@ -72,14 +72,17 @@ function camerasFromChips() {
   $("cameras").value = on.join(",");
 }
 function chipsFromCameras() {
-  const want = new Set();
+  const spans = [];  // [first, last] ranges, never expanded ("1-300000000" is one range)
   for (const part of $("cameras").value.split(",")) {
     const m = /^\s*(\d+)\s*(?:-\s*(\d+))?\s*$/.exec(part);
     if (!m) continue;
     const a = +m[1], b = m[2] === undefined ? a : +m[2];
-    for (let c = Math.min(a, b); c <= Math.max(a, b); c++) want.add(String(c));
+    spans.push([Math.min(a, b), Math.max(a, b)]);
   }
-  for (const b of document.querySelectorAll("#cam-chips .chip")) b.classList.toggle("on", want.has(b.dataset.camera));
+  for (const b of document.querySelectorAll("#cam-chips .chip")) {
+    const c = +b.dataset.camera;
+    b.classList.toggle("on", spans.some(([x, y]) => x <= c && c <= y));
+  }
 }
 
 // ---------------------------------------------------------------- search
@@ -207,7 +210,9 @@ function draw() {
   const what = state.query.kind === "upload" ? state.query.name : `tracklet ${state.query.id}`;
   sum.append(`${gs.length} tracklet${gs.length === 1 ? "" : "s"} for `);
   sum.appendChild(el("b", null, what));
-  const cams = f.cameras ? `cameras ${f.cameras.join(", ")}` : "all cameras";
+  const cams = f.cameras
+    ? `cameras ${f.cameras.map(([a, b]) => (a === b ? `${a}` : `${a}-${b}`)).join(", ")}`
+    : "all cameras";
   const t0 = f.after ? f.after.replace("T", " ").slice(0, 19) : "start";
   const t1 = f.before ? f.before.replace("T", " ").slice(0, 19) : "the latest";
   sum.append(` · ${cams} · ${t0} → ${t1} UTC · by ${f.by} · ${res.took_ms} ms`);
