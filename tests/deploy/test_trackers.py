@@ -98,6 +98,7 @@ def test_boxmot_openvino_needs_the_sidecar(exports, scene, tmp_path):
     write_sidecar(xml, Extractor(xml).info)
     r = boxmot_agreement(xml, crops)
     assert r["input_size"] == (64, 32) and r["min_cos"] > 0.99 and not r["refused_installs"]
+    assert r["min_cos_same_resize"] > 0.9999  # all the rest is OpenCV's resize against PIL's
 
 
 def test_a_boxmot_tracker_with_a_partreid_model_feeds_ingest(exports, tiny_synthetic, tmp_path):

@@ -116,10 +116,12 @@ def _boxmot_report(out: str, info, images) -> None:
     print(
         f"BoxMOT {r['boxmot_version']} runs {out} with crops {r['input_size'][0]}x"
         f"{r['input_size'][1]} ({sidecar}): its features vs partreid's on {len(images)} check "
-        f"images: mean cosine {r['mean_cos']:.4f}, min {r['min_cos']:.4f}{asked}"
+        f"images: mean cosine {r['mean_cos']:.4f}, min {r['min_cos']:.4f}; with crops resized "
+        f"by OpenCV as BoxMOT does: min {r['min_cos_same_resize']:.6f} (the rest is OpenCV's "
+        f"resize, not antialiased, against PIL's){asked}"
     )
-    if r["min_cos"] < 0.99:
-        print("warning: BoxMOT's features differ from partreid's more than resizing explains")
+    if r["min_cos_same_resize"] < 0.999:
+        print("warning: BoxMOT's features differ from partreid's by more than the resize")
 
 
 def export_command(

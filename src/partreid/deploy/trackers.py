@@ -111,9 +111,20 @@ def _rgb(image) -> np.ndarray:
     return np.asarray(read_image(str(image)))
 
 
+def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = np.asarray(a, np.float64)
+    b = np.asarray(b, np.float64)
+    return np.sum(a * b, axis=1) / np.maximum(
+        np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12
+    )
+
+
 def boxmot_agreement(path: str, images: Sequence) -> Dict[str, Any]:
     """Cosine similarity of BoxMOT's features of ``images`` (paths or RGB arrays, as crops)
-    with partreid's :class:`Extractor` on the same file: mean, min, and BoxMOT's version."""
+    with partreid's :class:`Extractor` on the same file (mean, min), and with partreid fed
+    crops resized by OpenCV as BoxMOT resizes them (``min_cos_same_resize``: 1 unless something
+    other than the resize differs); BoxMOT's version and crop size."""
+    cv2 = require("cv2", "trackers")
     rgb = [_rgb(im) for im in images]
     with boxmot_quiet_no_installs() as wanted:
         reid = boxmot_reid(path, wanted)
@@ -121,13 +132,17 @@ def boxmot_agreement(path: str, images: Sequence) -> Dict[str, Any]:
             theirs = reid([np.ascontiguousarray(im[..., ::-1]) for im in rgb])
         except Exception as exc:
             raise BoxmotError(f"BoxMOT cannot run {path}: {one_line(exc)}") from None
-    ours = Extractor(path, device="cpu", num_workers=0, progress=False)(rgb)
-    ours = ours / np.maximum(np.linalg.norm(ours, axis=1, keepdims=True), 1e-12)
-    cos = np.sum(np.asarray(theirs, np.float64) * ours, axis=1)
+    h, w = (int(v) for v in reid.model.input_shape)
+    ext = Extractor(path, device="cpu", num_workers=0, progress=False)
+    cos = _cosine(theirs, ext(rgb))
+    same = _cosine(
+        theirs, ext([cv2.resize(im, (w, h), interpolation=cv2.INTER_LINEAR) for im in rgb])
+    )
     return {
         "mean_cos": float(cos.mean()),
         "min_cos": float(cos.min()),
+        "min_cos_same_resize": float(same.min()),
         "boxmot_version": boxmot_module().__version__,
         "refused_installs": wanted,
-        "input_size": tuple(int(v) for v in reid.model.input_shape),
+        "input_size": (h, w),
     }
