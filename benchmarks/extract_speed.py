@@ -247,6 +247,11 @@ def extract_vs_bare(args, tmp: str, folder: str, ckpt: str) -> None:
             t = time.perf_counter()
             fn()
             best[k] = min(best[k], time.perf_counter() - t)
+    _print_extract(args, n, best, feats)
+
+
+def _print_extract(args, n: int, best, feats) -> None:
+    """The extract-vs-bare rows and ratios."""
     t_bare, t_ext = best["bare"], best["extract"]
     rows = [
         ("bare PyTorch forward, preloaded tensors", n / t_bare),

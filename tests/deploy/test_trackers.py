@@ -6,6 +6,7 @@ BoxMOT writes go into a store with ``partreid ingest --boxes`` as they are. Skip
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -143,3 +144,31 @@ def test_a_boxmot_tracker_with_a_partreid_model_feeds_ingest(exports, tiny_synth
     with open_store(store) as st:
         s = st.stats()
     assert s["crops"] == len(written) and s["tracklets"] == len(set(written[:, 1].tolist()))
+
+
+def _benchmark():
+    spec = importlib.util.spec_from_file_location(
+        "_bench_tracking", Path(__file__).resolve().parents[2] / "benchmarks" / "tracking.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_tracking_benchmark_scores_like_the_definitions():
+    pytest.importorskip("motmetrics")
+    bench = _benchmark()
+    a, b = np.array([[0, 0, 10, 20]], float), np.array([[5, 0, 10, 20], [0, 0, 10, 20]], float)
+    np.testing.assert_allclose(bench.iou_distance(a, b, 0.2), [[1 - 100 / 300, 0.0]])
+    assert np.isnan(bench.iou_distance(a, b)[0, 0])  # IoU 1/3 < 0.5: no match
+    boxes = np.array([[0, 0, 10, 20], [50, 0, 10, 20]], float)
+    gt = {f: (np.array([1, 2]), boxes) for f in range(1, 11)}
+    assert bench.score([bench.accumulate(gt, gt, 10)], ["v"]) == {
+        "idf1": 1.0,
+        "idsw": 0,
+        "mota": 1.0,
+    }
+    # the tracker swaps the two people half-way: each identity is matched half of the time
+    swapped = {f: (np.array([1, 2] if f <= 5 else [2, 1]), boxes) for f in range(1, 11)}
+    m = bench.score([bench.accumulate(gt, swapped, 10)], ["v"])
+    assert m["idf1"] == pytest.approx(0.5) and m["idsw"] == 2

@@ -137,7 +137,14 @@ class Renormalise(nn.Module):
     """``model`` taking input normalised with ``(mean, std)`` instead of its own
     ``(model_mean, model_std)``: one per-channel scale and shift in front of it."""
 
-    def __init__(self, model: nn.Module, mean, std, model_mean, model_std):
+    def __init__(
+        self,
+        model: nn.Module,
+        mean: Sequence[float],
+        std: Sequence[float],
+        model_mean: Sequence[float],
+        model_std: Sequence[float],
+    ):
         super().__init__()
         self.model = model
         m, s = torch.tensor(mean), torch.tensor(std)
