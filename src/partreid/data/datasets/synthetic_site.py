@@ -233,7 +233,7 @@ def _site_frame(
         x0, x1 = pillar[0] * s, pillar[1] * s
         ImageDraw.Draw(img).rectangle([x0, 0, x1 - 1, img.size[1]], fill=(92, 88, 84))
         owner[:, x0:x1] = -2
-    counts = np.bincount(owner[owner >= 0].ravel(), minlength=max(len(walks), 1))
+    counts = np.bincount(owner[owner >= 0].ravel(), minlength=max(w.track_id for w in walks) + 1)
     people = []
     for who, bbox, ox, oy, total in drawn:
         x0, x1 = (ox + bbox[0]) // s, -(-(ox + bbox[2]) // s)
