@@ -5,11 +5,13 @@ constrained agglomerative clustering on a sparse k-nearest-neighbour graph:
 
 1. the graph: each tracklet's ``k`` nearest tracklets by cosine (exact blocks of numpy up to
    :data:`EXACT_MAX` tracklets, faiss ``IndexFlatIP`` up to :data:`FLAT_MAX`, a faiss
-   ``IndexIVFFlat`` above: no all-pairs matrix is ever built, memory is ``O(N k)``);
-2. average linkage on that graph: the distance of two identities is the mean ``2 - 2 cos``
-   over their tracklet pairs, ``2 - 2 (S_a . S_b) / (n_a n_b)`` with ``S`` the sum of an
-   identity's unit features; the closest pair of neighbouring identities is merged first, and
-   merging stops when no neighbouring pair is closer than the threshold;
+   ``IndexIVFFlat`` above -- approximate: a neighbour in an inverted list not searched is
+   missed). No all-pairs matrix is ever built; memory is ``O(N k)``;
+2. average linkage along the graph's edges: the distance of two identities is the mean
+   ``2 - 2 cos`` over their tracklet pairs, ``2 - 2 (S_a . S_b) / (n_a n_b)`` with ``S`` the
+   sum of an identity's unit features. The edges are swept closest first; an edge merges the
+   identities at its ends when their distance is within the threshold and the rules allow
+   it; sweeps repeat until one merges nothing;
 3. the rules: two identities are never merged when the result would hold two tracklets of one
    camera that overlap in time (closed intervals: a crop each in the same instant is two
    people), nor -- with :class:`Transitions` -- a move between two cameras (consecutive
@@ -21,7 +23,7 @@ Incremental and stable: ``existing`` identities (from an earlier run) are the st
 clusters; new tracklets join one of them or make new ones (numbered from ``next_id`` in the
 order of their first tracklet); two existing identities that the new evidence joins are merged
 into the smaller id and the merge is reported, never renumbered silently. Linking the result
-again changes nothing (every neighbouring pair was refused in its final form).
+again changes nothing (the last sweep refused every edge between two identities).
 
 The threshold, when not given, comes from the tracklets themselves (:func:`choose_threshold`).
 """
@@ -29,19 +31,21 @@ The threshold, when not given, comes from the tracklets themselves (:func:`choos
 from __future__ import annotations
 
 import csv
-import heapq
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from partreid.errors import InvalidValueError, NotFoundError
+from partreid.store.base import CameraFilter, GalleryStore, TrackletTable
 from partreid.utils.extras import require
 
 EXACT_MAX = 4096  # tracklets: exact kNN in numpy blocks (no faiss needed)
 FLAT_MAX = 20000  # tracklets: exact kNN with faiss IndexFlatIP; above, IndexIVFFlat
 K = 10  # neighbours per tracklet in the graph
+NPROBE = 8  # inverted lists searched per tracklet above FLAT_MAX (benchmarks/mtmc.py: recall)
 _BLOCK = 2048
 EPS = 1e-6  # distances within this of the threshold count as under it (float sums differ by order)
 
@@ -156,17 +160,19 @@ def knn_graph(features: np.ndarray, k: int = K) -> Tuple[np.ndarray, np.ndarray]
 
 
 def _faiss_knn(x: np.ndarray, kk: int) -> Tuple[np.ndarray, np.ndarray]:
-    """kNN with faiss: exact flat up to FLAT_MAX rows, an inverted file above (nprobe 16)."""
+    """kNN with faiss: exact flat up to FLAT_MAX rows; above, an inverted file of about
+    ``3 sqrt(N)`` lists trained on a seeded sample, searched in the NPROBE nearest lists."""
     faiss = require("faiss", "index")
     n, d = x.shape
     if n <= FLAT_MAX:
         index = faiss.IndexFlatIP(d)
     else:
-        nlist = int(np.sqrt(n))
+        nlist = int(min(4096, 3 * np.sqrt(n)))
         index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
-        sample = np.random.default_rng(0).choice(n, min(n, 40 * nlist), replace=False)
+        sample = np.random.default_rng(0).choice(n, min(n, 30 * nlist), replace=False)
+        index.cp.min_points_per_centroid = 1  # no warning: 30 points a list are enough here
         index.train(x[np.sort(sample)])
-        index.nprobe = 16
+        index.nprobe = NPROBE
     index.add(x)
     sims, idx = index.search(x, kk)
     return sims, idx.astype(np.int64)
@@ -246,7 +252,8 @@ def violations(
 # Agglomeration
 # --------------------------------------------------------------------------------------------
 class _Agglomeration:
-    """Average-linkage merging of neighbouring clusters under the rules (see the module doc)."""
+    """Average-linkage merging of clusters joined by graph edges, under the rules (see the
+    module docstring)."""
 
     def __init__(
         self,
@@ -267,42 +274,14 @@ class _Agglomeration:
             r = first.setdefault(int(existing[i]), i)
             if r != i:
                 self.root[i] = r
-                self.sums[r] += t.features[i]
+                self.sums[r] += self.sums[i]
                 self.count[r] += 1
                 self.members[r].append(i)
                 del self.members[i]
-        for r in self.members:
+        for r in first.values():
             self.members[r] = time_order(self.members[r], t)
-        self.version = np.zeros(n, np.int64)
-        self.nbrs: Dict[int, set] = {r: set() for r in self.members}
         self.merges: List[Tuple[int, int]] = []
         self.refused = 0
-
-    def distance(self, a: int, others: np.ndarray) -> np.ndarray:
-        """Average-linkage distance of cluster ``a`` to the clusters ``others``."""
-        dots = self.sums[others] @ self.sums[a]
-        return np.maximum(2.0 - 2.0 * dots / (self.count[others] * self.count[a]), 0.0)
-
-    def seed(self, idx: np.ndarray) -> List[Tuple[float, int, int, int, int]]:
-        """The candidate pairs of the graph's edges between clusters, as heap entries."""
-        src = np.repeat(np.arange(idx.shape[0]), idx.shape[1])
-        dst = idx.reshape(-1)
-        ok = dst >= 0
-        a, b = self.root[src[ok]], self.root[dst[ok]]
-        pairs = np.unique(np.stack([np.minimum(a, b), np.maximum(a, b)], 1), axis=0)
-        pairs = pairs[pairs[:, 0] != pairs[:, 1]]
-        heap = []
-        for c0 in range(0, pairs.shape[0], 65536):
-            p = pairs[c0 : c0 + 65536]
-            dots = np.einsum("ij,ij->i", self.sums[p[:, 0]], self.sums[p[:, 1]])
-            d = np.maximum(2.0 - 2.0 * dots / (self.count[p[:, 0]] * self.count[p[:, 1]]), 0.0)
-            for (x, y), dist in zip(p.tolist(), d.tolist()):
-                self.nbrs[x].add(y)
-                self.nbrs[y].add(x)
-                if dist <= self.threshold:
-                    heap.append((dist, x, y, 0, 0))
-        heapq.heapify(heap)
-        return heap
 
     def allowed(self, a: int, b: int) -> bool:
         """Whether the rules allow clusters ``a`` and ``b`` to be one identity."""
@@ -313,8 +292,8 @@ class _Agglomeration:
             time_order(ma + mb, self.t), self.t, self.transitions
         )
 
-    def merge(self, a: int, b: int) -> int:
-        """Merge clusters ``a`` and ``b``; returns the surviving cluster."""
+    def merge(self, a: int, b: int) -> None:
+        """Merge clusters ``a`` and ``b`` (into the larger one)."""
         if self.count[b] > self.count[a]:
             a, b = b, a
         ia, ib = int(self.ident[a]), int(self.ident[b])
@@ -323,36 +302,68 @@ class _Agglomeration:
         self.ident[a] = min(ia, ib) if ia >= 0 and ib >= 0 else max(ia, ib)
         self.sums[a] += self.sums[b]
         self.count[a] += self.count[b]
-        self.members[a] = time_order(self.members[a] + self.members.pop(b), self.t)
-        self.root[self.members[a]] = a
-        self.version[a] += 1
-        self.version[b] = -1
-        for c in self.nbrs[b]:
-            self.nbrs[c].discard(b)
-            if c != a:
-                self.nbrs[c].add(a)
-        self.nbrs[a] = (self.nbrs[a] | self.nbrs.pop(b)) - {a, b}
-        return a
+        moved = self.members.pop(b)
+        self.members[a] = time_order(self.members[a] + moved, self.t)
+        self.root[moved] = a
 
-    def run(self, heap: List[Tuple[float, int, int, int, int]]) -> None:
-        """Merge the closest allowed pair until none is closer than the threshold."""
-        version = self.version
-        while heap:
-            _, a, b, va, vb = heapq.heappop(heap)
-            if version[a] != va or version[b] != vb:
-                continue  # one of them changed since: its pairs were pushed again
-            if not self.allowed(a, b):
-                self.refused += 1
-                continue
-            c = self.merge(a, b)
-            others = np.fromiter(self.nbrs[c], np.int64, len(self.nbrs[c]))
-            if not others.shape[0]:
-                continue
-            d = self.distance(c, others)
-            near = d <= self.threshold
-            for o, dist in zip(others[near].tolist(), d[near].tolist()):
-                x, y = (c, o) if c < o else (o, c)
-                heapq.heappush(heap, (dist, x, y, int(version[x]), int(version[y])))
+    def _distances(self, ra: np.ndarray, rb: np.ndarray, d: np.ndarray) -> np.ndarray:
+        """Average-linkage distances of the clusters ``ra`` and ``rb`` (``d``: the edge's, the
+        answer for two single tracklets)."""
+        multi = (self.count[ra] > 1) | (self.count[rb] > 1)
+        out = d.copy()
+        if multi.any():
+            x, y = ra[multi], rb[multi]
+            dots = np.einsum("ij,ij->i", self.sums[x], self.sums[y])
+            out[multi] = 2.0 - 2.0 * dots / (self.count[x] * self.count[y])
+        return out
+
+    def sweep(self, edges: np.ndarray, dist: np.ndarray, chunk: int = 8192) -> int:
+        """One pass over the edges (closest first): merge the two clusters of an edge when
+        their average-linkage distance is within the threshold and the rules allow it;
+        returns the number of merges. Distances are computed a chunk at a time and again for
+        an edge whose cluster changed within the chunk."""
+        thr, merged = self.threshold, 0
+        for c0 in range(0, edges.shape[0], chunk):
+            e, d = edges[c0 : c0 + chunk], dist[c0 : c0 + chunk]
+            ra, rb = self.root[e[:, 0]], self.root[e[:, 1]]
+            live = ra != rb
+            ra, rb, e, d = ra[live], rb[live], e[live], d[live]
+            dd = self._distances(ra, rb, d)
+            changed: set = set()
+            rows = zip(e.tolist(), ra.tolist(), rb.tolist(), dd.tolist(), d.tolist())
+            for (i, j), x, y, dist_ab, edge in rows:
+                if x in changed or y in changed:  # merged within this chunk: ask again
+                    x, y = int(self.root[i]), int(self.root[j])
+                    if x == y:
+                        continue
+                    pair = np.array([x]), np.array([y]), np.array([edge])
+                    dist_ab = float(self._distances(*pair)[0])
+                if dist_ab > thr:
+                    continue
+                if not self.allowed(x, y):
+                    self.refused += 1
+                    continue
+                changed.update((x, y))
+                self.merge(x, y)
+                merged += 1
+        return merged
+
+    def run(self, idx: np.ndarray, dist: np.ndarray, max_passes: int = 100) -> None:
+        """Sweep the graph's edges (each pair once, closest first, ties by index) until a pass
+        merges nothing: then linking the result again changes nothing."""
+        n, k = idx.shape
+        src, dst = np.repeat(np.arange(n), k), idx.reshape(-1)
+        ok = dst >= 0
+        a, b = np.minimum(src, dst)[ok], np.maximum(src, dst)[ok]
+        d = dist.reshape(-1)[ok].astype(np.float64)
+        order = np.lexsort((b, a, d))
+        a, b, d = a[order], b[order], d[order]
+        _, first = np.unique(a * n + b, return_index=True)  # (i, j) and (j, i): once
+        first.sort()
+        pairs, d = np.stack([a[first], b[first]], 1), d[first]
+        for _ in range(max_passes):
+            if not self.sweep(pairs, d):
+                break
 
     def labels(self, next_id: int) -> np.ndarray:
         """Identity per tracklet: existing ids kept, new clusters numbered from ``next_id`` by
@@ -390,12 +401,46 @@ def impostor_pairs(t: Tracklets, limit: int = 100000, seed: int = 0) -> np.ndarr
     return pairs
 
 
-def choose_threshold(
-    t: Tracklets, dist: np.ndarray, impostors: Optional[np.ndarray] = None
-) -> Tuple[float, str]:
-    """A threshold from the tracklets' own distances, and how it was chosen (see
-    :data:`THRESHOLD_RULE`)."""
-    raise NotImplementedError
+def otsu(values: np.ndarray, bins: int = 256) -> float:
+    """Otsu's split of ``values`` (finite ones): the cut of a ``bins``-bin histogram that
+    maximises the variance between the two sides."""
+    v = np.asarray(values, np.float64)
+    v = v[np.isfinite(v)]
+    if v.shape[0] < 2 or v.min() == v.max():
+        return float(v.max()) if v.shape[0] else 0.0
+    hist, edges = np.histogram(v, bins=bins)
+    mid = (edges[:-1] + edges[1:]) / 2
+    w0 = np.cumsum(hist).astype(np.float64)
+    w1 = w0[-1] - w0
+    m0 = np.cumsum(hist * mid)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        between = w0 * w1 * (m0 / w0 - (m0[-1] - m0) / w1) ** 2
+    return float(edges[1:][int(np.nanargmax(between[:-1]))])
+
+
+THRESHOLD_RULE = (
+    "Otsu's split of the distances of every tracklet to its k nearest neighbours (matches of"
+    " the same person near 0, other people far)"
+)
+
+
+def choose_threshold(t: Tracklets, dist: np.ndarray) -> Tuple[float, str]:
+    """A threshold from the tracklets' own kNN distances ``dist`` (N, k) (see
+    :data:`THRESHOLD_RULE`), and a sentence saying how it was chosen."""
+    d = np.asarray(dist, np.float64)
+    d = d[np.isfinite(d)]
+    if d.shape[0] < 2:
+        return 0.0, "no neighbours to learn a threshold from: 0 (nothing is linked)"
+    thr = otsu(d)
+    imp = impostor_pairs(t, limit=20000)
+    note = ""
+    if imp.shape[0]:
+        di = 2.0 - 2.0 * np.einsum("ij,ij->i", t.features[imp[:, 0]], t.features[imp[:, 1]])
+        note = (
+            f"; {100.0 * float(np.mean(di <= thr)):.1f}% of {imp.shape[0]} pairs known to be two"
+            " people (one camera, same time) are within it"
+        )
+    return thr, f"{THRESHOLD_RULE}: {thr:.3f}{note}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -427,5 +472,104 @@ def link(
     elif not 0.0 <= float(threshold) <= 4.0:
         raise InvalidValueError(f"threshold={threshold}: expected a distance 2 - 2 cos in [0, 4]")
     agg = _Agglomeration(t, existing, transitions, float(threshold))
-    agg.run(agg.seed(idx))
+    agg.run(idx, dist)
     return LinkResult(agg.labels(int(next_id)), agg.merges, float(threshold), how, agg.refused)
+
+
+# --------------------------------------------------------------------------------------------
+# Linking a store
+# --------------------------------------------------------------------------------------------
+@dataclass
+class LinkReport:
+    """What :func:`link_store` did: tracklets in scope (``tracklets``), those given an identity
+    or a new one (``changed``), identities in scope after, new ones, merges ``(absorbed,
+    into)``, the threshold and how it was chosen, merges the rules refused, seconds."""
+
+    tracklets: int
+    changed: int
+    identities: int
+    new_identities: int
+    merges: List[Tuple[int, int]]
+    threshold: float
+    how: str
+    refused: int
+    seconds: float
+
+    def to_dict(self) -> Dict[str, object]:
+        """The report as JSON-ready values."""
+        return {
+            "tracklets": self.tracklets,
+            "changed": self.changed,
+            "identities": self.identities,
+            "new_identities": self.new_identities,
+            "merges": [list(m) for m in self.merges],
+            "threshold": round(self.threshold, 6),
+            "threshold_how": self.how,
+            "refused": self.refused,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def _union(a: TrackletTable, b: TrackletTable) -> TrackletTable:
+    """The tracklets of both tables (each once), in time order."""
+    seen = set(a.keys)
+    extra = [i for i, k in enumerate(b.keys) if k not in seen]
+    rows = [
+        (
+            tb.keys[i],
+            tb.camera[i],
+            tb.track_id[i],
+            tb.start[i],
+            tb.end[i],
+            tb.n_crops[i],
+            tb.identity[i],
+        )
+        for tb, idx in ((a, range(len(a))), (b, extra))
+        for i in idx
+    ]
+    assert a.features is not None and b.features is not None
+    return TrackletTable.of_rows(rows, np.concatenate([a.features, b.features[extra]]))
+
+
+def link_store(
+    store: GalleryStore,
+    cameras: Optional[CameraFilter] = None,
+    after: Optional[float] = None,
+    before: Optional[float] = None,
+    transitions: Optional[Transitions] = None,
+    threshold: Optional[float] = None,
+    k: int = K,
+) -> LinkReport:
+    """Link the store's tracklets matching the filters (as a tracklet search's) and keep the
+    identities in the store. The identities the scope already holds come with all their
+    tracklets (in scope or not), so the rules see whole routes and none is split."""
+    t0 = time.time()
+    table = store.tracklets(cameras, after, before, features=True)
+    known = sorted(set(table.identity[table.identity >= 0].tolist()))
+    if known:
+        table = _union(table, store.tracklets(identities=known, features=True))
+    assert table.features is not None
+    t = Tracklets(table.keys, table.camera, table.start, table.end, table.features)
+    log = store.identity_log()
+    top = int(table.identity.max()) + 1 if len(table) else 1
+    result = link(t, table.identity, threshold, transitions, k, max(log.next_id, top))
+    changed = {
+        key: int(new)
+        for key, new, old in zip(table.keys, result.identity.tolist(), table.identity.tolist())
+        if new != old
+    }
+    fresh = set(result.identity.tolist()) - set(known)
+    if changed or result.merges:
+        next_id = max([log.next_id, top] + [i + 1 for i in result.identity.tolist()])
+        store.set_identities(changed, result.merges, next_id=next_id, at=time.time())
+    return LinkReport(
+        tracklets=len(table),
+        changed=len(changed),
+        identities=result.identities,
+        new_identities=len(fresh),
+        merges=result.merges,
+        threshold=result.threshold,
+        how=result.how,
+        refused=result.refused,
+        seconds=time.time() - t0,
+    )
