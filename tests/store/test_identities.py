@@ -7,41 +7,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from partreid.store import CropBatch, IdentityNotFoundError, StoreError, open_store
+from partreid.store import IdentityNotFoundError, StoreError, open_store
 from partreid.store.link import Tracklets as LinkInput
 from partreid.store.link import Transitions, link_store, violations
 
-DIM = 16
-INFO = {"dim": DIM, "model": {"name": "test"}}
-
-
-def site_crops(seed: int = 0, people: int = 8, cameras: int = 3, id0: int = 0) -> CropBatch:
-    """Crops of ``people`` walking through ``cameras``: 2-4 tracks each, one after the other
-    (10-30 s between), 3 crops a track one second apart; features: the person's direction
-    plus a little noise; ``pid`` the person."""
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(people, DIM))
-    rows = []
-    track = {c: 0 for c in range(1, cameras + 1)}
-    for p in range(people):
-        t = 1000.0 + float(rng.integers(0, 100))
-        for _ in range(int(rng.integers(2, 5))):
-            cam = int(rng.integers(1, cameras + 1))
-            track[cam] += 1
-            for j in range(3):
-                rows.append((p, cam, track[cam], t + j))
-            t += 3 + float(rng.integers(10, 30))
-    pid = np.array([r[0] for r in rows])
-    n = len(rows)
-    return CropBatch(
-        ids=np.arange(id0, id0 + n),
-        features=centres[pid] + 0.05 * rng.normal(size=(n, DIM)),
-        camera=np.array([r[1] for r in rows]),
-        timestamp=np.array([r[3] for r in rows]),
-        track_id=np.array([r[2] for r in rows]),
-        path=[f"p{r[0]}.jpg" for r in rows],
-        pid=pid,
-    )
+INFO = {"dim": 16, "model": {"name": "test"}}  # site_crops: 16-d (tests/conftest.py)
 
 
 def identities(st) -> dict:
@@ -59,7 +29,7 @@ def persons(st) -> dict:
     return out
 
 
-def test_link_store_gives_each_person_one_identity(store_uri):
+def test_link_store_gives_each_person_one_identity(store_uri, site_crops):
     with open_store(store_uri(), create=True, info=INFO) as st:
         st.add(site_crops())
         assert set(identities(st).values()) == {-1}
@@ -77,7 +47,7 @@ def test_link_store_gives_each_person_one_identity(store_uri):
         assert again.changed == 0 and again.merges == [] and identities(st) == got
 
 
-def test_new_footage_joins_the_identities_already_given(store_uri):
+def test_new_footage_joins_the_identities_already_given(store_uri, site_crops):
     crops = site_crops(seed=1)
     early = crops.timestamp < np.median(crops.timestamp)
     with open_store(store_uri(), create=True, info=INFO) as st:
@@ -95,7 +65,7 @@ def test_new_footage_joins_the_identities_already_given(store_uri):
         assert identities(st) == after  # as one run over everything, ids included
 
 
-def test_merges_are_recorded_not_renumbered(store_uri):
+def test_merges_are_recorded_not_renumbered(store_uri, site_crops):
     crops = site_crops(seed=2, people=3)
     with open_store(store_uri(), create=True, info=INFO) as st:
         st.add(crops)
@@ -117,7 +87,7 @@ def test_merges_are_recorded_not_renumbered(store_uri):
         assert log.next_id == 40  # ids are never reused
 
 
-def test_scope_and_transitions(store_uri):
+def test_scope_and_transitions(store_uri, site_crops):
     crops = site_crops(seed=3)
     with open_store(store_uri(), create=True, info=INFO) as st:
         st.add(crops)
@@ -132,7 +102,7 @@ def test_scope_and_transitions(store_uri):
         assert all(len(set(table.camera[table.identity == i])) == 1 for i in table.identity)
 
 
-def test_forget_a_person_leaves_nothing(store_uri):
+def test_forget_a_person_leaves_nothing(store_uri, site_crops):
     crops = site_crops(seed=4)
     with open_store(store_uri(), create=True, info=INFO) as st:
         st.add(crops)
@@ -161,7 +131,7 @@ def test_forget_a_person_leaves_nothing(store_uri):
         assert all(identities(st)[k] == v for k, v in got.items() if v != victim)
 
 
-def test_a_deleted_tracklet_loses_its_identity(store_uri):
+def test_a_deleted_tracklet_loses_its_identity(store_uri, site_crops):
     crops = site_crops(seed=5)
     with open_store(store_uri(), create=True, info=INFO) as st:
         st.add(crops)
@@ -176,7 +146,7 @@ def test_a_deleted_tracklet_loses_its_identity(store_uri):
         assert identities(st)[key] == 2
 
 
-def test_both_backends_give_the_same_identities(tmp_path):
+def test_both_backends_give_the_same_identities(tmp_path, site_crops):
     pytest.importorskip("pymilvus")
     pytest.importorskip("milvus_lite")
     crops = site_crops(seed=6, people=12)
@@ -188,3 +158,53 @@ def test_both_backends_give_the_same_identities(tmp_path):
             link_store(st, cameras=[2], after=1000.0)
             out.append((identities(st), st.tracklets().records()))
     assert out[0] == out[1]
+
+
+def test_search_by_identity_answers_people_with_routes(store_uri, site_crops):
+    from partreid.store.identity import identity_counts, route_of, search_identities
+
+    crops = site_crops(seed=7, people=6)
+    with open_store(store_uri(), create=True, info=INFO) as st:
+        st.add(crops)
+        link_store(st, threshold=0.5)
+        truth = persons(st)
+        table = st.tracklets(features=True)
+        key = table.keys[0]
+        me = int(table.identity[0])
+        hits = search_identities(st, table.features[0], topk=3)
+        assert len(hits) == 3 and hits[0].identity == me and hits[0].distance < 0.05
+        assert [h.distance for h in hits] == sorted(h.distance for h in hits)
+        assert len({h.identity for h in hits}) == 3
+        route = hits[0].route
+        mine = {k for k, v in truth.items() if v == truth[key]}
+        assert {s.tracklet for s in route} == mine  # the whole route, every camera
+        assert [s.start for s in route] == sorted(s.start for s in route)
+        feat = dict(zip(table.keys, table.features))
+        for s in route:  # each step's distance is its tracklet's to the query
+            want = 2 - 2 * float(feat[s.tracklet] @ table.features[0])
+            assert s.distance == pytest.approx(max(want, 0.0), abs=1e-5)
+        rec = hits[0].record(1)
+        assert rec["identity"] == me and rec["tracklets"] == len(route)
+        assert rec["route"][0]["start"].endswith("Z")
+        assert [s.tracklet for s in route_of(st, me)] == [s.tracklet for s in route]
+        cam = route[0].camera  # filters choose who, the route stays whole
+        hits = search_identities(st, table.features[0], topk=2, cameras=[cam])
+        assert hits[0].identity == me and len(hits[0].route) == len(route)
+        counts = identity_counts(st)
+        assert counts["identities"] == 6 and counts["unlinked_tracklets"] == 0
+        assert counts["per_camera"] == {
+            c: len({truth[k] for k in truth if k.startswith(f"{c}:")}) for c in (1, 2, 3)
+        }
+        early = identity_counts(st, after=0.0, before=float(crops.timestamp.min()) + 1)
+        assert early["identities"] == 1
+
+
+def test_an_unlinked_tracklet_is_a_route_of_its_own(store_uri, site_crops):
+    from partreid.store.identity import search_identities
+
+    crops = site_crops(seed=8, people=3)
+    with open_store(store_uri(), create=True, info=INFO) as st:
+        st.add(crops)
+        table = st.tracklets(features=True)
+        hits = search_identities(st, table.features[0], topk=2)
+        assert hits[0].identity is None and [s.tracklet for s in hits[0].route] == [table.keys[0]]

@@ -499,7 +499,7 @@ class GalleryStore:
     - ``_tracklet(key)``: a tracklet's normalised feature and a :class:`TrackletHit` of its
       metadata, or None;
     - ``_stats()``: :class:`StoreStats` (made with :meth:`_stats_of`);
-    - site identities: ``_tracklet_table(flt, identities, features)`` (:class:`TrackletTable`),
+    - site identities: ``_tracklet_table(flt, identities, keys, features)`` (:class:`TrackletTable`),
       ``_set_identities(assign, merges, next_id)``, ``_identity_log()`` and
       ``_forget_identity(identity)``; a backend's delete also drops the identity of every
       tracklet it empties;
@@ -618,14 +618,17 @@ class GalleryStore:
         after: Optional[float] = None,
         before: Optional[float] = None,
         identities: Optional[Sequence[int]] = None,
+        keys: Optional[Sequence[TrackRef]] = None,
         features: bool = False,
     ) -> TrackletTable:
         """Every tracklet matching the filters (as :meth:`search`'s; ``identities``: of those
-        site identities), with its identity and, with ``features``, its feature."""
+        site identities; ``keys``: those tracklet ids), with its identity and, with
+        ``features``, its feature."""
         flt = SearchFilter(cameras, after, before)
         ids = None if identities is None else sorted({int(i) for i in identities})
+        wanted = None if keys is None else sorted({parse_track(k) for k in keys})
         with self._lock:
-            return self._tracklet_table(flt, ids, bool(features))
+            return self._tracklet_table(flt, ids, wanted, bool(features))
 
     def set_identities(
         self,
@@ -656,7 +659,7 @@ class GalleryStore:
         (each tracklet in one step of :meth:`delete`'s), then the identity itself. Returns the
         number of crops deleted; raises :class:`IdentityNotFoundError` if no tracklet has it."""
         with self._lock, self._writing():
-            table = self._tracklet_table(SearchFilter(), [int(identity)], False)
+            table = self._tracklet_table(SearchFilter(), [int(identity)], None, False)
             if not len(table):
                 raise IdentityNotFoundError(f"store {self.uri}: no identity {int(identity)}")
             n = sum(self._delete(DeleteFilter(track=key)) for key in table.keys)
@@ -703,9 +706,13 @@ class GalleryStore:
         raise NotImplementedError
 
     def _tracklet_table(
-        self, flt: SearchFilter, identities: Optional[List[int]], features: bool
+        self,
+        flt: SearchFilter,
+        identities: Optional[List[int]],
+        keys: Optional[List[str]],
+        features: bool,
     ) -> TrackletTable:
-        """The tracklets matching ``flt`` (and of ``identities`` when given)."""
+        """The tracklets matching ``flt`` (and, when given, of ``identities`` / ids ``keys``)."""
         raise NotImplementedError
 
     def _set_identities(

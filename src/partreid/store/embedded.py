@@ -802,26 +802,43 @@ class EmbeddedStore(base.GalleryStore):
     # -- site identities ------------------------------------------------------------------
 
     def _tracklet_table(
-        self, flt: base.SearchFilter, identities: Optional[List[int]], features: bool
+        self,
+        flt: base.SearchFilter,
+        identities: Optional[List[int]],
+        keys: Optional[List[str]],
+        features: bool,
     ) -> base.TrackletTable:
-        """The filter in SQLite (as a tracklet search's), the identities joined."""
+        """The filter in SQLite (as a tracklet search's), the identities joined; lists of
+        identities or ids in pieces of ``_CHUNK``."""
         self._sync()
         where, params = self._where("tracklet", flt.cameras, flt.after, flt.before)
-        conds = [where] if where else []
-        if identities is not None:
-            conds.append(f"identity IN ({','.join('?' * len(identities))})" if identities else "0")
-            params = params + list(identities)
         sql = (
             "SELECT t.key, camera, track_id, t0, t1, n, coalesce(identity, -1), tid"
             " FROM tracklets t LEFT JOIN identities i ON i.key = t.key"
         )
-        rows = self._db.execute(sql + (f" WHERE {' AND '.join(conds)}" if conds else ""), params)
-        rows = rows.fetchall()
+        pieces: List[Tuple[str, list]] = [("", [])]
+        if identities is not None:
+            pieces = [
+                (f"identity IN ({','.join('?' * len(p))})", list(p))
+                for p in chunks(identities, _CHUNK)
+            ]
+        if keys is not None:
+            pieces = [
+                (f"t.key IN ({','.join('?' * len(p))})", list(p)) for p in chunks(keys, _CHUNK)
+            ]
+        rows: Dict[int, tuple] = {}
+        for cond, values in pieces:
+            conds = [c for c in (where, cond) if c]
+            text = sql + (f" WHERE {' AND '.join(conds)}" if conds else "")
+            rows.update((r[7], r) for r in self._db.execute(text, params + values))
+        found = list(rows.values())
+        if identities is not None and keys is not None:
+            found = [r for r in found if r[6] in set(identities)]
         feats = None
         if features:
             tv, _ = self._tracklet_matrix()
-            feats = tv[np.array([r[7] for r in rows], np.int64)] if rows else tv[:0]
-        return base.TrackletTable.of_rows([r[:7] for r in rows], feats)
+            feats = tv[np.array([r[7] for r in found], np.int64)] if found else tv[:0]
+        return base.TrackletTable.of_rows([r[:7] for r in found], feats)
 
     def _set_identities(
         self, assign: Dict[str, int], merges: List[Tuple[int, int, float]], next_id: int

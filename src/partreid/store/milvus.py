@@ -520,20 +520,29 @@ class MilvusStore(base.GalleryStore):
         return out
 
     def _tracklet_table(
-        self, flt: base.SearchFilter, identities: Optional[List[int]], features: bool
+        self,
+        flt: base.SearchFilter,
+        identities: Optional[List[int]],
+        keys: Optional[List[str]],
+        features: bool,
     ) -> base.TrackletTable:
         """The filter inside Milvus; with ``identities``, their tracklet ids first."""
         expr = self._expr("tracklet", flt.cameras, flt.after, flt.before)
         if identities is not None:
-            keys = []
-            if identities and self._identity_collections(False):
-                rows = self._iterate(self._ids, f"identity in {_in(identities)}", ["key"])
-                keys = sorted(r["key"] for r in rows)
-            if not keys:
-                return base.TrackletTable.of_rows([], np.zeros((0, self.dim)) if features else None)
-            expr = " and ".join(filter(None, [expr, f"key in {_in(keys)}"]))
+            found_keys: set = set()
+            if self._identity_collections(False):
+                for part in chunks(identities, _IN_CHUNK):
+                    rows = self._iterate(self._ids, f"identity in {_in(part)}", ["key"])
+                    found_keys.update(r["key"] for r in rows)
+            keys = sorted(found_keys if keys is None else found_keys & set(keys))
         fields = _TR_FIELDS + (["vector"] if features else [])
-        found = list(self._iterate(self._tr, expr, fields))
+        if keys is None:
+            found = list(self._iterate(self._tr, expr, fields))
+        else:
+            found = []
+            for part in chunks(keys, _IN_CHUNK):
+                cond = " and ".join(filter(None, [expr, f"key in {_in(part)}"]))
+                found += list(self._iterate(self._tr, cond, fields))
         ident = self._identity_of([r["key"] for r in found])
         rows = [
             (
@@ -549,9 +558,8 @@ class MilvusStore(base.GalleryStore):
         ]
         feats = None
         if features:
-            feats = normalize(
-                np.asarray([r["vector"] for r in found], np.float32).reshape(-1, self.dim)
-            )
+            vecs = np.asarray([r["vector"] for r in found], np.float32).reshape(-1, self.dim)
+            feats = normalize(vecs)
         return base.TrackletTable.of_rows(rows, feats)
 
     def _set_identities(
