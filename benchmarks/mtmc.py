@@ -391,8 +391,42 @@ def run_timing(args) -> List[dict]:
             "load_avg_1min": round(os.getloadavg()[0], 1),
         }
         res.update({k: round(v, 4) for k, v in pairwise(labels.tolist(), pid.tolist()).items()})
+        if args.store:
+            res.update(_store_timing(t, args.store, n))
         out.append(res)
         print(json.dumps(res))
+    return out
+
+
+def _store_timing(t, folder: str, n: int) -> dict:
+    """``partreid link``'s library call on an embedded store of the tracklets (one crop each):
+    reading the tracklets, linking, writing the identities; and linking again (no change)."""
+    import shutil
+
+    from partreid.store import CropBatch, open_store
+    from partreid.store.link import link_store
+
+    uri = os.path.join(folder, f"link_timing_{n}")
+    shutil.rmtree(uri, ignore_errors=True)
+    with open_store(uri, create=True, info={"dim": t.features.shape[1], "model": {}}) as st:
+        w = time.time()
+        for a in range(0, n, 20000):
+            b = min(n, a + 20000)
+            st.add(
+                CropBatch(
+                    np.arange(a, b), t.features[a:b], t.camera[a:b], t.start[a:b], np.arange(a, b)
+                )
+            )
+        add_s = time.time() - w
+    out = {"store_add_s": round(add_s, 1)}
+    for name in ("store_link", "store_relink"):
+        with open_store(uri) as st:
+            w, c = time.time(), time.process_time()
+            rep = link_store(st)
+            out[f"{name}_wall_s"] = round(time.time() - w, 2)
+            out[f"{name}_cpu_s"] = round(time.process_time() - c, 2)
+            out[f"{name}_changed"] = rep.changed
+    shutil.rmtree(uri, ignore_errors=True)
     return out
 
 
@@ -446,6 +480,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     t.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 100000])
     t.add_argument("--dim", type=int, default=256)
     t.add_argument("--spread", type=float, default=0.5)
+    t.add_argument("--store", help="also time link_store on an embedded store made in this folder")
     for p in (s, r, t):
         p.add_argument("--json", help="also write the results here")
     args = ap.parse_args(argv)

@@ -281,3 +281,35 @@ def test_impostor_pairs_are_the_overlaps_of_one_camera():
     }
     assert got == want and want
     assert len(impostor_pairs(t, limit=3)) == 3
+
+
+def test_center_cameras_takes_out_each_cameras_push():
+    """Two cameras that push every feature their own way: the same person is far apart in
+    them; with each camera's mean taken out, close again and linked. A camera with fewer
+    than CENTER_MIN tracklets is left as it is."""
+    rng = np.random.default_rng(5)
+    people, dim = 40, 32
+    centres = rng.normal(size=(people, dim))
+    push = {1: 3.0 * rng.normal(size=dim), 2: 3.0 * rng.normal(size=dim), 3: rng.normal(size=dim)}
+    rows = [(p, c) for p in range(people) for c in (1, 2)] + [(0, 3)]
+    feats = np.stack([centres[p] + push[c] + 0.05 * rng.normal(size=dim) for p, c in rows])
+    t = Tracklets(
+        [f"{c}:{i}" for i, (_, c) in enumerate(rows)],
+        [c for _, c in rows],
+        np.arange(len(rows)) * 100.0,
+        np.arange(len(rows)) * 100.0 + 5,
+        feats,
+    )
+    centred = link_mod.center_cameras(t)
+    np.testing.assert_allclose(centred.features[-1], t.features[-1], atol=1e-6)  # camera 3: 1
+    for cam in (1, 2):
+        m = t.camera == cam
+        unit = t.features[m].astype(np.float64)  # the tracklets' unit features
+        raw = unit - unit.mean(0)
+        want = raw / np.linalg.norm(raw, axis=1, keepdims=True)
+        np.testing.assert_allclose(centred.features[m], want, atol=1e-5)
+    pid = np.array([p for p, _ in rows])
+    plain = link(t, threshold=0.3, k=4)
+    assert pairwise(plain.identity.tolist(), pid.tolist())[1] < 0.5  # cameras kept apart
+    both = link(t, threshold=0.3, k=4, center=True)
+    assert pairwise(both.identity[:-1].tolist(), pid[:-1].tolist()) == (1.0, 1.0)

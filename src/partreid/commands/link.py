@@ -37,14 +37,16 @@ def link_command(
     threshold: Optional[float] = None,
     k: int = K,
     as_json: bool = False,
+    center: bool = True,
 ) -> LinkReport:
-    """``partreid link STORE``: give the tracklets in scope their site identities."""
+    """``partreid link STORE``: give the tracklets in scope their site identities
+    (``center``: each camera's mean feature taken out first, ``--no-center`` to keep it)."""
     setup_logging()
     cams = parse_cameras(cameras)
     t_after, t_before = _times(after, before)
     moves = read_transitions(transitions) if transitions else None
     with open_store(store_uri) as store:
-        report = link_store(store, cams, t_after, t_before, moves, threshold, k)
+        report = link_store(store, cams, t_after, t_before, moves, threshold, k, center)
     if as_json:
         print(json.dumps(report.to_dict(), indent=1))
         return report

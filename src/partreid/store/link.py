@@ -45,6 +45,7 @@ from partreid.utils.extras import require
 EXACT_MAX = 4096  # tracklets: exact kNN in numpy blocks (no faiss needed)
 FLAT_MAX = 20000  # tracklets: exact kNN with faiss IndexFlatIP; above, IndexIVFFlat
 K = 10  # neighbours per tracklet in the graph
+CENTER_MIN = 30  # tracklets a camera needs before its mean is taken out (center_cameras)
 NPROBE = 8  # inverted lists searched per tracklet above FLAT_MAX (benchmarks/mtmc.py: recall)
 _BLOCK = 2048
 EPS = 1e-6  # distances within this of the threshold count as under it (float sums differ by order)
@@ -446,6 +447,23 @@ def choose_threshold(t: Tracklets, dist: np.ndarray) -> Tuple[float, str]:
 # --------------------------------------------------------------------------------------------
 # Linking
 # --------------------------------------------------------------------------------------------
+def center_cameras(t: Tracklets, min_tracklets: int = CENTER_MIN) -> Tracklets:
+    """The tracklets with each camera's mean feature taken out of its tracklets' features
+    (then unit length again), for every camera with at least ``min_tracklets`` tracklets.
+
+    A camera's colour cast, light and viewpoint push all its people's features one way; the
+    mean of many different people there is that push, and without it the same person in two
+    cameras comes closer (on the synthetic site with the demo model: the median distance of
+    the same person in two cameras 0.515 -> 0.459, IDF1 0.635 -> 0.693, benchmarks/mtmc.py).
+    """
+    f = t.features.astype(np.float64)
+    for cam in np.unique(t.camera).tolist():
+        rows = np.nonzero(t.camera == cam)[0]
+        if rows.shape[0] >= min_tracklets:
+            f[rows] -= f[rows].mean(0)
+    return Tracklets(t.keys, t.camera, t.start, t.end, f.astype(np.float32))
+
+
 def link(
     t: Tracklets,
     existing: Optional[np.ndarray] = None,
@@ -453,10 +471,14 @@ def link(
     transitions: Optional[Transitions] = None,
     k: int = K,
     next_id: Optional[int] = None,
+    center: bool = False,
 ) -> LinkResult:
     """Identities of the tracklets ``t`` (see the module docstring): ``existing`` per tracklet
     its identity from an earlier run or -1; new identities are numbered from ``next_id``
-    (default: one past the largest existing id, 1 when there is none)."""
+    (default: one past the largest existing id, 1 when there is none); with ``center``, the
+    features are :func:`center_cameras`' first."""
+    if center:
+        t = center_cameras(t)
     n = len(t)
     existing = np.full(n, -1, np.int64) if existing is None else np.asarray(existing, np.int64)
     if existing.shape != (n,):
@@ -539,10 +561,12 @@ def link_store(
     transitions: Optional[Transitions] = None,
     threshold: Optional[float] = None,
     k: int = K,
+    center: bool = True,
 ) -> LinkReport:
     """Link the store's tracklets matching the filters (as a tracklet search's) and keep the
     identities in the store. The identities the scope already holds come with all their
-    tracklets (in scope or not), so the rules see whole routes and none is split."""
+    tracklets (in scope or not), so the rules see whole routes and none is split. ``center``:
+    :func:`center_cameras` first."""
     t0 = time.time()
     table = store.tracklets(cameras, after, before, features=True)
     known = sorted(set(table.identity[table.identity >= 0].tolist()))
@@ -552,7 +576,7 @@ def link_store(
     t = Tracklets(table.keys, table.camera, table.start, table.end, table.features)
     log = store.identity_log()
     top = int(table.identity.max()) + 1 if len(table) else 1
-    result = link(t, table.identity, threshold, transitions, k, max(log.next_id, top))
+    result = link(t, table.identity, threshold, transitions, k, max(log.next_id, top), center)
     changed = {
         key: int(new)
         for key, new, old in zip(table.keys, result.identity.tolist(), table.identity.tolist())
