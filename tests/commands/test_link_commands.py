@@ -30,7 +30,7 @@ def test_link_then_list_then_forget(store, tmp_path, capsys):
     moves = tmp_path / "moves.csv"
     moves.write_text(
         "from_camera,to_camera,min_s,max_s\n"
-        + "".join(f"{a},{b},0,60\n" for a in (1, 2, 3) for b in (1, 2, 3) if a != b)
+        + "".join(f"{a},{b},0,60\n" for a in (1, 2, 3) for b in (1, 2, 3))  # a == b: one camera
     )
     report = link_command(uri, threshold=0.5, transitions=str(moves))
     printed = capsys.readouterr().out

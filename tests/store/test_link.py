@@ -59,11 +59,10 @@ def true_transitions(t: Tracklets, pid: np.ndarray) -> Transitions:
     windows = {}
     for p in np.unique(pid).tolist():
         route = link_mod.time_order(np.nonzero(pid == p)[0].tolist(), t)
-        for a, b in zip(route, route[1:]):
-            if t.camera[a] != t.camera[b]:
-                gap = float(t.start[b] - t.end[a])
-                lo, hi = windows.get((int(t.camera[a]), int(t.camera[b])), (gap, gap))
-                windows[(int(t.camera[a]), int(t.camera[b]))] = (min(lo, gap), max(hi, gap))
+        for a, b in zip(route, route[1:]):  # every step, in one camera too
+            gap = float(t.start[b] - t.end[a])
+            lo, hi = windows.get((int(t.camera[a]), int(t.camera[b])), (gap, gap))
+            windows[(int(t.camera[a]), int(t.camera[b]))] = (min(lo, gap), max(hi, gap))
     return Transitions(windows)
 
 
@@ -313,3 +312,35 @@ def test_center_cameras_takes_out_each_cameras_push():
     assert pairwise(plain.identity.tolist(), pid.tolist())[1] < 0.5  # cameras kept apart
     both = link(t, threshold=0.3, k=4, center=True)
     assert pairwise(both.identity[:-1].tolist(), pid[:-1].tolist()) == (1.0, 1.0)
+
+
+@pytest.mark.parametrize("k", [2, 50])
+def test_adjacent_pairs_are_the_possible_next_steps(k):
+    t, _ = random_site(9, 30, 3, 0.5)
+    tr = Transitions({(1, 2): (0.0, 15.0), (2, 3): (-2.0, 5.0), (3, 3): (0.0, 30.0)})
+    src, dst, d = link_mod.adjacent_pairs(t, tr, k=k, chunk=7)
+    got = {}
+    for i, j, dist in zip(src.tolist(), dst.tolist(), d.tolist()):
+        got.setdefault(i, []).append((dist, j))
+    windows = {(1, 1): (0.0, 10.0), (2, 2): (0.0, 10.0), (3, 3): (0.0, 30.0), **tr.windows}
+    for i in range(len(t)):
+        steps = []
+        for j in range(len(t)):
+            w = windows.get((int(t.camera[i]), int(t.camera[j])))
+            gap = t.start[j] - t.end[i]
+            same = t.camera[i] == t.camera[j]
+            if i != j and w and w[0] <= gap <= w[1] and (not same or gap > 0):
+                steps.append((2 - 2 * float(t.features[i] @ t.features[j]), j))
+        want = sorted(steps)[:k]
+        assert [j for _, j in sorted(got.get(i, []))] == [j for _, j in want]
+        np.testing.assert_allclose(
+            sorted(x for x, _ in got.get(i, [])), [x for x, _ in want], atol=1e-5
+        )
+
+
+def test_otsu_cuts_two_modes_half_way():
+    values = np.r_[np.zeros(50), np.full(50, 2.0)]
+    assert link_mod.otsu(values) == pytest.approx(1.0, abs=0.02)
+    rng = np.random.default_rng(0)
+    mixed = np.r_[rng.normal(0.4, 0.1, 500), rng.normal(1.6, 0.1, 500)]
+    assert 0.6 < link_mod.otsu(mixed) < 1.4

@@ -3,13 +3,23 @@
 :func:`link` groups tracklets (a feature, a camera and a time span each) into identities by
 constrained agglomerative clustering on a sparse k-nearest-neighbour graph:
 
-1. the graph: each tracklet's ``k`` nearest tracklets by cosine (exact blocks of numpy up to
-   :data:`EXACT_MAX` tracklets, faiss ``IndexFlatIP`` up to :data:`FLAT_MAX`, a faiss
-   ``IndexIVFFlat`` above -- approximate: a neighbour in an inverted list not searched is
-   missed). No all-pairs matrix is ever built; memory is ``O(N k)``;
-2. average linkage along the graph's edges: the distance of two identities is the mean
-   ``2 - 2 cos`` over their tracklet pairs, ``2 - 2 (S_a . S_b) / (n_a n_b)`` with ``S`` the
-   sum of an identity's unit features. The edges are swept closest first; an edge merges the
+1. the graph: edges between tracklets that may be one person.
+
+   - The possible next steps of a route (:func:`adjacent_pairs`): a tracklet of the same
+     camera starting within :data:`SAME_CAMERA_GAP` seconds after one ends (a track broken by
+     an occlusion), and, with :class:`Transitions`, a tracklet of another camera starting
+     within the window of that move; each tracklet's ``k`` nearest such steps.
+   - Without transitions, also each tracklet's ``k`` nearest tracklets by cosine (exact blocks
+     of numpy up to :data:`EXACT_MAX` tracklets, faiss ``IndexFlatIP`` up to
+     :data:`FLAT_MAX`, a faiss ``IndexIVFFlat`` above -- approximate: a neighbour in an
+     inverted list not searched is missed). With transitions the site's map says which steps
+     a route can take, and only those are edges (on the synthetic site with the demo model:
+     IDF1 0.68 with kNN edges too, 0.84 without).
+
+   No all-pairs matrix is ever built; memory is ``O(N k)``;
+2. average linkage along the edges: the distance of two identities is the mean ``2 - 2 cos``
+   over their tracklet pairs, ``2 - 2 (S_a . S_b) / (n_a n_b)`` with ``S`` the sum of an
+   identity's unit features. The edges are swept closest first; an edge merges the
    identities at its ends when their distance is within the threshold and the rules allow
    it; sweeps repeat until one merges nothing;
 3. the rules: two identities are never merged when the result would hold two tracklets of one
@@ -25,7 +35,9 @@ order of their first tracklet); two existing identities that the new evidence jo
 into the smaller id and the merge is reported, never renumbered silently. Linking the result
 again changes nothing (the last sweep refused every edge between two identities).
 
-The threshold, when not given, comes from the tracklets themselves (:func:`choose_threshold`).
+The threshold, when not given, comes from the tracklets themselves (:func:`choose_threshold`):
+Otsu's split of the kNN distances, or with transitions of each tracklet's distance to its
+nearest possible next step.
 """
 
 from __future__ import annotations
@@ -45,6 +57,7 @@ from partreid.utils.extras import require
 EXACT_MAX = 4096  # tracklets: exact kNN in numpy blocks (no faiss needed)
 FLAT_MAX = 20000  # tracklets: exact kNN with faiss IndexFlatIP; above, IndexIVFFlat
 K = 10  # neighbours per tracklet in the graph
+SAME_CAMERA_GAP = 10.0  # seconds: a track broken in one camera (occlusion) resumes within this
 CENTER_MIN = 30  # tracklets a camera needs before its mean is taken out (center_cameras)
 NPROBE = 8  # inverted lists searched per tracklet above FLAT_MAX (benchmarks/mtmc.py: recall)
 _BLOCK = 2048
@@ -193,6 +206,84 @@ def _drop_self(idx: np.ndarray, sims: np.ndarray, k: int) -> Tuple[np.ndarray, n
     out_i[:, : idx.shape[1]] = np.where(ok, idx, -1)
     out_d[:, : idx.shape[1]] = np.where(ok, np.maximum(2.0 - 2.0 * sims, 0.0), np.inf)
     return out_i, out_d
+
+
+def edge_list(
+    src: np.ndarray, dst: np.ndarray, dist: np.ndarray, n: int
+) -> Tuple[np.ndarray, np.ndarray]:
+    """Edges ``src[i] - dst[i]`` (-1: none) as unique pairs ``(a < b)`` sorted by distance
+    (ties by the pair), each with its smallest distance."""
+    src, dst = np.asarray(src, np.int64).reshape(-1), np.asarray(dst, np.int64).reshape(-1)
+    d = np.asarray(dist, np.float64).reshape(-1)
+    ok = (dst >= 0) & (src != dst)
+    a, b, d = np.minimum(src, dst)[ok], np.maximum(src, dst)[ok], d[ok]
+    order = np.lexsort((b, a, d))
+    a, b, d = a[order], b[order], d[order]
+    _, first = np.unique(a * n + b, return_index=True)  # (i, j) and (j, i): once
+    first.sort()
+    return np.stack([a[first], b[first]], 1), d[first]
+
+
+def _windows(
+    t: Tracklets, transitions: Optional[Transitions]
+) -> Dict[Tuple[int, int], Tuple[float, float]]:
+    """Which next steps a route can take: per camera pair the gap window; a camera to itself
+    up to SAME_CAMERA_GAP seconds unless ``transitions`` says otherwise."""
+    windows = {(c, c): (0.0, SAME_CAMERA_GAP) for c in np.unique(t.camera).tolist()}
+    if transitions is not None:
+        windows.update(transitions.windows)
+    return windows
+
+
+def adjacent_pairs(
+    t: Tracklets, transitions: Optional[Transitions], k: int = K, chunk: int = 4096
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each tracklet's possible next steps ``(i, j, distance)``: ``j`` starts ``gap`` seconds
+    after ``i`` ends with ``gap`` in the window of ``(camera i, camera j)`` (:func:`_windows`;
+    in one camera also after it ends), the ``k`` nearest by appearance of each ``i``."""
+    out: List[Tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    by_cam = {c: np.nonzero(t.camera == c)[0] for c in np.unique(t.camera).tolist()}
+    for c in by_cam:
+        by_cam[c] = by_cam[c][np.argsort(t.start[by_cam[c]], kind="stable")]
+    for (ca, cb), (lo, hi) in sorted(_windows(t, transitions).items()):
+        if ca not in by_cam or cb not in by_cam:
+            continue
+        rows_b = by_cam[cb]
+        starts = t.start[rows_b]
+        for c0 in range(0, len(by_cam[ca]), chunk):
+            rows_a = by_cam[ca][c0 : c0 + chunk]
+            left = np.searchsorted(starts, t.end[rows_a] + lo, side="left")
+            right = np.searchsorted(starts, t.end[rows_a] + hi, side="right")
+            counts = np.maximum(right - left, 0)
+            if not counts.sum():
+                continue
+            src = np.repeat(rows_a, counts)
+            dst = rows_b[
+                np.repeat(left - np.cumsum(counts) + counts, counts) + np.arange(counts.sum())
+            ]
+            if ca == cb:  # one camera: strictly after (a shared instant is two people)
+                keep = t.start[dst] > t.end[src]
+                src, dst = src[keep], dst[keep]
+            d = 2.0 - 2.0 * np.einsum("ij,ij->i", t.features[src], t.features[dst])
+            out.append(_nearest_per_row(src, dst, np.maximum(d, 0.0), k))
+    if not out:
+        empty = np.zeros(0, np.int64)
+        return empty, empty, np.zeros(0)
+    return _nearest_per_row(*(np.concatenate(x) for x in zip(*out)), k)
+
+
+def _nearest_per_row(
+    src: np.ndarray, dst: np.ndarray, d: np.ndarray, k: int
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ``k`` smallest ``d`` of each ``src`` (ties by ``dst``)."""
+    order = np.lexsort((dst, d, src))
+    src, dst, d = src[order], dst[order], d[order]
+    if not len(src):
+        return src, dst, d
+    first = np.r_[0, np.nonzero(np.diff(src))[0] + 1]
+    rank = np.arange(len(src)) - np.repeat(first, np.diff(np.r_[first, len(src)]))
+    keep = rank < k
+    return src[keep], dst[keep], d[keep]
 
 
 # --------------------------------------------------------------------------------------------
@@ -349,21 +440,11 @@ class _Agglomeration:
                 merged += 1
         return merged
 
-    def run(self, idx: np.ndarray, dist: np.ndarray, max_passes: int = 100) -> None:
-        """Sweep the graph's edges (each pair once, closest first, ties by index) until a pass
-        merges nothing: then linking the result again changes nothing."""
-        n, k = idx.shape
-        src, dst = np.repeat(np.arange(n), k), idx.reshape(-1)
-        ok = dst >= 0
-        a, b = np.minimum(src, dst)[ok], np.maximum(src, dst)[ok]
-        d = dist.reshape(-1)[ok].astype(np.float64)
-        order = np.lexsort((b, a, d))
-        a, b, d = a[order], b[order], d[order]
-        _, first = np.unique(a * n + b, return_index=True)  # (i, j) and (j, i): once
-        first.sort()
-        pairs, d = np.stack([a[first], b[first]], 1), d[first]
+    def run(self, pairs: np.ndarray, dist: np.ndarray, max_passes: int = 100) -> None:
+        """Sweep the edges (:func:`edge_list`) until a pass merges nothing: then linking the
+        result again changes nothing."""
         for _ in range(max_passes):
-            if not self.sweep(pairs, d):
+            if not self.sweep(pairs, dist):
                 break
 
     def labels(self, next_id: int) -> np.ndarray:
@@ -404,7 +485,8 @@ def impostor_pairs(t: Tracklets, limit: int = 100000, seed: int = 0) -> np.ndarr
 
 def otsu(values: np.ndarray, bins: int = 256) -> float:
     """Otsu's split of ``values`` (finite ones): the cut of a ``bins``-bin histogram that
-    maximises the variance between the two sides."""
+    maximises the variance between the two sides (the middle one where several do: two
+    modes with empty bins between them are cut half way)."""
     v = np.asarray(values, np.float64)
     v = v[np.isfinite(v)]
     if v.shape[0] < 2 or v.min() == v.max():
@@ -415,19 +497,26 @@ def otsu(values: np.ndarray, bins: int = 256) -> float:
     w1 = w0[-1] - w0
     m0 = np.cumsum(hist * mid)
     with np.errstate(divide="ignore", invalid="ignore"):
-        between = w0 * w1 * (m0 / w0 - (m0[-1] - m0) / w1) ** 2
-    return float(edges[1:][int(np.nanargmax(between[:-1]))])
+        between = (w0 * w1 * (m0 / w0 - (m0[-1] - m0) / w1) ** 2)[:-1]
+    best = np.nonzero(between >= np.nanmax(between) * (1 - 1e-9))[0]
+    return float(edges[1:][int(best[len(best) // 2])])  # the middle of a gap between modes
 
 
 THRESHOLD_RULE = (
     "Otsu's split of the distances of every tracklet to its k nearest neighbours (matches of"
     " the same person near 0, other people far)"
 )
+THRESHOLD_RULE_ROUTES = (
+    "Otsu's split of the distances of every tracklet to its nearest possible next step (most"
+    " tracklets' is the same person a little later, a route's end has none near)"
+)
 
 
-def choose_threshold(t: Tracklets, dist: np.ndarray) -> Tuple[float, str]:
-    """A threshold from the tracklets' own kNN distances ``dist`` (N, k) (see
-    :data:`THRESHOLD_RULE`), and a sentence saying how it was chosen."""
+def choose_threshold(
+    t: Tracklets, dist: np.ndarray, rule: str = THRESHOLD_RULE
+) -> Tuple[float, str]:
+    """A threshold from the tracklets' own distances ``dist`` (kNN distances, or each
+    tracklet's nearest next step: see the rules), and a sentence saying how it was chosen."""
     d = np.asarray(dist, np.float64)
     d = d[np.isfinite(d)]
     if d.shape[0] < 2:
@@ -441,7 +530,7 @@ def choose_threshold(t: Tracklets, dist: np.ndarray) -> Tuple[float, str]:
             f"; {100.0 * float(np.mean(di <= thr)):.1f}% of {imp.shape[0]} pairs known to be two"
             " people (one camera, same time) are within it"
         )
-    return thr, f"{THRESHOLD_RULE}: {thr:.3f}{note}"
+    return thr, f"{rule}: {thr:.3f}{note}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -487,14 +576,23 @@ def link(
         next_id = int(existing.max()) + 1 if n and existing.max() >= 0 else 1
     if int(k) < 1:
         raise InvalidValueError(f"k={k}: expected at least 1 neighbour")
-    idx, dist = knn_graph(t.features, int(k))
+    src, dst, d = adjacent_pairs(t, transitions, int(k))
+    if transitions is None:  # appearance decides across cameras: the kNN graph's edges too
+        idx, dist = knn_graph(t.features, int(k))
+        src = np.concatenate([src, np.repeat(np.arange(n), idx.shape[1])])
+        dst, d = np.concatenate([dst, idx.reshape(-1)]), np.concatenate([d, dist.reshape(-1)])
+        rule, sample = THRESHOLD_RULE, dist
+    else:  # the site's map decides which steps a route can take: only those are edges
+        nearest = np.full(n, np.inf)
+        np.minimum.at(nearest, src, d)
+        rule, sample = THRESHOLD_RULE_ROUTES, nearest
     how = "given"
     if threshold is None:
-        threshold, how = choose_threshold(t, dist)
+        threshold, how = choose_threshold(t, sample, rule)
     elif not 0.0 <= float(threshold) <= 4.0:
         raise InvalidValueError(f"threshold={threshold}: expected a distance 2 - 2 cos in [0, 4]")
     agg = _Agglomeration(t, existing, transitions, float(threshold))
-    agg.run(idx, dist)
+    agg.run(*edge_list(src, dst, d, n))
     return LinkResult(agg.labels(int(next_id)), agg.merges, float(threshold), how, agg.refused)
 
 
