@@ -9,7 +9,7 @@ from typing import Any, Optional
 
 from ..errors import InvalidValueError
 from ..store import StoreStats, open_store
-from ..store.identity import identity_counts
+from ..store.identity import identity_counts, identity_id
 from ..store.query import camera_id, parse_cameras, track_ref
 from ..utils.logs import setup_logging
 from ..utils.times import format_time, parse_time
@@ -45,9 +45,7 @@ def _delete_identity(store_uri: str, identity: Any, before: Any, camera: Any, tr
             "--identity forgets a person everywhere: give it alone (not with --before, --camera"
             " or --track)"
         )
-    ident = camera_id(identity, "--identity")
-    if ident is None or ident < 1:
-        raise InvalidValueError(f"--identity {identity}: identities are ids >= 1")
+    ident = identity_id(identity)
     with open_store(store_uri) as store:
         n = store.delete_identity(ident)
         left = store.stats()

@@ -12,12 +12,24 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from partreid.store.base import GalleryStore, TrackletTable, normalize
+from partreid.errors import InvalidValueError
+from partreid.store.base import MAX_ID, GalleryStore, TrackletTable, normalize
 from partreid.store.query import check_topk
-from partreid.utils.times import format_time
+from partreid.utils.times import format_time, shown
 
 POOL = 20  # tracklets searched per identity asked for
 MAX_POOL = 5000  # tracklets searched at most, whatever the top-K
+
+
+def identity_id(value: Any, what: str = "--identity") -> int:
+    """A site identity id (1..MAX_ID) from an int or its text."""
+    text = str(value)
+    ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+    if not ok:
+        ok = len(text) <= 64 and text.strip().isdigit() and text.strip().isascii()
+    if not ok or not 1 <= int(text) <= MAX_ID:
+        raise InvalidValueError(f"{what} {shown(value)}: expected an identity id, 1..{MAX_ID}")
+    return int(text)
 
 
 @dataclass
