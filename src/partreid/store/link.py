@@ -52,7 +52,7 @@ import numpy as np
 
 from partreid.errors import InvalidValueError, NotFoundError
 from partreid.store.base import CameraFilter, GalleryStore, TrackletTable
-from partreid.utils.extras import require
+from partreid.utils.extras import load_faiss
 
 EXACT_MAX = 4096  # tracklets: exact kNN in numpy blocks (no faiss needed)
 FLAT_MAX = 20000  # tracklets: exact kNN with faiss IndexFlatIP; above, IndexIVFFlat
@@ -176,7 +176,7 @@ def knn_graph(features: np.ndarray, k: int = K) -> Tuple[np.ndarray, np.ndarray]
 def _faiss_knn(x: np.ndarray, kk: int) -> Tuple[np.ndarray, np.ndarray]:
     """kNN with faiss: exact flat up to FLAT_MAX rows; above, an inverted file of about
     ``3 sqrt(N)`` lists trained on a seeded sample, searched in the NPROBE nearest lists."""
-    faiss = require("faiss", "index")
+    faiss = load_faiss(f"linking more than {EXACT_MAX} tracklets")
     n, d = x.shape
     if n <= FLAT_MAX:
         index = faiss.IndexFlatIP(d)
