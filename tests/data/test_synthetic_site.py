@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from partreid.data.datasets import DatasetError, generate_synthetic
+from partreid.data.datasets import DatasetError
 from partreid.data.datasets.synthetic_site import (
     INDEX,
     TRANSITIONS,
@@ -30,21 +30,9 @@ SITE = dict(cameras=6, people=16, seconds=45.0, fps=3.0, width=128, height=96, s
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("site_data")
-    generate_synthetic(
-        root,
-        num_ids=6,
-        test_fraction=0.5,
-        num_cams=2,
-        images_per_id_per_cam=2,
-        height=32,
-        width=16,
-        num_distractors=0,
-        num_junk=0,
-        seed=2,
-    )
-    return str(root)
+def data_root(tiny_synthetic):
+    """The session's tiny synthetic set (16 identities): the site's people are 17..."""
+    return str(tiny_synthetic)
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +58,7 @@ def test_boxes_videos_and_ground_truth_agree(site):
     gt = read_site(out)
     assert info.ground_truth == os.path.join(out, INDEX)
     assert [v.camera for v in info.videos] == list(range(1, 7))
-    assert sorted(int(p) for p in gt["people"]) == list(range(7, 7 + 16))  # new to the set
+    assert sorted(int(p) for p in gt["people"]) == list(range(17, 17 + 16))  # new to the set
     for video, entry in zip(info.videos, gt["videos"]):
         rows = read_mot_boxes(video.boxes)
         with av.open(video.video) as c:

@@ -311,20 +311,15 @@ def test_store_page_logs_in_filters_and_groups_by_tracklet(
 
 
 @pytest.fixture(scope="module")
-def linked_server(store_setup, tmp_path_factory):
+def linked_server(store_setup, linked_copy, tmp_path_factory):
     """A linked copy of the store (site identities), token-protected and audited, live."""
     pytest.importorskip("uvicorn")
     from partreid.serve import create_app
     from partreid.serve.access import AuditLog
     from partreid.store import open_store
-    from partreid.store.link import link_store
 
-    root = tmp_path_factory.mktemp("linked_page")
-    copy = str(root / "store")
-    shutil.copytree(store_setup["store_dir"], copy)
-    audit = AuditLog(str(root / "audit.log"))
-    with open_store(copy) as store:
-        link_store(store, threshold=0.6)
+    audit = AuditLog(str(tmp_path_factory.mktemp("linked_audit") / "audit.log"))
+    with open_store(linked_copy()) as store:
         app = create_app(store_setup["worker"], store=store, token=STORE_TOKEN, audit=audit)
         yield from ((url, store) for url in _run_live(app))
     audit.close()

@@ -4,7 +4,6 @@ forgetting the person -- which leaves nothing of it in search, stats or the page
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -14,21 +13,16 @@ OK = {"Authorization": f"Bearer {TOKEN}"}
 
 
 @pytest.fixture(scope="module")
-def linked(store_setup, tmp_path_factory):
+def linked(store_setup, linked_copy, tmp_path_factory):
     """A token-protected app with an audit log over a linked copy of the store."""
     from fastapi.testclient import TestClient
 
     from partreid.serve import create_app
     from partreid.serve.access import AuditLog
     from partreid.store import open_store
-    from partreid.store.link import link_store
 
-    root = tmp_path_factory.mktemp("linked")
-    copy = str(root / "store")
-    shutil.copytree(store_setup["store_dir"], copy)
-    audit = AuditLog(str(root / "audit.log"))
-    with open_store(copy) as store:
-        link_store(store, threshold=0.6)
+    audit = AuditLog(str(tmp_path_factory.mktemp("audit") / "audit.log"))
+    with open_store(linked_copy()) as store:
         app = create_app(store_setup["worker"], store=store, token=TOKEN, audit=audit)
         with TestClient(app) as c:
             yield {"client": c, "store": store, "audit": audit.path}

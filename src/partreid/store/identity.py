@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from partreid.errors import InvalidValueError
-from partreid.store.base import MAX_ID, GalleryStore, TrackletTable, normalize
+from partreid.store.base import MAX_ID, GalleryStore, TrackletHit, TrackletTable, normalize
 from partreid.store.query import check_topk
 from partreid.utils.times import format_time, shown
 
@@ -46,16 +46,14 @@ class RouteStep:
     distance: Optional[float] = None
 
     def record(self) -> Dict[str, Any]:
-        """JSON-ready, times in ISO 8601 UTC."""
-        return {
-            "tracklet": self.tracklet,
-            "camera": int(self.camera),
-            "track_id": int(self.track_id),
-            "start": format_time(self.start),
-            "end": format_time(self.end),
-            "n_crops": int(self.n_crops),
-            "distance": None if self.distance is None else round(float(self.distance), 6),
-        }
+        """JSON-ready as a tracklet hit's record (times in ISO 8601 UTC), without a rank."""
+        hit = TrackletHit(
+            self.tracklet, self.camera, self.track_id, self.start, self.end, self.n_crops, 0.0
+        )
+        rec = hit.record(0)
+        del rec["rank"]
+        rec["distance"] = None if self.distance is None else round(float(self.distance), 6)
+        return rec
 
 
 @dataclass

@@ -44,7 +44,6 @@ Writing the videos needs PyAV (``pip install 'partreid[video]'``).
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import dataclass
 from fractions import Fraction
@@ -55,8 +54,16 @@ from PIL import ImageDraw
 
 from ...utils.extras import require
 from .base import DatasetError
-from .synthetic import MARKER, VIEWS, _rng, read_marker
-from .synthetic_video import VideoInfo, _draw_walker, _Scene, _Track, camera_of, identity_of
+from .synthetic import MARKER, _rng, read_marker
+from .synthetic_video import (
+    VideoInfo,
+    _draw_walker,
+    _Scene,
+    _Track,
+    camera_of,
+    identity_of,
+    walker,
+)
 
 SITE_GENERATOR_VERSION = 1
 INDEX = "site.json"
@@ -169,27 +176,12 @@ def _walks(passes: Sequence[Pass], camera: int, data_seed: int, seed: int, h: in
     """The passes of one camera as walkers (``track_id`` = the pass's index in the camera)."""
     cam = camera_of(data_seed, camera)
     mine = sorted((p for p in passes if p.camera == camera), key=lambda p: (p.t0, p.pid))
-    out = []
-    for i, p in enumerate(mine):
-        rng = _rng(seed, 33, camera, i)
-        ident = identity_of(data_seed, p.pid)
-        depth = rng.random()
-        out.append(
-            _Track(
-                track_id=i,
-                pid=p.pid,
-                ident=ident,
-                t0=p.t0,
-                t1=p.t1,
-                direction=1 if rng.random() < 0.5 else -1,
-                u=h * (0.6 + 0.16 * depth) * ident.height,
-                ground=h * (0.9 + 0.08 * depth),
-                view=VIEWS[int(rng.choice(3, p=cam.view_p))],
-                shear=cam.shear + rng.uniform(-0.03, 0.03),
-                phase=rng.uniform(0.0, math.pi),
-            )
+    return [
+        walker(
+            _rng(seed, 33, camera, i), i, p.pid, identity_of(data_seed, p.pid), (p.t0, p.t1), cam, h
         )
-    return out
+        for i, p in enumerate(mine)
+    ]
 
 
 def _paste_owner(owner: np.ndarray, alpha: np.ndarray, ox: int, oy: int, who: int) -> int:
