@@ -16,6 +16,7 @@ from ..data.io import list_image_files
 from ..errors import InvalidValueError, NotFoundError
 from ..inference import Extractor
 from ..store import GalleryStore, open_store
+from ..store.identity import search_identities
 from ..store.query import check_topk, parse_cameras, search_store, tracklet_id
 from ..store.query import records as hit_records
 from ..utils.logs import setup_logging
@@ -85,7 +86,7 @@ def _write(path: str, records: List[Dict[str, Any]], header: Dict[str, Any]) -> 
         with open(path, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(records[0]) if records else ["rank"])
             w.writeheader()
-            for r in records:
+            for r in records:  # lists (a box, a route) as JSON text
                 w.writerow({k: json.dumps(v) if isinstance(v, list) else v for k, v in r.items()})
     else:
         with open(path, "w") as f:
@@ -94,7 +95,19 @@ def _write(path: str, records: List[Dict[str, Any]], header: Dict[str, Any]) -> 
 
 def _print(records: List[Dict[str, Any]], by: str) -> None:
     for r in records:
-        if by == "tracklet":
+        if by == "identity":
+            who = "not linked" if r["identity"] is None else f"identity {r['identity']}"
+            cams = " -> ".join(str(c) for c in r["cameras"])
+            print(
+                f"{r['rank']:3d}  {r['distance']:.4f}  {who}: cameras {cams}, {r['start']} .. {r['end']}"
+            )
+            for step in r["route"]:
+                print(
+                    f"       camera {step['camera']:<4d} tracklet {step['tracklet']:<12s} "
+                    f"{step['start']} .. {step['end']}  {step['n_crops']:4d} crops  "
+                    f"distance {step['distance']:.4f}"
+                )
+        elif by == "tracklet":
             print(
                 f"{r['rank']:3d}  {r['distance']:.4f}  camera {r['camera']:<4d} tracklet "
                 f"{r['tracklet']:<12s} {r['start']} .. {r['end']}  {r['n_crops']:4d} crops  "
@@ -129,7 +142,10 @@ def search_store_command(
     tracklet = tracklet_id(tracklet) if tracklet else None
     with open_store(store_uri) as store:
         feature, what = query_feature(store, query, tracklet, checkpoint, device)
-        hits = search_store(store, feature, topk, by, cams, t_after, t_before, tracklet)
+        if by == "identity":  # people with their routes (the query's own person first)
+            hits: List[Any] = search_identities(store, feature, topk, cams, t_after, t_before)
+        else:
+            hits = search_store(store, feature, topk, by, cams, t_after, t_before, tracklet)
     records = hit_records(hits)
     header = {
         "store": store_uri,

@@ -27,10 +27,13 @@ from partreid.store.base import (
     CropBatch,
     GalleryStore,
     Hit,
+    IdentityLog,
+    IdentityNotFoundError,
     StoreError,
     StoreStats,
     TrackletHit,
     TrackletNotFoundError,
+    TrackletTable,
 )
 
 # URI scheme -> "module:function" opening it; "" is a plain folder path
@@ -45,10 +48,13 @@ __all__ = [
     "CropBatch",
     "GalleryStore",
     "Hit",
+    "IdentityLog",
+    "IdentityNotFoundError",
     "StoreError",
     "StoreStats",
     "TrackletHit",
     "TrackletNotFoundError",
+    "TrackletTable",
     "open_store",
 ]
 

@@ -122,6 +122,14 @@ PRIVATE_FILES = (
     "writer.lock",
     "audit.log",
 )
+# site identities (partreid.store.link): one row per linked tracklet, the merges, and
+# meta.next_identity; made on open in a store of an earlier layout
+_IDENTITY_SCHEMA = """
+CREATE TABLE IF NOT EXISTS identities(key TEXT PRIMARY KEY, identity INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS identities_identity ON identities(identity);
+CREATE TABLE IF NOT EXISTS identity_merges(
+    absorbed INTEGER PRIMARY KEY, into_id INTEGER NOT NULL, at REAL NOT NULL);
+"""
 
 
 def open_embedded(uri: str, create: bool, info: Optional[Dict[str, Any]]) -> EmbeddedStore:
@@ -181,6 +189,8 @@ class EmbeddedStore(base.GalleryStore):
         )
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
+        if not self._db.execute("SELECT 1 FROM sqlite_master WHERE name='identities'").fetchone():
+            self._db.executescript(_IDENTITY_SCHEMA)  # a store made before site identities
         self._rows = int(self._db.execute("SELECT value FROM meta WHERE key='rows'").fetchone()[0])
         self._max_span = float(
             self._db.execute("SELECT value FROM meta WHERE key='max_span'").fetchone()[0]
@@ -227,7 +237,7 @@ class EmbeddedStore(base.GalleryStore):
         create_private_file(os.path.join(self.path, "meta.sqlite"))  # SQLite's -wal/-shm copy it
         db = sqlite3.connect(os.path.join(self.path, "meta.sqlite"), isolation_level=None)
         db.execute("PRAGMA journal_mode=WAL")
-        db.executescript(_SCHEMA)
+        db.executescript(_SCHEMA + _IDENTITY_SCHEMA)
         db.close()
         tmp = meta_file + ".tmp"
         create_private_file(tmp)
@@ -741,6 +751,10 @@ class EmbeddedStore(base.GalleryStore):
                 "SELECT n, sum, camera, track_id FROM tracklets WHERE tid=?", (tid,)
             ).fetchone()
             if n - c_del <= 0:
+                db.execute(
+                    "DELETE FROM identities WHERE key IN (SELECT key FROM tracklets WHERE tid=?)",
+                    (tid,),
+                )
                 db.execute("DELETE FROM tracklets WHERE tid=?", (tid,))
                 changed[tid] = None
                 continue
@@ -784,6 +798,88 @@ class EmbeddedStore(base.GalleryStore):
         else:
             feat = normalize(np.frombuffer(r[6], np.float64))
         return feat, _tracklet_hit(r[:6], 0.0)
+
+    # -- site identities ------------------------------------------------------------------
+
+    def _tracklet_table(
+        self,
+        flt: base.SearchFilter,
+        identities: Optional[List[int]],
+        keys: Optional[List[str]],
+        features: bool,
+    ) -> base.TrackletTable:
+        """The filter in SQLite (as a tracklet search's), the identities joined; lists of
+        identities or ids in pieces of ``_CHUNK``."""
+        self._sync()
+        where, params = self._where("tracklet", flt.cameras, flt.after, flt.before)
+        sql = (
+            "SELECT t.key, camera, track_id, t0, t1, n, coalesce(identity, -1), tid"
+            " FROM tracklets t LEFT JOIN identities i ON i.key = t.key"
+        )
+        pieces: List[Tuple[str, list]] = [("", [])]
+        if identities is not None:
+            pieces = [
+                (f"identity IN ({','.join('?' * len(p))})", list(p))
+                for p in chunks(identities, _CHUNK)
+            ]
+        if keys is not None:
+            pieces = [
+                (f"t.key IN ({','.join('?' * len(p))})", list(p)) for p in chunks(keys, _CHUNK)
+            ]
+        rows: Dict[int, tuple] = {}
+        for cond, values in pieces:
+            conds = [c for c in (where, cond) if c]
+            text = sql + (f" WHERE {' AND '.join(conds)}" if conds else "")
+            rows.update((r[7], r) for r in self._db.execute(text, params + values))
+        found = list(rows.values())
+        if identities is not None and keys is not None:
+            found = [r for r in found if r[6] in set(identities)]
+        feats = None
+        if features:
+            tv, _ = self._tracklet_matrix()
+            feats = tv[np.array([r[7] for r in found], np.int64)] if found else tv[:0]
+        return base.TrackletTable.of_rows([r[:7] for r in found], feats)
+
+    def _set_identities(
+        self, assign: Dict[str, int], merges: List[Tuple[int, int, float]], next_id: int
+    ) -> int:
+        """One transaction: identities of tracklets the store holds, merges, next id."""
+        with self._transaction() as db:
+            held = set()
+            keys = list(assign)
+            for part in chunks(keys, _CHUNK):
+                q = f"SELECT key FROM tracklets WHERE key IN ({','.join('?' * len(part))})"
+                held.update(r[0] for r in db.execute(q, part))
+            db.executemany(
+                "INSERT OR REPLACE INTO identities(key, identity) VALUES (?, ?)",
+                ((k, v) for k, v in assign.items() if k in held),
+            )
+            db.executemany(
+                "INSERT OR REPLACE INTO identity_merges(absorbed, into_id, at) VALUES (?, ?, ?)",
+                merges,
+            )
+            db.execute(
+                "INSERT INTO meta VALUES('next_identity', ?) ON CONFLICT(key)"
+                " DO UPDATE SET value = max(value, excluded.value)",
+                (int(next_id),),
+            )
+        return len(held)
+
+    def _identity_log(self) -> base.IdentityLog:
+        self._sync()
+        db = self._db
+        top = db.execute("SELECT value FROM meta WHERE key='next_identity'").fetchone()
+        merges = db.execute("SELECT absorbed, into_id, at FROM identity_merges ORDER BY at, rowid")
+        return base.IdentityLog(
+            int(top[0]) if top else 1, [(int(a), int(b), float(t)) for a, b, t in merges]
+        )
+
+    def _forget_identity(self, identity: int) -> None:
+        with self._transaction() as db:
+            db.execute("DELETE FROM identities WHERE identity=?", (identity,))
+            db.execute(
+                "DELETE FROM identity_merges WHERE absorbed=? OR into_id=?", (identity, identity)
+            )
 
     def close(self) -> None:
         """Close the database and the vector file (the store stays as committed)."""

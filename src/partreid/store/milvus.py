@@ -429,6 +429,8 @@ class MilvusStore(base.GalleryStore):
         gone = [k for k in klist if k not in left]
         for part in chunks(gone, _IN_CHUNK):
             self._c.delete(self._tr, filter=f"key in {_in(part)}")
+            if self._identity_collections(False):  # an emptied tracklet has no identity
+                self._c.delete(self._ids, filter=f"key in {_in(part)}")
         ups = []
         for key, rs in left.items():
             v = np.asarray([r["vector"] for r in rs], np.float64)
@@ -463,6 +465,140 @@ class MilvusStore(base.GalleryStore):
         if r is None:
             return None
         return normalize(np.asarray(r["vector"], np.float32)), _tracklet_hit(r, 1.0)
+
+    # -- site identities ------------------------------------------------------------------
+
+    def _identity_collections(self, create: bool) -> bool:
+        """``{prefix}_identities`` (pk ``key``: a tracklet id, ``identity``) and
+        ``{prefix}_identity_log`` (pk ``absorbed``, ``into_id``, ``at``; the row ``absorbed ==
+        0`` holds the next new id in ``into_id``), each with a 2-d placeholder vector (Milvus
+        wants one): whether they exist, made first when ``create``."""
+        names = (self._ids, self._log)
+        if all(self._c.has_collection(n) for n in names):
+            return True
+        if not create:
+            return False
+        pm = require("pymilvus", "milvus")
+        dt = pm.DataType
+        for name, pk, fields in (
+            (self._ids, ("key", dt.VARCHAR, {"max_length": 64}), [("identity", dt.INT64)]),
+            (self._log, ("absorbed", dt.INT64, {}), [("into_id", dt.INT64), ("at", dt.DOUBLE)]),
+        ):
+            if self._c.has_collection(name):
+                continue
+            schema = self._c.create_schema(auto_id=False, enable_dynamic_field=False)
+            schema.add_field(pk[0], pk[1], is_primary=True, **pk[2])
+            for fname, ftype in fields:
+                schema.add_field(fname, ftype)
+            schema.add_field("vector", dt.FLOAT_VECTOR, dim=2)
+            ip = self._c.prepare_index_params()
+            ip.add_index("vector", index_type="FLAT", metric_type="L2")
+            self._c.create_collection(
+                name, schema=schema, index_params=ip, consistency_level="Strong"
+            )
+        for name in names:
+            self._c.load_collection(name)
+        return True
+
+    @property
+    def _ids(self) -> str:
+        return self._meta[: -len("meta")] + "identities"
+
+    @property
+    def _log(self) -> str:
+        return self._meta[: -len("meta")] + "identity_log"
+
+    def _identity_of(self, keys: List[str]) -> Dict[str, int]:
+        out: Dict[str, int] = {}
+        if not keys or not self._identity_collections(False):
+            return out
+        for part in chunks(keys, _IN_CHUNK):
+            rows = self._c.query(
+                self._ids, filter=f"key in {_in(part)}", output_fields=["identity"]
+            )
+            out.update((r["key"], int(r["identity"])) for r in rows)
+        return out
+
+    def _tracklet_table(
+        self,
+        flt: base.SearchFilter,
+        identities: Optional[List[int]],
+        keys: Optional[List[str]],
+        features: bool,
+    ) -> base.TrackletTable:
+        """The filter inside Milvus; with ``identities``, their tracklet ids first."""
+        expr = self._expr("tracklet", flt.cameras, flt.after, flt.before)
+        if identities is not None:
+            found_keys: set = set()
+            if self._identity_collections(False):
+                for part in chunks(identities, _IN_CHUNK):
+                    rows = self._iterate(self._ids, f"identity in {_in(part)}", ["key"])
+                    found_keys.update(r["key"] for r in rows)
+            keys = sorted(found_keys if keys is None else found_keys & set(keys))
+        fields = _TR_FIELDS + (["vector"] if features else [])
+        if keys is None:
+            found = list(self._iterate(self._tr, expr, fields))
+        else:
+            found = []
+            for part in chunks(keys, _IN_CHUNK):
+                cond = " and ".join(filter(None, [expr, f"key in {_in(part)}"]))
+                found += list(self._iterate(self._tr, cond, fields))
+        ident = self._identity_of([r["key"] for r in found])
+        rows = [
+            (
+                r["key"],
+                r["camera"],
+                r["track_id"],
+                r["start"],
+                r["end"],
+                r["n"],
+                ident.get(r["key"], -1),
+            )
+            for r in found
+        ]
+        feats = None
+        if features:
+            vecs = np.asarray([r["vector"] for r in found], np.float32).reshape(-1, self.dim)
+            feats = normalize(vecs)
+        return base.TrackletTable.of_rows(rows, feats)
+
+    def _set_identities(
+        self, assign: Dict[str, int], merges: List[Tuple[int, int, float]], next_id: int
+    ) -> int:
+        """Upserts (Milvus has no transactions: the identities, then the log)."""
+        self._identity_collections(True)
+        held = set(self._tracklets(list(assign), ["key"]))
+        ups = [
+            {"key": k, "identity": v, "vector": [0.0, 0.0]} for k, v in assign.items() if k in held
+        ]
+        for part in chunks(ups, _INSERT_ROWS):
+            self._c.upsert(self._ids, part)
+        top = max(next_id, self._identity_log().next_id)
+        log = [{"absorbed": a, "into_id": b, "at": t, "vector": [0.0, 0.0]} for a, b, t in merges]
+        log.append({"absorbed": 0, "into_id": top, "at": 0.0, "vector": [0.0, 0.0]})
+        self._c.upsert(self._log, log)
+        return len(ups)
+
+    def _identity_log(self) -> base.IdentityLog:
+        if not self._identity_collections(False):
+            return base.IdentityLog()
+        rows = list(self._iterate(self._log, "", ["absorbed", "into_id", "at"]))
+        top = [int(r["into_id"]) for r in rows if int(r["absorbed"]) == 0]
+        merges = sorted(
+            (float(r["at"]), int(r["absorbed"]), int(r["into_id"]))
+            for r in rows
+            if int(r["absorbed"]) != 0
+        )
+        return base.IdentityLog(top[0] if top else 1, [(a, b, t) for t, a, b in merges])
+
+    def _forget_identity(self, identity: int) -> None:
+        if not self._identity_collections(False):
+            return
+        self._c.delete(self._ids, filter=f"identity == {int(identity)}")
+        self._c.delete(
+            self._log,
+            filter=f"absorbed != 0 and (absorbed == {int(identity)} or into_id == {int(identity)})",
+        )
 
     def close(self) -> None:
         """Close the connection (Milvus keeps the data)."""

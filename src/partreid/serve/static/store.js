@@ -105,6 +105,10 @@ async function run() {
       const form = new FormData();
       form.append("image", q.file, q.name);
       res = await api("/api/store/search?" + filters(), { method: "POST", body: form });
+    } else if (q.kind === "route") { // a person's route (route.js)
+      const p = filters();
+      p.set("identity", q.identity);
+      res = await api("/api/store/search_route?" + p);
     } else {
       const p = filters();
       p.set("tracklet", q.id);
@@ -207,7 +211,8 @@ function draw() {
   if (!gs.length) grid.appendChild(el("div", "empty", "nothing in the store matches these filters"));
   const f = res.filters, sum = $("results-summary");
   sum.replaceChildren();
-  const what = state.query.kind === "upload" ? state.query.name : `tracklet ${state.query.id}`;
+  const q = state.query;
+  const what = q.kind === "upload" ? q.name : q.kind === "route" ? `the route of identity ${q.identity}` : `tracklet ${q.id}`;
   sum.append(`${gs.length} tracklet${gs.length === 1 ? "" : "s"} for `);
   sum.appendChild(el("b", null, what));
   const cams = f.cameras
