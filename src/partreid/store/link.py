@@ -55,7 +55,7 @@ from partreid.store.base import CameraFilter, GalleryStore, TrackletTable
 from partreid.utils.extras import load_faiss
 
 EXACT_MAX = 4096  # tracklets: exact kNN in numpy blocks (no faiss needed)
-FLAT_MAX = 20000  # tracklets: exact kNN with faiss IndexFlatIP; above, IndexIVFFlat
+FLAT_MAX = 10000  # tracklets: exact kNN with faiss IndexFlatIP; above, IndexIVFFlat
 K = 10  # neighbours per tracklet in the graph
 SAME_CAMERA_GAP = 10.0  # seconds: a track broken in one camera (occlusion) resumes within this
 CENTER_MIN = 30  # tracklets a camera needs before its mean is taken out (center_cameras)
@@ -668,7 +668,8 @@ def link_store(
     t0 = time.time()
     table = store.tracklets(cameras, after, before, features=True)
     known = sorted(set(table.identity[table.identity >= 0].tolist()))
-    if known:
+    scoped = cameras is not None or after is not None or before is not None
+    if known and scoped:  # the whole store needs no second look
         table = _union(table, store.tracklets(identities=known, features=True))
     assert table.features is not None
     t = Tracklets(table.keys, table.camera, table.start, table.end, table.features)
