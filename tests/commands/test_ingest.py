@@ -23,6 +23,7 @@ from partreid.commands.ingest import crop_ids, ingest_command, open_timed_source
 from partreid.config import load_config
 from partreid.data.io import list_image_files
 from partreid.data.names import market_labels
+from partreid.errors import InvalidValueError
 from partreid.inference import Extractor
 from partreid.models import build_model
 from partreid.store import open_store
@@ -312,3 +313,20 @@ def test_parse_helpers():
     assert parse_cameras(None) is None
     assert parse_time("2026-12-03T14:00:00Z") == parse_time("2026-12-03T15:00:00+01:00")
     assert parse_time("1700000000.5") == 1700000000.5
+
+
+def test_ingest_links_as_it_goes(ckpt, video, tmp_path):
+    """``--link``: after the input, the store's tracklets have identities; the two tracks of
+    one camera at the same time are two people; ingesting again changes nothing."""
+    path, boxes = video
+    store = str(tmp_path / "site")
+    _ingest(ckpt, path, store, boxes=boxes, camera=7, fps=2.0, link=True)
+    with open_store(store) as st:
+        first = dict(zip(st.tracklets().keys, st.tracklets().identity.tolist()))
+    assert sorted(first) == ["7:1", "7:2"] and sorted(first.values()) == [1, 2]
+    _ingest(ckpt, path, store, boxes=boxes, camera=7, fps=2.0, link=True)
+    with open_store(store) as st:
+        assert dict(zip(st.tracklets().keys, st.tracklets().identity.tolist())) == first
+        assert st.identity_log().next_id == 3
+    with pytest.raises(InvalidValueError, match="--link"):
+        _ingest(ckpt, path, store, boxes=boxes, camera=7, transitions=str(tmp_path / "t.csv"))

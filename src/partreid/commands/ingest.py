@@ -226,9 +226,9 @@ def ingest_command(
     """``partreid ingest CKPT INPUT --store STORE``: the whole command; with ``link``, the
     store's tracklets are linked into site identities afterwards (``partreid link``)."""
     setup_logging()
-    moves = read_transitions(transitions) if transitions else None
-    if moves is not None and not link:
+    if transitions and not link:
         raise InvalidValueError("--transitions is for linking: give --link with it")
+    moves = read_transitions(transitions) if transitions else None
     src, timing = open_timed_source(source, boxes, camera, start_time, fps)
     ext = Extractor(
         checkpoint, device=device, batch_size=batch_size, num_workers=num_workers, progress=progress

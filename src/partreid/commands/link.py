@@ -35,7 +35,7 @@ def link_command(
     before: Optional[str] = None,
     transitions: Optional[str] = None,
     threshold: Optional[float] = None,
-    k: int = K,
+    k: Optional[int] = None,
     as_json: bool = False,
     center: bool = True,
 ) -> LinkReport:
@@ -46,7 +46,7 @@ def link_command(
     t_after, t_before = _times(after, before)
     moves = read_transitions(transitions) if transitions else None
     with open_store(store_uri) as store:
-        report = link_store(store, cams, t_after, t_before, moves, threshold, k, center)
+        report = link_store(store, cams, t_after, t_before, moves, threshold, k or K, center)
     if as_json:
         print(json.dumps(report.to_dict(), indent=1))
         return report
