@@ -14,6 +14,22 @@ from partreid.store.link import Transitions, link_store, violations
 INFO = {"dim": 16, "model": {"name": "test"}}  # site_crops: 16-d (tests/conftest.py)
 
 
+@pytest.fixture(params=["embedded", pytest.param("milvus", marks=pytest.mark.slow)])
+def any_uri(request, tmp_path):
+    """Like ``store_uri``, with the Milvus Lite runs in the slow set (the default run keeps
+    Milvus for linking, forgetting and the two backends' agreement)."""
+    if request.param == "milvus":
+        pytest.importorskip("pymilvus")
+        pytest.importorskip("milvus_lite")
+
+    def uri(name: str = "site") -> str:
+        if request.param == "embedded":
+            return str(tmp_path / name)
+        return f"milvus://{tmp_path / (name + '.db')}"
+
+    return uri
+
+
 def identities(st) -> dict:
     table = st.tracklets()
     return dict(zip(table.keys, table.identity.tolist()))
@@ -47,10 +63,10 @@ def test_link_store_gives_each_person_one_identity(store_uri, site_crops):
         assert again.changed == 0 and again.merges == [] and identities(st) == got
 
 
-def test_new_footage_joins_the_identities_already_given(store_uri, site_crops):
+def test_new_footage_joins_the_identities_already_given(any_uri, site_crops):
     crops = site_crops(seed=1)
     early = crops.timestamp < np.median(crops.timestamp)
-    with open_store(store_uri(), create=True, info=INFO) as st:
+    with open_store(any_uri(), create=True, info=INFO) as st:
         st.add(crops.select(early))
         link_store(st, threshold=0.5)
         before = identities(st)
@@ -59,15 +75,15 @@ def test_new_footage_joins_the_identities_already_given(store_uri, site_crops):
         after = identities(st)
         assert all(after[k] == v for k, v in before.items())  # kept
         assert report.merges == []
-    with open_store(store_uri("once"), create=True, info=INFO) as st:
+    with open_store(any_uri("once"), create=True, info=INFO) as st:
         st.add(crops)
         link_store(st, threshold=0.5)
         assert identities(st) == after  # as one run over everything, ids included
 
 
-def test_merges_are_recorded_not_renumbered(store_uri, site_crops):
+def test_merges_are_recorded_not_renumbered(any_uri, site_crops):
     crops = site_crops(seed=2, people=3)
-    with open_store(store_uri(), create=True, info=INFO) as st:
+    with open_store(any_uri(), create=True, info=INFO) as st:
         st.add(crops)
         keys = st.tracklets().keys
         st.set_identities({k: 10 + i for i, k in enumerate(keys)}, next_id=40)  # all apart
@@ -87,9 +103,9 @@ def test_merges_are_recorded_not_renumbered(store_uri, site_crops):
         assert log.next_id == 40  # ids are never reused
 
 
-def test_scope_and_transitions(store_uri, site_crops):
+def test_scope_and_transitions(any_uri, site_crops):
     crops = site_crops(seed=3)
-    with open_store(store_uri(), create=True, info=INFO) as st:
+    with open_store(any_uri(), create=True, info=INFO) as st:
         st.add(crops)
         link_store(st, cameras=[1], threshold=0.5)
         got = identities(st)
@@ -131,9 +147,9 @@ def test_forget_a_person_leaves_nothing(store_uri, site_crops):
         assert all(identities(st)[k] == v for k, v in got.items() if v != victim)
 
 
-def test_a_deleted_tracklet_loses_its_identity(store_uri, site_crops):
+def test_a_deleted_tracklet_loses_its_identity(any_uri, site_crops):
     crops = site_crops(seed=5)
-    with open_store(store_uri(), create=True, info=INFO) as st:
+    with open_store(any_uri(), create=True, info=INFO) as st:
         st.add(crops)
         link_store(st, threshold=0.5)
         key = st.tracklets().keys[0]
@@ -160,11 +176,11 @@ def test_both_backends_give_the_same_identities(tmp_path, site_crops):
     assert out[0] == out[1]
 
 
-def test_search_by_identity_answers_people_with_routes(store_uri, site_crops):
+def test_search_by_identity_answers_people_with_routes(any_uri, site_crops):
     from partreid.store.identity import identity_counts, route_of, search_identities
 
     crops = site_crops(seed=7, people=6)
-    with open_store(store_uri(), create=True, info=INFO) as st:
+    with open_store(any_uri(), create=True, info=INFO) as st:
         st.add(crops)
         link_store(st, threshold=0.5)
         truth = persons(st)
@@ -199,11 +215,11 @@ def test_search_by_identity_answers_people_with_routes(store_uri, site_crops):
         assert early["identities"] == 1
 
 
-def test_an_unlinked_tracklet_is_a_route_of_its_own(store_uri, site_crops):
+def test_an_unlinked_tracklet_is_a_route_of_its_own(any_uri, site_crops):
     from partreid.store.identity import search_identities
 
     crops = site_crops(seed=8, people=3)
-    with open_store(store_uri(), create=True, info=INFO) as st:
+    with open_store(any_uri(), create=True, info=INFO) as st:
         st.add(crops)
         table = st.tracklets(features=True)
         hits = search_identities(st, table.features[0], topk=2)
