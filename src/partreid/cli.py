@@ -1,7 +1,8 @@
 """``partreid`` command line: parses the arguments and calls the function doing the work.
 
 Commands: ``train``, ``eval``, ``compare``, ``demo``, ``visualize``, ``inspect``, ``extract``,
-``export``, ``serve``, ``index``, ``search``, ``ingest``, ``store stats|delete`` and ``list``.
+``export``, ``serve``, ``index``, ``search``, ``ingest``, ``link``, ``store
+stats|delete|tracklets`` and ``list``.
 
 Nothing but the standard library is imported here: each command imports what it needs when it
 runs, so ``partreid --help``, ``partreid list`` and ``partreid store stats`` answer without
@@ -117,6 +118,8 @@ RUNS: Dict[str, Run] = {
         "partreid.commands.store:stats_command", {"store_uri": "store", "as_json": "json"}
     ),
     "store delete": Run("partreid.commands.store:delete_command", {"store_uri": "store"}),
+    "store tracklets": Run("partreid.commands.link:tracklets_command", {"store_uri": "store"}),
+    "link": Run("partreid.commands.link:link_command", {"store_uri": "store", "as_json": "json"}),
 }
 
 
@@ -466,7 +469,10 @@ def _add_store_filters(se: argparse.ArgumentParser) -> None:
     st = se.add_argument_group("gallery store (--store)")
     st.add_argument("--store", help="search a store: a folder or milvus://... (then: QUERY only)")
     st.add_argument(
-        "--by", choices=["tracklet", "crop"], default="tracklet", help="rank tracklets or crops"
+        "--by",
+        choices=["tracklet", "crop", "identity"],
+        default="tracklet",
+        help="rank tracklets, crops, or people (site identities, each with its route)",
     )
     st.add_argument("--cameras", help="only these cameras: 3,4,7 or 3-7")
     st.add_argument("--after", help="only from this time on (ISO 8601, UTC unless +HH:MM)")
@@ -487,20 +493,55 @@ def _add_ingest(sub: argparse._SubParsersAction) -> None:
     ig.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     ig.add_argument("--num-workers", type=int, default=2, help="loader worker processes")
     ig.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ig.add_argument("--link", action="store_true", help="then link the store (`partreid link`)")
+    ig.add_argument("--transitions", help="with --link: the site's moves (see `partreid link`)")
     ig.set_defaults(func=RUNS["ingest"])
 
 
+def _add_link(sub: argparse._SubParsersAction) -> None:
+    lk = sub.add_parser("link", help="site identities: which tracklets are one person, kept")
+    lk.add_argument("store", help="a folder, or milvus://...")
+    lk.add_argument("--cameras", help="link only tracklets of these cameras: 3,4,7 or 3-7")
+    lk.add_argument("--after", help="link only tracklets from this time on (ISO 8601)")
+    lk.add_argument("--before", help="link only tracklets before this time (ISO 8601)")
+    lk.add_argument(
+        "--transitions",
+        help="CSV from_camera,to_camera,min_s,max_s: the moves a person can make (no other)",
+    )
+    lk.add_argument(
+        "--threshold",
+        type=float,
+        help="largest distance 2 - 2 cos of one person (default: from the store's distances)",
+    )
+    lk.add_argument("--k", type=int, help="neighbours and next steps per tracklet (default: 10)")
+    lk.add_argument("--no-center", action="store_true", help="keep each camera's mean feature")
+    lk.add_argument("--json", action="store_true", help="print the report as JSON")
+    lk.set_defaults(func=RUNS["link"])
+
+
 def _add_store(sub: argparse._SubParsersAction) -> None:
-    sp = sub.add_parser("store", help="what a store holds (stats), forgetting (delete)")
-    ops = sp.add_subparsers(dest="store_command", required=True, metavar="{stats,delete}")
-    stats = ops.add_parser("stats", help="counts per camera, time span, dimension, model")
+    sp = sub.add_parser("store", help="what a store holds (stats, tracklets), forgetting (delete)")
+    ops = sp.add_subparsers(dest="store_command", required=True, metavar="{stats,delete,tracklets}")
+    stats = ops.add_parser("stats", help="counts per camera, time span, dimension, model, people")
     stats.add_argument("store", help="a folder, or milvus://...")
     stats.add_argument("--json", action="store_true", help="print JSON")
+    stats.add_argument("--cameras", help="count people on these cameras: 3,4,7 or 3-7")
+    stats.add_argument("--after", help="count people seen from this time on (ISO 8601)")
+    stats.add_argument("--before", help="count people seen before this time (ISO 8601)")
+    tr = ops.add_parser("tracklets", help="tracklets with their site identities, to CSV or JSON")
+    tr.add_argument("store", help="a folder, or milvus://...")
+    tr.add_argument("--out", required=True, help="FILE.csv or FILE.json")
+    tr.add_argument("--identity", type=int, help="only this person's (site identity)")
+    tr.add_argument("--cameras", help="only these cameras: 3,4,7 or 3-7")
+    tr.add_argument("--after", help="only tracklets from this time on (ISO 8601)")
+    tr.add_argument("--before", help="only tracklets before this time (ISO 8601)")
+    tr.set_defaults(func=RUNS["store tracklets"])
     de = ops.add_parser("delete", help="delete crops (conditions combine with AND)")
     de.add_argument("store", help="a folder, or milvus://...")
     de.add_argument("--before", help="crops seen before this time (ISO 8601)")
     de.add_argument("--camera", type=int, help="crops of this camera")
     de.add_argument("--track", help="one tracklet: CAMERA:TRACK (or TRACK with --camera)")
+    de.add_argument("--identity", help="one person everywhere: a site identity (alone)")
     stats.set_defaults(func=RUNS["store stats"])
     de.set_defaults(func=RUNS["store delete"])
 
@@ -524,6 +565,7 @@ COMMANDS = (
     _add_index,
     _add_search,
     _add_ingest,
+    _add_link,
     _add_store,
     _add_list,
 )

@@ -90,3 +90,20 @@ def test_search_by_identity(store, tmp_path, capsys):
         [s["camera"] for s in recs[0]["route"]],
         [int(c) for c, i in zip(table.camera, table.identity) if i == recs[0]["identity"]],
     )
+
+
+def test_through_the_command_line(store, tmp_path, capsys):
+    from partreid.cli import main
+
+    uri, _ = store
+    assert main(["link", uri, "--threshold", "0.5", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["identities"] == 5
+    out = tmp_path / "t.json"
+    assert main(["store", "tracklets", uri, "--identity", "1", "--out", str(out)]) == 0
+    assert {r["identity"] for r in json.loads(out.read_text())["tracklets"]} == {1}
+    assert main(["store", "stats", uri, "--cameras", "1"]) == 0
+    assert "people    " in capsys.readouterr().out
+    assert main(["link", uri, "--transitions", str(tmp_path / "none.csv")]) == 2
+    assert "transitions file not found" in capsys.readouterr().err
+    assert main(["store", "delete", uri, "--identity", "x"]) == 2
+    assert "--identity 'x': expected an identity id" in capsys.readouterr().err
