@@ -381,15 +381,23 @@ def _write_camera(
 
 
 def write_transitions(
-    path: str, walkways: Dict[Tuple[int, int], Tuple[float, float]], fps: float, walk_max: float
+    path: str,
+    walkways: Dict[Tuple[int, int], Tuple[float, float]],
+    fps: float,
+    size: Tuple[int, int],
 ) -> List[Dict[str, float]]:
     """Write ``from_camera,to_camera,min_s,max_s`` for both ways of each walkway; return rows.
 
-    A track's gap to the next view's track is the walking time plus the time spent entering
-    and leaving the views while less than ``min_visible`` shows (at most half a walk across
-    each, with ``walk_max`` the longest walk) and a frame either side; ``SLACK`` on top.
+    A track's gap to the next view's track is the walking time between the views plus the
+    time spent leaving the one and entering the other while the person is not yet fully in
+    the frame: a walker crosses ``width + 0.8 u`` pixels from fully out to fully out (``u``
+    the person's height, at most 0.76 of the frame's: :func:`walker`), of which ``0.8 u`` are
+    at its ends; so at most that share of the longest walk, a frame either side, and ``SLACK``
+    seconds on both sides of the window.
     """
-    extra = walk_max + 2.0 / fps
+    width, height = size
+    edge = 0.8 * 0.76 * height
+    extra = WALK_SECONDS[1] * edge / (width + edge) + 2.0 / fps
     rows = []
     for (a, b), (lo, hi) in sorted(walkways.items()):
         for x, y in ((a, b), (b, a)):
@@ -444,7 +452,7 @@ def generate_site(
         infos.append(info)
         entries.append(entry)
     transitions = os.path.join(out_dir, TRANSITIONS)
-    rows = write_transitions(transitions, walkways, fps, WALK_SECONDS[1])
+    rows = write_transitions(transitions, walkways, fps, (width, height))
     people_routes: Dict[str, List[Dict[str, float]]] = {}
     for p in passes:
         people_routes.setdefault(str(p.pid), []).append(
