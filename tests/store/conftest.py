@@ -50,17 +50,29 @@ def gallery() -> CropBatch:
     return make_gallery()
 
 
-@pytest.fixture(params=["embedded", "milvus"])
-def store_uri(request, tmp_path):
-    """``store_uri(name)``: a fresh URI of the parametrised backend under tmp_path."""
-    if request.param == "milvus":
+def _uri_maker(backend: str, tmp_path):
+    """``uri(name)``: a fresh URI of ``backend`` under tmp_path (skips without Milvus Lite)."""
+    if backend == "milvus":
         pytest.importorskip("pymilvus")
         pytest.importorskip("milvus_lite")
 
     def uri(name: str = "site") -> str:
-        if request.param == "embedded":
+        if backend == "embedded":
             return str(tmp_path / name)
         return f"milvus://{tmp_path / (name + '.db')}"
 
-    uri.backend = request.param
+    uri.backend = backend
     return uri
+
+
+@pytest.fixture(params=["embedded", "milvus"])
+def store_uri(request, tmp_path):
+    """``store_uri(name)``: a fresh URI of the parametrised backend under tmp_path."""
+    return _uri_maker(request.param, tmp_path)
+
+
+@pytest.fixture(params=["embedded", pytest.param("milvus", marks=pytest.mark.slow)])
+def any_uri(request, tmp_path):
+    """Like ``store_uri``, with the Milvus Lite run in the slow set (for tests whose Milvus side
+    another default test already covers)."""
+    return _uri_maker(request.param, tmp_path)

@@ -14,22 +14,6 @@ from partreid.store.link import Transitions, link_store, violations
 INFO = {"dim": 16, "model": {"name": "test"}}  # site_crops: 16-d (tests/conftest.py)
 
 
-@pytest.fixture(params=["embedded", pytest.param("milvus", marks=pytest.mark.slow)])
-def any_uri(request, tmp_path):
-    """Like ``store_uri``, with the Milvus Lite runs in the slow set (the default run keeps
-    Milvus for linking, forgetting and the two backends' agreement)."""
-    if request.param == "milvus":
-        pytest.importorskip("pymilvus")
-        pytest.importorskip("milvus_lite")
-
-    def uri(name: str = "site") -> str:
-        if request.param == "embedded":
-            return str(tmp_path / name)
-        return f"milvus://{tmp_path / (name + '.db')}"
-
-    return uri
-
-
 def identities(st) -> dict:
     table = st.tracklets()
     return dict(zip(table.keys, table.identity.tolist()))
