@@ -50,17 +50,30 @@ def gallery() -> CropBatch:
     return make_gallery()
 
 
-@pytest.fixture(params=["embedded", "milvus"])
+BACKENDS = ["embedded", "milvus", "milvus-server"]
+
+
+@pytest.fixture(params=BACKENDS)
 def store_uri(request, tmp_path):
-    """``store_uri(name)``: a fresh URI of the parametrised backend under tmp_path."""
-    if request.param == "milvus":
+    """``store_uri(name)``: a fresh URI of the parametrised backend: a folder or a Milvus Lite
+    file under tmp_path, or collections of this test's own on the session's Milvus server."""
+    if request.param != "embedded":
         pytest.importorskip("pymilvus")
+    if request.param == "milvus":
         pytest.importorskip("milvus_lite")
+    names = {}
+    if request.param == "milvus-server":
+        collection = request.getfixturevalue("milvus_collections")
+        base = request.getfixturevalue("milvus_server_uri")
 
     def uri(name: str = "site") -> str:
         if request.param == "embedded":
             return str(tmp_path / name)
-        return f"milvus://{tmp_path / (name + '.db')}"
+        if request.param == "milvus":
+            return f"milvus://{tmp_path / (name + '.db')}"
+        if name not in names:
+            names[name] = collection(name)
+        return f"{base}/{names[name]}"
 
     uri.backend = request.param
     return uri
