@@ -81,6 +81,7 @@ _CROP_FIELDS = [
     "pid",
 ]
 _TR_FIELDS = ["key", "camera", "track_id", "n", "start", "end", "norm"]
+Span = Tuple[float, float, int]  # a camera's first and last timestamp, its crop count
 # scalar indexes of a server store's filter fields (Milvus 2.3: STL_SORT numbers, Trie text)
 _SCALAR = {
     "crops": {"camera": "STL_SORT", "timestamp": "STL_SORT", "tracklet": "Trie"},
@@ -169,7 +170,8 @@ class MilvusStore(base.GalleryStore):
         self._pm = pm
         self._c = connect(pm, t)
         self._lock = threading.RLock()
-        self._seen = _now_ts()  # reads see every write made before this handle opened
+        self._opened = self._seen = _now_ts()  # reads see every write made before opening
+        self._journals: set = set()  # this handle's journal rows (see _pending)
         self._dirty = True  # Lite: rows of an earlier session may be unflushed
         self._crops, self._tr, self._cams, self._meta = (
             f"{t.prefix}_{s}" for s in ("crops", "tracklets", "cameras", "meta")
@@ -219,19 +221,23 @@ class MilvusStore(base.GalleryStore):
 
     # -- calls ----------------------------------------------------------------------------
 
-    def _kw(self) -> Dict[str, Any]:
-        """A read's consistency: a server sees up to ``_seen`` (see the module docstring)."""
+    def _kw(self, own: bool = True) -> Dict[str, Any]:
+        """A read's consistency: a server sees what was written before this handle opened
+        and, with ``own``, this handle's writes (see the module docstring)."""
         if not self._server:
             return {}
-        return {"consistency_level": "Customized", "guarantee_timestamp": self._seen}
+        ts = self._seen if own else self._opened
+        return {"consistency_level": "Customized", "guarantee_timestamp": ts}
 
     def _wrote(self) -> None:
         """After a write: later reads of this handle see it."""
         self._seen = max(self._seen, _now_ts())
         self._dirty = True
 
-    def _query(self, coll: str, expr: str, fields: List[str], **kw: Any) -> List[dict]:
-        return self._c.query(coll, filter=expr, output_fields=fields, **self._kw(), **kw)
+    def _query(
+        self, coll: str, expr: str, fields: List[str], own: bool = True, **kw: Any
+    ) -> List[dict]:
+        return self._c.query(coll, filter=expr, output_fields=fields, **self._kw(own), **kw)
 
     def _count(self, coll: str, expr: str = "") -> int:
         return int(self._query(coll, expr, ["count(*)"])[0]["count(*)"])
@@ -379,16 +385,16 @@ class MilvusStore(base.GalleryStore):
         """The cameras collection (and, for a store made before it, its rows from the crops)."""
         dt = self._pm.DataType
         fields = [("camera", dt.INT64, {"is_primary": True})]
-        fields += [(f, dt.DOUBLE, {}) for f in ("first", "last")]
+        fields += [(f, dt.DOUBLE, {}) for f in ("first", "last")] + [("crops", dt.INT64, {})]
         self._make(self._cams, fields, 2, self._index_params(self._cams, None, "L2"))
         if not self._c.has_collection(self._crops) or not self._c.has_collection(self._meta):
             return  # a new store: no crops yet
         self._load([self._crops, self._cams])
-        spans: Dict[int, List[float]] = {}
+        spans: Dict[int, Span] = {}
         for r in self._iterate(self._crops, "", ["camera", "timestamp"]):
             c, t = int(r["camera"]), float(r["timestamp"])
-            s = spans.setdefault(c, [t, t])
-            s[0], s[1] = min(s[0], t), max(s[1], t)
+            a, b, n = spans.get(c, (t, t, 0))
+            spans[c] = (min(a, t), max(b, t), n + 1)
         self._put_spans(spans)
 
     # -- add ------------------------------------------------------------------------------
@@ -431,8 +437,9 @@ class MilvusStore(base.GalleryStore):
             }
             for i in range(len(batch))
         ]
-        self._widen_spans(batch.camera, batch.timestamp)
-        journal = self._journal("add", np.unique(batch.camera).tolist(), new.keys)
+        # every read first: a server answers the first read after a write when it has caught
+        # up with that write (up to a time tick); reads with no write between them wait once
+        spans = self._grown_spans(batch.camera, batch.timestamp)
         old = self._tracklets(
             [k for k in new.keys if not k.startswith("crop:")], _TR_FIELDS + ["vector"]
         )
@@ -449,6 +456,8 @@ class MilvusStore(base.GalleryStore):
             ups.append(
                 self._tracklet_row(key, batch.camera[first], batch.track_id[first], s, m, a, b)
             )
+        journal = self._journal("add", sorted(spans), new.keys)  # before any other write
+        self._put_spans(spans)
         for part in chunks(rows, _INSERT_ROWS):
             self._c.insert(self._crops, part)
         self._wrote()
@@ -494,6 +503,7 @@ class MilvusStore(base.GalleryStore):
                 size += len(key) + 4
         self._c.insert(self._meta, rows)
         self._wrote()
+        self._journals.update(r["key"] for r in rows)
         return [r["key"] for r in rows]
 
     def _done(self, journal: List[int]) -> None:
@@ -501,7 +511,11 @@ class MilvusStore(base.GalleryStore):
         self._wrote()
 
     def _pending(self) -> List[Tuple[int, dict]]:
-        rows = self._query(self._meta, "key < 0", ["key", "info"])
+        """The journal's rows of other handles (a killed writer's were written before this
+        handle opened, or, had it still been writing then, before its camera's next writer
+        opens: read without waiting for this handle's writes, its own rows left out)."""
+        rows = self._query(self._meta, "key < 0", ["key", "info"], own=False)
+        rows = [r for r in rows if int(r["key"]) not in self._journals]
         return [(int(r["key"]), json.loads(r["info"])) for r in rows]
 
     def _repair(self, cameras: Optional[Sequence[int]]) -> int:
@@ -518,14 +532,15 @@ class MilvusStore(base.GalleryStore):
         if not rows:
             return 0
         keys = sorted({k for _, rec in rows for k in rec["keys"]})
-        self._recompute(keys)
-        for cam in sorted({c for _, rec in rows for c in rec["cameras"]}):
-            self._fix_span(cam)
+        tracklets, gone = self._rebuilt(keys)  # every read first (see _insert)
+        spans = self._new_spans(sorted({c for _, rec in rows for c in rec["cameras"]}))
+        self._write_tracklets(tracklets, gone)
+        self._write_spans(spans)
         self._done([pk for pk, _ in rows])
         return len(keys)
 
-    def _recompute(self, keys: List[str]) -> None:
-        """These tracklets anew from their crops (deleted where none is left)."""
+    def _rebuilt(self, keys: List[str]) -> Tuple[List[dict], List[str]]:
+        """These tracklets' rows anew from their crops, and the keys with no crop left."""
         left: Dict[str, List[dict]] = {}
         for part in chunks(keys, 256):
             for r in self._iterate(
@@ -534,82 +549,104 @@ class MilvusStore(base.GalleryStore):
                 ["tracklet", "camera", "track_id", "timestamp", "vector"],
             ):
                 left.setdefault(r["tracklet"], []).append(r)
-        gone = [k for k in keys if k not in left]
-        for part in chunks(gone, _IN_CHUNK):
-            self._c.delete(self._tr, filter=f"key in {_in(part)}")
-        ups = []
+        rows = []
         for key, rs in left.items():
             v = normalize(np.asarray([r["vector"] for r in rs], np.float32)).astype(np.float64)
             t = [float(r["timestamp"]) for r in rs]
-            row = self._tracklet_row(
-                key, rs[0]["camera"], rs[0]["track_id"], v.sum(0), len(rs), min(t), max(t)
+            rows.append(
+                self._tracklet_row(
+                    key, rs[0]["camera"], rs[0]["track_id"], v.sum(0), len(rs), min(t), max(t)
+                )
             )
-            ups.append(row)
-        self._update_tracklets(ups)
+        return rows, [k for k in keys if k not in left]
+
+    def _write_tracklets(self, rows: List[dict], gone: List[str]) -> None:
+        for part in chunks(gone, _IN_CHUNK):
+            self._c.delete(self._tr, filter=f"key in {_in(part)}")
+        self._update_tracklets(rows)
 
     # -- cameras: their time spans (stats count their crops) ------------------------------
 
-    def _spans(self, cameras: Optional[Sequence[int]] = None) -> Dict[int, Tuple[float, float]]:
-        fields = ["camera", "first", "last"]
+    def _spans(self, cameras: Optional[Sequence[int]] = None) -> Dict[int, Span]:
+        """The cameras' rows (every camera's with None)."""
+        fields = ["camera", "first", "last", "crops"]
         if cameras is None:
             rows: Iterable[dict] = self._iterate(self._cams, "", fields)
         else:
             rows = self._query(self._cams, f"camera in {_in([int(c) for c in cameras])}", fields)
-        return {int(r["camera"]): (float(r["first"]), float(r["last"])) for r in rows}
+        return {
+            int(r["camera"]): (float(r["first"]), float(r["last"]), int(r["crops"])) for r in rows
+        }
 
-    def _put_spans(self, spans: Dict[int, Sequence[float]]) -> None:
+    def _put_spans(self, spans: Dict[int, Span]) -> None:
         rows = [
-            {"camera": int(c), "first": float(a), "last": float(b), "vector": [0.0, 0.0]}
-            for c, (a, b) in spans.items()
+            {"camera": int(c), "first": a, "last": b, "crops": int(n), "vector": [0.0, 0.0]}
+            for c, (a, b, n) in spans.items()
         ]
         for part in chunks(rows, _INSERT_ROWS):
             self._c.upsert(self._cams, part)
         self._wrote()
 
-    def _widen_spans(self, camera: np.ndarray, timestamp: np.ndarray) -> None:
-        """The cameras' spans cover a batch about to be added."""
-        cams, inv = np.unique(camera, return_inverse=True)
+    def _grown_spans(self, camera: np.ndarray, timestamp: np.ndarray) -> Dict[int, Span]:
+        """The rows of a batch's cameras once it is added: spans widened, counts grown."""
+        cams, inv, counts = np.unique(camera, return_inverse=True, return_counts=True)
         lo = np.full(len(cams), np.inf)
         hi = np.full(len(cams), -np.inf)
         np.minimum.at(lo, inv.reshape(-1), timestamp)
         np.maximum.at(hi, inv.reshape(-1), timestamp)
         old = self._spans(cams.tolist())
         new = {}
-        for c, a, b in zip(cams.tolist(), lo.tolist(), hi.tolist()):
+        for c, a, b, m in zip(cams.tolist(), lo.tolist(), hi.tolist(), counts.tolist()):
             o = old.get(c)
-            if o is None or a < o[0] or b > o[1]:
-                new[c] = (a, b) if o is None else (min(a, o[0]), max(b, o[1]))
-        if new:
-            self._put_spans(new)
+            new[c] = (a, b, m) if o is None else (min(a, o[0]), max(b, o[1]), o[2] + m)
+        return new
 
-    def _edge(self, camera: int, low: bool) -> Optional[float]:
-        """The lowest (or highest) timestamp of a camera's crops (None: it has none).
+    def _edge(self, camera: int, low: bool, start: float) -> float:
+        """The lowest (or highest) timestamp of a camera's crops, which lie beyond ``start``
+        (its old first or last): windows growing from ``start`` until one holds crops, then
+        steps beyond the best so far (16,384 crops each) until none is left. Timestamps only,
+        a handful of queries at any size."""
+        cam = f"camera == {int(camera)}"
+        rows: List[dict] = []
+        w = 3600.0
+        while not rows and w < 1e12:
+            a, b = (start, start + w) if low else (start - w, start)
+            rows = self._query(
+                self._crops, f"{cam} and timestamp >= {a!r} and timestamp <= {b!r}",
+                ["timestamp"], limit=MAX_LIMIT,
+            )  # fmt: skip
+            w *= 16
+        if not rows:  # beyond any window: all of them
+            rows = self._query(self._crops, cam, ["timestamp"], limit=MAX_LIMIT)
+        pick = min if low else max
+        best = pick(float(r["timestamp"]) for r in rows)
+        while len(rows) == MAX_LIMIT:
+            op = "<" if low else ">"
+            rows = self._query(
+                self._crops, f"{cam} and timestamp {op} {best!r}", ["timestamp"], limit=MAX_LIMIT
+            )
+            best = pick([best] + [float(r["timestamp"]) for r in rows])
+        return best
 
-        Each step asks for up to 16,384 crops beyond the best so far and keeps their extreme:
-        a handful of steps at any size, reading timestamps only."""
-        best: Optional[float] = None
-        op = "<" if low else ">"
-        while True:
-            expr = f"camera == {int(camera)}"
-            if best is not None:
-                expr += f" and timestamp {op} {best!r}"
-            rows = self._query(self._crops, expr, ["timestamp"], limit=MAX_LIMIT)
-            if not rows:
-                return best
-            ts = [float(r["timestamp"]) for r in rows]
-            best = min(ts) if low else max(ts)
-            if len(rows) < MAX_LIMIT:
-                return best
+    def _new_spans(
+        self, cameras: List[int], known: Optional[Dict[int, Span]] = None
+    ) -> Dict[int, Optional[Span]]:
+        """These cameras' rows found anew from their crops (None: no crop left)."""
+        known = self._spans(cameras) if known is None else known
+        out: Dict[int, Optional[Span]] = {}
+        for cam in cameras:
+            n = self._count(self._crops, f"camera == {int(cam)}")
+            a, b, _ = known.get(cam, (-1e18, 1e18, 0))
+            out[cam] = (self._edge(cam, True, a), self._edge(cam, False, b), n) if n else None
+        return out
 
-    def _fix_span(self, camera: int) -> None:
-        """A camera's span anew from its crops (its row deleted when it has none left)."""
-        first = self._edge(camera, True)
-        if first is None:
-            self._c.delete(self._cams, filter=f"camera in [{int(camera)}]")
+    def _write_spans(self, spans: Dict[int, Optional[Span]]) -> None:
+        """Upsert the cameras' rows; delete those of cameras with no crop."""
+        gone = [c for c, v in spans.items() if v is None]
+        if gone:
+            self._c.delete(self._cams, filter=f"camera in {_in(gone)}")
             self._wrote()
-            return
-        last = self._edge(camera, False)
-        self._put_spans({camera: (first, last if last is not None else first)})
+        self._put_spans({c: v for c, v in spans.items() if v is not None})
 
     # -- search ---------------------------------------------------------------------------
 
@@ -765,7 +802,7 @@ class MilvusStore(base.GalleryStore):
         cond = " and ".join(conds)
         victims: List[int] = []
         per_key: Dict[str, int] = {}
-        spans: Dict[int, List[float]] = {}
+        spans: Dict[int, Span] = {}
         parts = [None] if id_list is None else list(chunks(id_list, _IN_CHUNK))
         for part in parts:
             expr = (
@@ -775,8 +812,8 @@ class MilvusStore(base.GalleryStore):
                 victims.append(int(r["id"]))
                 per_key[r["tracklet"]] = per_key.get(r["tracklet"], 0) + 1
                 c, t = int(r["camera"]), float(r["timestamp"])
-                s = spans.setdefault(c, [t, t])
-                s[0], s[1] = min(s[0], t), max(s[1], t)
+                a, b, n = spans.get(c, (t, t, 0))
+                spans[c] = (min(a, t), max(b, t), n + 1)
         if not victims:
             return 0
         keys = sorted(per_key)
@@ -788,34 +825,41 @@ class MilvusStore(base.GalleryStore):
         self._done(journal)
         return len(victims)
 
-    def _after_delete(self, per_key: Dict[str, int], spans: Dict[int, List[float]]) -> None:
-        """The tracklets and camera spans after their crops were deleted: a tracklet that lost
-        all its counted crops (and has none left) is deleted, the others recomputed; a camera
-        whose first or last crop went has its span found anew."""
+    def _after_delete(self, per_key: Dict[str, int], spans: Dict[int, Span]) -> None:
+        """The tracklets and cameras after their crops (``spans``: each camera's deleted
+        ones) were deleted, every read first: a tracklet that lost all its counted crops (and
+        has none left) is deleted, the others rebuilt from their crops; a camera's count goes
+        down, and its span is found anew where its first or last crop went."""
         stored = self._tracklets(sorted(per_key), ["key", "n"])
         whole = [k for k, m in per_key.items() if k in stored and int(stored[k]["n"]) == m]
-        if whole and any(
-            self._count(self._crops, f"tracklet in {_in(p)}") for p in chunks(whole, _IN_CHUNK)
-        ):
-            whole = []  # counts were off: recompute them all
-        for part in chunks(whole, _IN_CHUNK):
-            self._c.delete(self._tr, filter=f"key in {_in(part)}")
-        self._recompute(sorted(set(per_key) - set(whole)))
+        if any(self._count(self._crops, f"tracklet in {_in(p)}") for p in chunks(whole, _IN_CHUNK)):
+            whole = []  # counts were off: rebuild them all
+        rows, gone = self._rebuilt(sorted(set(per_key) - set(whole)))
         known = self._spans(sorted(spans))
-        for cam, (a, b) in spans.items():
-            old = known.get(cam)
-            if old is None or a <= old[0] or b >= old[1]:
-                self._fix_span(cam)
+        moved = [
+            c for c, (a, b, n) in spans.items()
+            if c not in known or a <= known[c][0] or b >= known[c][1] or n >= known[c][2]
+        ]  # fmt: skip
+        new: Dict[int, Optional[Span]] = self._new_spans(moved, known)
+        for c in set(spans) - set(moved):
+            a, b, n = known[c]
+            new[c] = (a, b, n - spans[c][2])
+        self._write_tracklets(rows, gone + whole)
+        self._write_spans(new)
 
     # -- the rest -------------------------------------------------------------------------
 
     def _stats(self) -> base.StoreStats:
-        """Counts per camera with ``count(*)`` (4 at a time), the spans from the cameras'
-        rows: no crop is read."""
+        """From the cameras' rows, no crop read: a server counts each camera's crops with
+        ``count(*)`` (4 at a time; exact while other processes write), Milvus Lite (one
+        process) keeps the counts in the rows."""
         spans = self._spans()
         cams = sorted(spans)
-        with ThreadPoolExecutor(4) as pool:
-            counts = list(pool.map(lambda c: self._count(self._crops, f"camera == {c}"), cams))
+        if self._server:
+            with ThreadPoolExecutor(4) as pool:
+                counts = list(pool.map(lambda c: self._count(self._crops, f"camera == {c}"), cams))
+        else:
+            counts = [spans[c][2] for c in cams]
         per = {c: n for c, n in zip(cams, counts) if n > 0}
         first = min((spans[c][0] for c in per), default=None)
         last = max((spans[c][1] for c in per), default=None)
@@ -833,6 +877,27 @@ class MilvusStore(base.GalleryStore):
         if r is None:
             return None
         return normalize(np.asarray(r["vector"], np.float32)), _tracklet_hit(r, 0.0)
+
+    def wait_indexed(self, timeout: float = 7200.0) -> Dict[str, Any]:
+        """Seal what was added and wait until Milvus has indexed it (a server indexes sealed
+        segments in the background and searches the growing ones without their index);
+        returns ``{"crops": rows indexed, "tracklets": rows indexed, "seconds": waited}``."""
+        t0 = time.monotonic()
+        out: Dict[str, Any] = {}
+        with self._lock:
+            for name, coll in (("crops", self._crops), ("tracklets", self._tr)):
+                self._c.flush(coll)
+                while True:
+                    info = self._c.describe_index(coll, "vector")
+                    if int(info.get("pending_index_rows", 0)) == 0:
+                        break
+                    if time.monotonic() - t0 > timeout:
+                        raise StoreError(f"store {self.uri}: {coll} not indexed in {timeout} s")
+                    time.sleep(1.0)
+                out[name] = int(info.get("indexed_rows", 0))
+            self._wrote()
+        out["seconds"] = time.monotonic() - t0
+        return out
 
     def close(self) -> None:
         """Close the connection (Milvus keeps the data)."""
