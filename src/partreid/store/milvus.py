@@ -66,6 +66,7 @@ STALE_S = 600.0  # a journal row this old belongs to a dead writer, whatever its
 _INSERT_ROWS = 1000  # rows per insert call (gRPC messages stay well under 64 MB at 3,072-d)
 _IN_CHUNK = 4096  # values per "in [...]" expression
 _PAGE = 8192  # rows per page of a query that reads many
+_WITH_FIELDS = 512  # an exact search of up to this many rows asks for their fields at once
 _JOURNAL_CHARS = 60000  # tracklet ids per journal row, in characters (VARCHAR 65,535)
 _CROP_FIELDS = [
     "id",
@@ -702,25 +703,29 @@ class MilvusStore(base.GalleryStore):
     ) -> List[List[Tuple[dict, float]]]:
         """Each query's exact top ``k`` (with their fields) of the ``n`` rows ``expr`` keeps:
         ranked from Milvus's answer for all ``n`` when it is complete (its size says so), else
-        from the rows' vectors, ranked here."""
-        by = "crop" if coll == self._crops else "tracklet"
-        res = self._vsearch(coll, list(q), n, expr, [pk])
+        from the rows' vectors, ranked here. Up to :data:`_WITH_FIELDS` rows come with their
+        fields at once; for more, the top ``k``'s are fetched after."""
+        fields = self._fields("crop" if coll == self._crops else "tracklet")
+        res = self._vsearch(coll, list(q), n, expr, fields if n <= _WITH_FIELDS else [pk])
+        ents: Dict[Any, dict] = {}
         if all(len(hs) == n for hs in res):
-            ranked = [
-                sorted(((h["id"], float(to_distance(h["distance"]))) for h in hs), key=_by_d)
-                for hs in res
-            ]
+            ranked = []
+            for hs in res:
+                ranked.append(
+                    sorted(((h["id"], float(to_distance(h["distance"]))) for h in hs), key=_by_d)
+                )
+                if n <= _WITH_FIELDS:
+                    ents.update((h["id"], _entity(h, pk)) for h in hs)
         else:  # the index did not reach every row: rank them here
-            rows = self._query(coll, expr, [pk, "vector"], limit=n)
+            rows = self._query(coll, expr, [*fields, "vector"], limit=n)
             v = np.asarray([r["vector"] for r in rows], np.float32)
             d = to_distance(q @ v.T)
-            ids = [r[pk] for r in rows]
-            ranked = [sorted(zip(ids, di.tolist()), key=_by_d) for di in d]
+            ents = {r[pk]: r for r in rows}
+            ranked = [sorted(zip(ents, di.tolist()), key=_by_d) for di in d]
         ranked = [r[:k] for r in ranked]  # the whole ranking, ties by id: the top k is exact
-        want = sorted({i for r in ranked for i, _ in r}, key=str)
-        ents: Dict[Any, dict] = {}
+        want = sorted({i for r in ranked for i, _ in r if i not in ents}, key=str)
         for part in chunks(want, _IN_CHUNK):
-            for e in self._query(coll, f"{pk} in {_in(part)}", self._fields(by)):
+            for e in self._query(coll, f"{pk} in {_in(part)}", fields):
                 ents[e[pk]] = e
         return [[(ents[i], d) for i, d in r if i in ents] for r in ranked]
 
@@ -879,8 +884,9 @@ class MilvusStore(base.GalleryStore):
         return normalize(np.asarray(r["vector"], np.float32)), _tracklet_hit(r, 0.0)
 
     def wait_indexed(self, timeout: float = 7200.0) -> Dict[str, Any]:
-        """Seal what was added and wait until Milvus has indexed it (a server indexes sealed
-        segments in the background and searches the growing ones without their index);
+        """Seal what was added and wait until Milvus searches it with its index (a server
+        indexes sealed segments in the background, and searches the growing ones with a
+        temporary index, ``queryNode.segcore.interimIndex``, until the sealed one is loaded);
         returns ``{"crops": rows indexed, "tracklets": rows indexed, "seconds": waited}``."""
         t0 = time.monotonic()
         out: Dict[str, Any] = {}
@@ -889,7 +895,13 @@ class MilvusStore(base.GalleryStore):
                 self._c.flush(coll)
                 while True:
                     info = self._c.describe_index(coll, "vector")
-                    if int(info.get("pending_index_rows", 0)) == 0:
+                    flushed = sum(seg.num_rows for seg in self._c.list_persistent_segments(coll))
+                    served = sum(  # the rows searched in sealed segments, with their index
+                        seg.num_rows
+                        for seg in self._c.list_loaded_segments(coll)
+                        if getattr(seg.state, "name", seg.state) == "Sealed"
+                    )
+                    if int(info.get("pending_index_rows", 0)) == 0 and served >= flushed:
                         break
                     if time.monotonic() - t0 > timeout:
                         raise StoreError(f"store {self.uri}: {coll} not indexed in {timeout} s")
