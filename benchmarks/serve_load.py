@@ -7,6 +7,15 @@ pedestrians) to ``POST /api/search`` one after the other; then it stops the serv
 
     python benchmarks/serve_load.py                              # 10k and 100k exact, 8 clients
     python benchmarks/serve_load.py --sizes 100000 --kind ivfflat --refine 100 --clients 1 8
+    python benchmarks/serve_load.py --mode store --sizes 20000 --seconds 15 --runtimes torch
+
+Store mode (``--mode store``) serves a store (``--sizes[0]`` synthetic crops on six cameras
+over a day, plus ingested ones) and runs the C clients three times -- alone, while a second
+process ingests ``--ingest-crops`` crops into the same store (``partreid ingest``), and while
+schemathesis fuzzes every route but deletion -- alternating uploads and tracklet searches with
+camera and time filters. It prints p50/p99 per phase, the errors, the store's crops before and
+after the ingest (nothing lost: all of them, seen by the server without a restart), the fuzzer's
+cases and failures, and whether the server is still alive.
 
 The model is the demo's CGPN (ResNet-18, 64x32), untrained: speed does not depend on the
 weights. ``--threads`` sets the server's torch/OpenMP threads (the clients share the machine);
@@ -25,7 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Dict, List
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -142,13 +151,22 @@ def free_port() -> int:
 
 
 def start_server(
-    ckpt: str, gallery: str, port: int, threads: int, log_path: str, runtime: str, cache: str
+    ckpt: str,
+    gallery: str,
+    port: int,
+    threads: int,
+    log_path: str,
+    runtime: str,
+    cache: str,
+    store: bool = False,
 ):
-    """``partreid serve`` in a child process; returns it once /api/health answers."""
+    """``partreid serve`` in a child process (over the gallery, or the store ``gallery`` when
+    ``store``); returns it once /api/health answers."""
     import httpx
 
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    cmd = [sys.executable, "-m", "partreid", "serve", ckpt, "--gallery", gallery]
+    cmd = [sys.executable, "-m", "partreid", "serve", ckpt, "--store" if store else "--gallery"]
+    cmd += [gallery]
     cmd += ["--host", HOST, "--port", str(port), "--device", "cpu", "--runtime", runtime]
     cmd += ["--cache", cache]
     with open(log_path, "w") as log:  # the child keeps its own handle
@@ -167,11 +185,40 @@ def start_server(
     raise RuntimeError(f"the server did not start within 600 s; see {log_path}")
 
 
-async def load(port: int, images: List[bytes], clients: int, seconds: float, warmup: float):
-    """C clients posting uploads back to back for ``warmup + seconds``; stats of the last part."""
+def gallery_request(port: int, images: List[bytes]) -> Callable:
+    """The gallery load: upload crop ``i`` to ``POST /api/search``; ok with 10 results."""
+    url = f"http://{HOST}:{port}/api/search?topk=10"
+
+    async def send(http, i: int) -> bool:
+        img = images[i % len(images)]
+        r = await http.post(url, files={"image": (f"q{i}.jpg", img, "image/jpeg")})
+        return r.status_code == 200 and len(r.json()["results"]) == 10, r.status_code
+
+    return send
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Stop a child process: terminate, then kill after 30 s."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+async def load(
+    port: int,
+    images: List[bytes],
+    clients: int,
+    seconds: float,
+    warmup: float,
+    send: Optional[Callable] = None,
+):
+    """C clients sending requests back to back for ``warmup + seconds`` (``send(http, i)`` ->
+    (ok, status); default: gallery uploads); stats of the last part."""
     import httpx
 
-    url = f"http://{HOST}:{port}/api/search?topk=10"
+    send = send or gallery_request(port, images)
     lat: List[float] = []
     errors: Dict[str, int] = {}
     t_start = time.perf_counter()
@@ -184,16 +231,14 @@ async def load(port: int, images: List[bytes], clients: int, seconds: float, war
             now = time.perf_counter()
             if now >= t_end:
                 return
-            img = images[i % len(images)]
-            i += clients
             t0 = time.perf_counter()
             try:
-                r = await http.post(url, files={"image": (f"q{i}.jpg", img, "image/jpeg")})
-                ok = r.status_code == 200 and len(r.json()["results"]) == 10
-                why = "" if ok else f"HTTP {r.status_code}"
+                ok, status = await send(http, i)
+                why = "" if ok else f"HTTP {status}"
             except Exception as exc:  # counted, never hidden
                 ok, why = False, type(exc).__name__
             t1 = time.perf_counter()
+            i += clients
             if t0 >= t_measure:
                 if ok:
                     lat.append(t1 - t0)
@@ -206,6 +251,113 @@ async def load(port: int, images: List[bytes], clients: int, seconds: float, war
     return np.asarray(lat), errors
 
 
+# ------------------------------------------------------------------------------ store mode
+
+T0 = 1796256000.0  # 2026-12-03T00:00:00Z: the synthetic store's day
+STORE_PHASES = ("alone", "while ingesting", "while fuzzing")
+
+
+def make_store(ckpt: str, root: str, basis: np.ndarray, n: int, seed: int = 0) -> str:
+    """A store of the model: the generated crops ingested as ``partreid ingest`` does (so it
+    records the model), then ``n`` synthetic crops around the model's features on cameras 1-6
+    over one day, in tracklets of 5 crops."""
+    from partreid.commands.ingest import ingest_command
+    from partreid.store import CropBatch, open_store
+
+    store = os.path.join(root, "store")
+    seed_csv = ingest_manifest(root, "seed.csv", 40, camera=9, t0=T0)
+    ingest_command(ckpt, seed_csv, store, device="cpu", num_workers=0, progress=False)
+    rng = np.random.default_rng(seed)
+    scale = float(basis.std(0).mean())
+    with open_store(store) as st:
+        for a in range(0, n, 8192):
+            m = min(n, a + 8192) - a
+            ids = np.arange(a, a + m) + 10**12  # apart from ingest's hashed ids
+            track = (ids - 10**12) // 5
+            base = basis[track % len(basis)]
+            feats = base + 0.25 * scale * rng.standard_normal(base.shape, dtype=np.float32)
+            st.add(
+                CropBatch(
+                    ids=ids,
+                    features=feats,
+                    camera=1 + track % 6,
+                    timestamp=T0 + track * (86400.0 * 5 / n) + (ids % 5),  # over the day
+                    track_id=track,
+                    path=["/nonexistent/synthetic.jpg"] * m,
+                )
+            )
+    return store
+
+
+def ingest_manifest(root: str, name: str, count: int, camera: int, t0: float) -> str:
+    """A timed manifest of ``count`` crops of the generated images (repeated with new frame
+    numbers, so each is a new crop) for one camera, from ``t0`` on, 10 per second."""
+    folder = os.path.join(root, "queries", "bounding_box_test")
+    files = sorted(os.listdir(folder))
+    rows = ["image,timestamp,camera,track_id,frame,pid"]
+    for k in range(count):
+        img = os.path.join(folder, files[k % len(files)])
+        rows.append(f"{img},{t0 + k / 10:.3f},{camera},{k // 10},{k},-1")
+    path = os.path.join(root, name)
+    with open(path, "w") as f:
+        f.write("\n".join(rows) + "\n")
+    return path
+
+
+def store_request(port: int, images: List[bytes], tracklets: List[str]) -> Callable:
+    """The store load, alternating: an uploaded crop (tracklets of cameras 1-6 over the day)
+    and a stored tracklet's search (crops of cameras 1-3 in the afternoon); ok with results."""
+    base = f"http://{HOST}:{port}/api/store"
+    day = "after=2026-12-03T00:00Z&before=2026-12-04T00:00Z"
+
+    async def send(http, i: int) -> Tuple[bool, int]:
+        if i % 2 == 0:
+            img = images[i % len(images)]
+            url = f"{base}/search?topk=10&cameras=1-6&{day}"
+            r = await http.post(url, files={"image": (f"q{i}.jpg", img, "image/jpeg")})
+        else:
+            t = tracklets[i % len(tracklets)]
+            url = f"{base}/search_tracklet?tracklet={t}&by=crop&cameras=1-3&after=2026-12-03T12:00Z"
+            r = await http.get(url)
+        return r.status_code == 200 and len(r.json()["results"]) > 0, r.status_code
+
+    return send
+
+
+def store_crops(port: int) -> int:
+    """The crops the server's store holds now (it sees other processes' commits)."""
+    import httpx
+
+    return int(httpx.get(f"http://{HOST}:{port}/api/store/stats", timeout=30).json()["crops"])
+
+
+def start_ingest(ckpt: str, manifest: str, store: str, log_path: str) -> subprocess.Popen:
+    """``partreid ingest`` of ``manifest`` into ``store`` in a second process."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "partreid", "ingest", ckpt, manifest, "--store", store]
+    cmd += ["--device", "cpu", "--no-progress"]
+    with open(log_path, "w") as log:
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+
+
+def start_fuzzer(port: int, seconds: float, report: str, log_path: str) -> subprocess.Popen:
+    """schemathesis over every route but deletion, for about ``seconds``, images of the fuzz
+    tests' hooks (tests/serve/fuzz_hooks.py); only 127.0.0.1."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    hooks = os.path.join(here, os.pardir, "tests", "serve")
+    env = dict(os.environ, SCHEMATHESIS_HOOKS="fuzz_hooks")
+    env["PYTHONPATH"] = os.pathsep.join([hooks, env.get("PYTHONPATH", "")])
+    cmd = [sys.executable, "-m", "schemathesis.cli", "run", f"http://{HOST}:{port}/openapi.json"]
+    cmd += ["--phases", "examples,coverage,fuzzing", "--checks", "not_a_server_error"]
+    cmd += ["--max-time", str(int(seconds)), "-n", "100000", "-w", "1", "--seed", "22"]
+    cmd += ["--exclude-path", "/api/store/delete", "--generation-database", "none"]
+    cmd += ["--report", "json", "--report-json-path", report, "--no-color"]
+    with open(log_path, "w") as log:  # in the work folder: schemathesis caches where it runs
+        return subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=os.path.dirname(report)
+        )
+
+
 def worker_stats(port: int) -> Dict[str, float]:
     """The server's worker counters (``/api/health``: batches, queries, seconds)."""
     import httpx
@@ -213,7 +365,104 @@ def worker_stats(port: int) -> Dict[str, float]:
     return httpx.get(f"http://{HOST}:{port}/api/health", timeout=10).json()["worker"]
 
 
-def main() -> None:
+def store_phase(name: str, port: int, send: Callable, args, background=None) -> Dict:
+    """One measured phase: C clients for ``args.seconds`` (after the warm-up) while
+    ``background`` (a started process, or None) runs; latencies, errors, its run time."""
+    t0 = time.time()
+    lat, errors = asyncio.run(load(port, [], args.clients[0], args.seconds, args.warmup, send))
+    bg_s = None
+    if background is not None:
+        try:
+            background.wait(timeout=600)
+        except subprocess.TimeoutExpired:
+            background.kill()
+        bg_s = time.time() - t0
+    p50, p99 = (np.percentile(lat, [50, 99]) * 1000) if len(lat) else (np.nan, np.nan)
+    return {
+        "phase": name,
+        "n": len(lat),
+        "errors": errors,
+        "p50": p50,
+        "p99": p99,
+        "max": lat.max() * 1000 if len(lat) else np.nan,
+        "background_s": bg_s,
+        "background_rc": None if background is None else background.returncode,
+    }
+
+
+def store_row(r: Dict, args, crops: str, note: str) -> str:
+    """A markdown row of a phase."""
+    n_err = sum(r["errors"].values())
+    err = f"{n_err} {r['errors']}" if n_err else "0"
+    return (
+        f"| {r['phase']} | {args.clients[0]} | {r['n'] + n_err} | {r['n'] / args.seconds:.1f} | "
+        f"{r['p50']:.0f} | {r['p99']:.0f} | {r['max']:.0f} | {err} | {crops} | {note} |"
+    )
+
+
+def store_main(args, work: str, ckpt: str, images: List[bytes], basis: np.ndarray) -> None:
+    """Store mode: p50/p99 of C clients alone, while a second process ingests into the same
+    store, and while a fuzzer runs; nothing lost, the server alive."""
+    n = args.sizes[0]
+    t0 = time.time()
+    store = make_store(ckpt, work, basis, n)
+    tracklets = [f"{1 + t % 6}:{t}" for t in range(0, n // 5, max(1, n // 500))]
+    extra = ingest_manifest(work, "camera7.csv", args.ingest_crops, camera=7, t0=T0 + 43200)
+    port = free_port()
+    proc = start_server(
+        ckpt,
+        store,
+        port,
+        args.threads,
+        os.path.join(work, "server_store.log"),
+        args.runtimes[0],
+        os.path.join(work, "cache"),
+        store=True,
+    )
+    print(
+        f"#   store of {n:,} synthetic + 40 ingested crops built and served in "
+        f"{time.time() - t0:.0f} s; the second process ingests {args.ingest_crops} crops"
+    )
+    print(
+        "| phase | clients | requests | req/s | p50 ms | p99 ms | max ms | errors | crops | "
+        "beside |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    send = store_request(port, images, tracklets)
+    try:
+        before = store_crops(port)
+        r = store_phase(STORE_PHASES[0], port, send, args)
+        print(store_row(r, args, f"{before:,}", "-"), flush=True)
+        ing = start_ingest(ckpt, extra, store, os.path.join(work, "ingest.log"))
+        r = store_phase(STORE_PHASES[1], port, send, args, ing)
+        after = store_crops(port)
+        lost = before + args.ingest_crops - after
+        note = f"ingest rc {r['background_rc']} in {r['background_s']:.0f} s; lost {lost}"
+        print(store_row(r, args, f"{before:,} -> {after:,}", note), flush=True)
+        report = os.path.join(work, "fuzz.json")
+        fz = start_fuzzer(port, args.seconds + args.warmup, report, os.path.join(work, "fuzz.log"))
+        r = store_phase(STORE_PHASES[2], port, send, args, fz)
+        print(store_row(r, args, f"{store_crops(port):,}", fuzz_note(report)), flush=True)
+        alive = proc.poll() is None and worker_stats(port) is not None
+        print(f"#   server alive after all phases: {alive}; nothing lost: {lost == 0}")
+    finally:
+        stop(proc)
+
+
+def fuzz_note(report: str) -> str:
+    """The fuzzer's case count and failures (its JSON report)."""
+    import json
+
+    if not os.path.isfile(report):
+        return "fuzzer: no report (is schemathesis installed?)"
+    with open(report) as f:
+        rep = json.load(f)
+    cases = rep["test_cases"]
+    return f"fuzzer: {cases['generated']} cases, {cases['with_failures']} failing"
+
+
+def parse_args() -> argparse.Namespace:
+    """The command line (bounded: 1..64 clients, at most 600 s a run)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     ap.add_argument("--kind", default="exact", help="gallery index: exact, ivfpq, hnsw, ...")
@@ -233,9 +482,23 @@ def main() -> None:
         help="server model runtimes to compare (auto, onnx, torch), one server each in turn",
     )
     ap.add_argument("--workdir", default=None, help="keep the files here (default: a tmp dir)")
+    ap.add_argument(
+        "--mode",
+        choices=["gallery", "store"],
+        default="gallery",
+        help="store: serve a store of --sizes[0] crops; alone, beside an ingest, beside a fuzzer",
+    )
+    ap.add_argument("--ingest-crops", type=int, default=400, help="store mode: crops ingested")
     args = ap.parse_args()
     if any(c < 1 or c > 64 for c in args.clients) or not 0 < args.seconds <= 600:
         ap.error("clients must be 1..64 and seconds 0..600")
+    if not 1 <= args.ingest_crops <= 100_000 or not all(1 <= n <= 10**7 for n in args.sizes):
+        ap.error("--ingest-crops must be 1..100000 and --sizes 1..10^7")
+    return args
+
+
+def main() -> None:
+    args = parse_args()
 
     import httpx
     import torch
@@ -254,6 +517,9 @@ def main() -> None:
         f"{len(images)} distinct JPEG queries; {args.seconds:.0f} s measured after "
         f"{args.warmup:.0f} s warm-up; cpu count {os.cpu_count()}"
     )
+    if args.mode == "store":
+        store_main(args, work, ckpt, images, basis)
+        return
     print(
         "| gallery | index | runtime | clients | requests | req/s | p50 ms | p99 ms | max ms "
         "| errors | mean batch | model ms/batch | search ms/batch |"
@@ -295,11 +561,7 @@ def main() -> None:
                         flush=True,
                     )
             finally:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+                stop(proc)
         print(
             f"#   gallery {n:,}: built in {built:.1f} s{recall}; server ready: {', '.join(ready)}"
         )

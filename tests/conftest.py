@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import pytest
 import torch
 
 from partreid.checkpoint import model_meta, save_checkpoint
 from partreid.config import load_config
 from partreid.models import build_model
+from partreid.store import CropBatch
 
 
 @pytest.fixture(scope="session")
@@ -195,3 +197,41 @@ def milvus_collections(milvus_server_uri, request):
             if any(coll.startswith(p + "_") for p in made):
                 c.drop_collection(coll)
         c.close()
+
+
+def _site_crops(
+    seed: int = 0, people: int = 8, cameras: int = 3, id0: int = 0, dim: int = 16
+) -> CropBatch:
+    """Crops of ``people`` walking through ``cameras``: 2-4 tracks each, one after the other
+    (10-30 s between), 3 crops a track one second apart; features: the person's direction
+    plus a little noise; ``pid`` the person."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(people, dim))
+    rows = []
+    track = {c: 0 for c in range(1, cameras + 1)}
+    for p in range(people):
+        t = 1000.0 + float(rng.integers(0, 100))
+        for _ in range(int(rng.integers(2, 5))):
+            cam = int(rng.integers(1, cameras + 1))
+            track[cam] += 1
+            for j in range(3):
+                rows.append((p, cam, track[cam], t + j))
+            t += 3 + float(rng.integers(10, 30))
+    pid = np.array([r[0] for r in rows])
+    n = len(rows)
+    return CropBatch(
+        ids=np.arange(id0, id0 + n),
+        features=centres[pid] + 0.05 * rng.normal(size=(n, dim)),
+        camera=np.array([r[1] for r in rows]),
+        timestamp=np.array([r[3] for r in rows]),
+        track_id=np.array([r[2] for r in rows]),
+        path=[f"p{r[0]}.jpg" for r in rows],
+        pid=pid,
+    )
+
+
+@pytest.fixture
+def site_crops():
+    """``site_crops(seed, people, cameras)``: crops of people walking through a site (16-d
+    features, ``pid`` the person) for the site identity tests."""
+    return _site_crops

@@ -245,12 +245,12 @@ CALLS = [
     ),
     (
         "partreid.commands.export:export_command",
-        "export c.pth --format onnx --out m.onnx",
+        "export c.pth --format openvino --out m.xml --int8 --calibration cal --max-map-drop 0.5",
         3,  # the exit status
         3,
         {
-            **dict(checkpoint="c.pth", fmt="onnx", out="m.onnx", check_images=None),
-            **dict(flip=True, tolerance=1e-4),
+            **dict(checkpoint="c.pth", fmt="openvino", out="m.xml", check_images=None),
+            **dict(flip=True, tolerance=1e-4, int8=True, calibration="cal", max_map_drop=0.5),
         },
     ),
     (

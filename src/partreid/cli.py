@@ -310,8 +310,8 @@ def _add_extract(sub: argparse._SubParsersAction) -> None:
 def _add_export(sub: argparse._SubParsersAction) -> None:
     xp = sub.add_parser("export", help="inference-only weights or an ONNX model")
     xp.add_argument("checkpoint", help="a partreid checkpoint (.pth)")
-    xp.add_argument("--format", choices=["weights", "onnx"], required=True)
-    xp.add_argument("--out", required=True, help="output file (.pth or .onnx)")
+    xp.add_argument("--format", choices=["weights", "onnx", "openvino"], required=True)
+    xp.add_argument("--out", required=True, help="output file (.pth, .onnx or OpenVINO .xml)")
     xp.add_argument(
         "--check-images",
         metavar="DIR",
@@ -325,6 +325,22 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
         type=float,
         default=1e-4,
         help="largest allowed ONNX/PyTorch difference of L2-normalised features (default 1e-4)",
+    )
+    xp.add_argument(
+        "--int8",
+        action="store_true",
+        help="INT8 post-training quantisation (NNCF), its held-out mAP change printed",
+    )
+    xp.add_argument(
+        "--calibration",
+        metavar="DIR",
+        help="INT8 calibration crops (default: the checkpoint's training set)",
+    )
+    xp.add_argument(
+        "--max-map-drop",
+        type=float,
+        default=1.0,
+        help="refuse an INT8 model losing more held-out mAP points than this (default 1.0)",
     )
     xp.set_defaults(func=RUNS["export"])
 

@@ -307,7 +307,8 @@ def test_clear_errors(ckpt, crops, video, tmp_path, capsys):
 
 
 def test_parse_helpers():
-    assert parse_cameras("3,4,7") == [3, 4, 7] and parse_cameras("5-3,1") == [1, 3, 4, 5]
+    assert parse_cameras("3,4,7") == [(3, 4), (7, 7)]  # merged ranges, never expanded
+    assert parse_cameras("5-3,1") == [(1, 1), (3, 5)]
     assert parse_cameras(None) is None
     assert parse_time("2026-12-03T14:00:00Z") == parse_time("2026-12-03T15:00:00+01:00")
     assert parse_time("1700000000.5") == 1700000000.5

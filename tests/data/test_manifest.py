@@ -292,6 +292,7 @@ def test_reader_names_every_bad_row_by_file_and_line(tmp_path, write_images):
         ("b.jpg", "yesterday", 1, 5),
         ("", "2026-12-03T14:00:00", 1, 5),
         ("c.jpg", "2026-12-03T14:00:00", "a", "x"),
+        ("a.jpg", "2026-12-03T14:00:00", 2**63, "9" * 5000),
     ]
     write_images(tmp_path, ["a.jpg", "b.jpg", "c.jpg"])
     with open(tmp_path / "bad.csv", "w", newline="") as f:
@@ -299,13 +300,15 @@ def test_reader_names_every_bad_row_by_file_and_line(tmp_path, write_images):
     with pytest.raises(DatasetError) as err:
         read_manifest_rows(str(tmp_path / "bad.csv"))
     text = str(err.value)
-    assert text.startswith(f"4 row(s) of {tmp_path / 'bad.csv'} are invalid")
+    assert text.startswith(f"6 row(s) of {tmp_path / 'bad.csv'} are invalid")
     lines = text.splitlines()[1:]
     assert lines[0].strip().startswith("line 3: timestamp 'yesterday' is not a time")
     assert [ln.strip() for ln in lines[1:]] == [
         "line 4: empty image",
         "line 5: camid 'a' is not an integer",
         "line 5: frame 'x' is not an integer",
+        f"line 6: camid {2**63} is outside the 64-bit integers",
+        f"line 6: frame {'9' * 5000} is outside the 64-bit integers",
     ]
     # pid set on every row where it is required (data sets), camid or camera but not both
     write_manifest(tmp_path, [("a.jpg", "", 0)], write_images, name="nopid.csv")

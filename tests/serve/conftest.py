@@ -211,3 +211,20 @@ def store_setup(serve_setup, tmp_path_factory):
     }
     store.close()
     worker.close()
+
+
+@pytest.fixture(scope="session")
+def linked_copy(store_setup, tmp_path_factory):
+    """``linked_copy()``: a new copy of the test store with its tracklets linked into site
+    identities (threshold 0.6): its folder, for an app to open (deletions may happen)."""
+    from partreid.store import open_store
+    from partreid.store.link import link_store
+
+    def make() -> str:
+        copy = str(tmp_path_factory.mktemp("linked") / "store")
+        shutil.copytree(store_setup["store_dir"], copy)
+        with open_store(copy) as store:
+            link_store(store, threshold=0.6)
+        return copy
+
+    return make

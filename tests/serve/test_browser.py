@@ -308,3 +308,83 @@ def test_store_page_logs_in_filters_and_groups_by_tracklet(
     assert page.inner_text("#status").startswith("cameras")
     assert [e for e in errors if not re.search(r"status of 4(01|22) ", e)] == []
     page.close()
+
+
+@pytest.fixture(scope="module")
+def linked_server(store_setup, linked_copy, tmp_path_factory):
+    """A linked copy of the store (site identities), token-protected and audited, live."""
+    pytest.importorskip("uvicorn")
+    from partreid.serve import create_app
+    from partreid.serve.access import AuditLog
+    from partreid.store import open_store
+
+    audit = AuditLog(str(tmp_path_factory.mktemp("linked_audit") / "audit.log"))
+    with open_store(linked_copy()) as store:
+        app = create_app(store_setup["worker"], store=store, token=STORE_TOKEN, audit=audit)
+        yield from ((url, store) for url in _run_live(app))
+    audit.close()
+
+
+ROUTE_SHOWN = """(n) => { const d = document.getElementById('route-dialog');
+  return d !== null && d.open && d.querySelectorAll('.route-item').length === n
+    && [...d.querySelectorAll('.route-item img')].every(i => i.complete && i.naturalWidth > 0); }"""
+
+
+def test_store_page_shows_a_route_searches_from_it_and_forgets_the_person(
+    browser, linked_server, store_setup, tmp_path
+):
+    from partreid.store.identity import route_of
+
+    url, store = linked_server
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(url + "/")
+    page.wait_for_selector("#login-token")
+    page.fill("#login-token", STORE_TOKEN)
+    page.click(".login button")
+    page.wait_for_function(
+        "() => document.getElementById('meta').textContent.includes('tracklets')"
+    )
+    page.set_input_files("#file", store_setup["query_image"])
+    page.wait_for_function(TCARDS_SETTLED)
+    # 1. a result opens its person's route: a row per camera, a crop per tracklet, in order
+    card = page.query_selector("#results .tcard")
+    key = card.get_attribute("data-tracklet")
+    table = store.tracklets(keys=[key])
+    want = route_of(store, int(table.identity[0]))
+    card.query_selector(".route-btn").click()
+    page.wait_for_function(ROUTE_SHOWN, arg=len(want))
+    rows = page.query_selector_all("#route-dialog .route-row")
+    cams = list(dict.fromkeys(s.camera for s in want))
+    assert [int(r.get_attribute("data-camera")) for r in rows] == cams
+    items = page.query_selector_all("#route-dialog .route-item")
+    assert [i.get_attribute("data-tracklet") for i in items] == [s.tracklet for s in want]
+    lefts = [float(i.evaluate("e => parseFloat(e.style.left)")) for i in items]
+    assert lefts == sorted(lefts) and lefts[0] == 0.0  # one shared time axis
+    page.screenshot(path=str(tmp_path / "route.png"))
+    shutil.copy(tmp_path / "route.png", "/tmp/partreid_serve_route.png")
+    # 2. search with the route: its own tracklets are not among the results
+    page.click("#route-dialog button.primary")
+    page.wait_for_function(SUMMARY_HAS, arg="the route of identity")
+    page.wait_for_function(TCARDS_SETTLED)
+    shown = {t for t, _ in _card_texts(page)}
+    assert shown and not shown & {s.tracklet for s in want}
+    # 3. forget the person: confirmed, gone from the store and from the page
+    page.query_selector("#results .tcard .route-btn").click()
+    page.wait_for_selector("#route-dialog[open]")
+    other = [
+        i.get_attribute("data-tracklet")
+        for i in page.query_selector_all("#route-dialog .route-item")
+    ]
+    who = int(store.tracklets(keys=[other[0]]).identity[0])
+    page.once("dialog", lambda d: d.accept())
+    page.click("#route-dialog button.danger")
+    page.wait_for_function(
+        "(w) => document.getElementById('status').textContent.includes('forgot identity ' + w)",
+        arg=who,
+    )
+    assert len(store.tracklets(identities=[who])) == 0
+    assert not {t for t, _ in _card_texts(page)} & set(other)
+    assert errors == []
+    page.close()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -31,6 +32,8 @@ from ..errors import InvalidValueError
 from ..inference import Extractor
 from ..inference.stream import iter_batches
 from ..store import CropBatch, GalleryStore, open_store
+from ..store.link import link_store, read_transitions
+from ..store.query import camera_id
 from ..utils.logs import setup_logging
 from ..utils.model_match import ModelDescription, ModelMismatchError, check_same_model
 from ..utils.times import parse_time
@@ -38,6 +41,7 @@ from ..utils.times import parse_time
 log = logging.getLogger("partreid")
 
 ADD_ROWS = 256  # crops per store transaction (one fsync each)
+MAX_FPS = 1000.0
 
 
 def crop_ids(src: Source, camera: np.ndarray) -> np.ndarray:
@@ -106,6 +110,9 @@ def open_timed_source(
     fps: Optional[float],
 ) -> Tuple[Source, Timing]:
     """The input's items with their cameras and times (see the module docstring)."""
+    camera = camera_id(camera, "--camera")  # a camera the filters can name: 0..2^63-1
+    if fps is not None and not (math.isfinite(float(fps)) and 0 < float(fps) <= MAX_FPS):
+        raise InvalidValueError(f"--fps {fps}: expected frames per second in (0, {MAX_FPS}]")
     src = open_source(source, boxes)
     return src, source_timing(src, camera, start_time, fps)
 
@@ -213,15 +220,22 @@ def ingest_command(
     batch_size: int = 64,
     num_workers: int = 2,
     progress: bool = True,
+    link: bool = False,
+    transitions: Optional[str] = None,
 ) -> IngestReport:
-    """``partreid ingest CKPT INPUT --store STORE``: the whole command."""
+    """``partreid ingest CKPT INPUT --store STORE``: the whole command; with ``link``, the
+    store's tracklets are linked into site identities afterwards (``partreid link``)."""
     setup_logging()
+    moves = read_transitions(transitions) if transitions else None
+    if moves is not None and not link:
+        raise InvalidValueError("--transitions is for linking: give --link with it")
     src, timing = open_timed_source(source, boxes, camera, start_time, fps)
     ext = Extractor(
         checkpoint, device=device, batch_size=batch_size, num_workers=num_workers, progress=progress
     )
     with open_store_for(store_uri, model_description(ext)) as store:
         rep = ingest(ext, store, src, timing)
+        linked = link_store(store, transitions=moves) if link else None
         total = store.stats()
     if rep.unreadable:
         shown = "\n  ".join(rep.unreadable[:20])
@@ -243,4 +257,14 @@ def ingest_command(
         total.crops,
         total.tracklets,
     )
+    if linked is not None:
+        log.info(
+            "linked %d tracklet(s) in %.1f s: %d people (%d new), %d merge(s); threshold %s",
+            linked.tracklets,
+            linked.seconds,
+            linked.identities,
+            linked.new_identities,
+            len(linked.merges),
+            linked.how,
+        )
     return rep

@@ -16,13 +16,16 @@ from ..data.io import list_image_files
 from ..errors import InvalidValueError, NotFoundError
 from ..inference import Extractor
 from ..store import GalleryStore, open_store
-from ..store.query import parse_cameras, search_store
+from ..store.identity import search_identities
+from ..store.query import check_topk, parse_cameras, search_store, tracklet_id
 from ..store.query import records as hit_records
 from ..utils.logs import setup_logging
 from ..utils.model_match import ModelDescription, check_same_model
 from ..utils.times import format_time, parse_time
 
 log = logging.getLogger("partreid")
+
+MAX_QUERY_IMAGES = 1000  # crops of one query person (a folder), each through the model
 
 
 def _normalised_mean(feats: np.ndarray) -> np.ndarray:
@@ -67,9 +70,14 @@ def query_feature(
         "give --checkpoint the model the store was built with (or leave it out: the store "
         "names its own)",
     )
-    paths = list_image_files(query)[0] if os.path.isdir(query) else [query]
+    paths = list_image_files(query, limit=MAX_QUERY_IMAGES)[0] if os.path.isdir(query) else [query]
     if not paths:
         raise NotFoundError(f"no images under {query}")
+    if len(paths) > MAX_QUERY_IMAGES:
+        raise InvalidValueError(
+            f"query {query} holds more than {MAX_QUERY_IMAGES} images; a query is one person: at most "
+            f"{MAX_QUERY_IMAGES} (pick the crops of that person into a folder of their own)"
+        )
     return _normalised_mean(ext(paths)), f"{len(paths)} image(s) of {query}"
 
 
@@ -78,7 +86,7 @@ def _write(path: str, records: List[Dict[str, Any]], header: Dict[str, Any]) -> 
         with open(path, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(records[0]) if records else ["rank"])
             w.writeheader()
-            for r in records:
+            for r in records:  # lists (a box, a route) as JSON text
                 w.writerow({k: json.dumps(v) if isinstance(v, list) else v for k, v in r.items()})
     else:
         with open(path, "w") as f:
@@ -87,7 +95,19 @@ def _write(path: str, records: List[Dict[str, Any]], header: Dict[str, Any]) -> 
 
 def _print(records: List[Dict[str, Any]], by: str) -> None:
     for r in records:
-        if by == "tracklet":
+        if by == "identity":
+            who = "not linked" if r["identity"] is None else f"identity {r['identity']}"
+            cams = " -> ".join(str(c) for c in r["cameras"])
+            print(
+                f"{r['rank']:3d}  {r['distance']:.4f}  {who}: cameras {cams}, {r['start']} .. {r['end']}"
+            )
+            for step in r["route"]:
+                print(
+                    f"       camera {step['camera']:<4d} tracklet {step['tracklet']:<12s} "
+                    f"{step['start']} .. {step['end']}  {step['n_crops']:4d} crops  "
+                    f"distance {step['distance']:.4f}"
+                )
+        elif by == "tracklet":
             print(
                 f"{r['rank']:3d}  {r['distance']:.4f}  camera {r['camera']:<4d} tracklet "
                 f"{r['tracklet']:<12s} {r['start']} .. {r['end']}  {r['n_crops']:4d} crops  "
@@ -118,15 +138,20 @@ def search_store_command(
     cams = parse_cameras(cameras)
     t_after = parse_time(after, "--after") if after else None
     t_before = parse_time(before, "--before") if before else None
+    topk = check_topk(topk)
+    tracklet = tracklet_id(tracklet) if tracklet else None
     with open_store(store_uri) as store:
         feature, what = query_feature(store, query, tracklet, checkpoint, device)
-        hits = search_store(store, feature, topk, by, cams, t_after, t_before, tracklet)
+        if by == "identity":  # people with their routes (the query's own person first)
+            hits: List[Any] = search_identities(store, feature, topk, cams, t_after, t_before)
+        else:
+            hits = search_store(store, feature, topk, by, cams, t_after, t_before, tracklet)
     records = hit_records(hits)
     header = {
         "store": store_uri,
         "query": what,
         "by": by,
-        "cameras": cams,
+        "cameras": None if cams is None else [list(r) for r in cams],  # [[first, last], ...]
         "after": format_time(t_after) if t_after is not None else None,
         "before": format_time(t_before) if t_before is not None else None,
         "topk": topk,

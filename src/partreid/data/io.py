@@ -132,9 +132,12 @@ class ImageDataset(Dataset):
         return img, pid, camid, index
 
 
-def list_image_files(root: str, recursive: bool = True) -> Tuple[List[str], int]:
+def list_image_files(
+    root: str, recursive: bool = True, limit: Optional[int] = None
+) -> Tuple[List[str], int]:
     """The image files under ``root`` (by extension, sorted folder by folder; symlinked folders
-    not followed) and the number of other files there: the one folder listing of partreid."""
+    not followed) and the number of other files there: the one folder listing of partreid.
+    With ``limit`` the walk stops once more than ``limit`` images are found."""
     found, other = [], 0
     for folder, dirs, files in os.walk(root):
         dirs.sort()
@@ -143,6 +146,6 @@ def list_image_files(root: str, recursive: bool = True) -> Tuple[List[str], int]
                 found.append(os.path.join(folder, name))
             else:
                 other += 1
-        if not recursive:
+        if not recursive or (limit is not None and len(found) > limit):
             break
     return found, other

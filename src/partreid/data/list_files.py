@@ -100,6 +100,8 @@ def _row_problems(line: int, row: Dict[str, str], required: Sequence[str]) -> Li
     for c in INTEGER_COLUMNS:
         if row.get(c) and not _INT.match(row[c]):
             out.append(f"line {line}: {c} {row[c]!r} is not an integer")
+        elif row.get(c) and (len(row[c]) > 21 or not -(2**63) <= int(row[c]) < 2**63):
+            out.append(f"line {line}: {c} {row[c]} is outside the 64-bit integers")
     if "timestamp" in row:
         try:
             parse_time(row["timestamp"], f"line {line}: timestamp")

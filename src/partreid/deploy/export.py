@@ -17,6 +17,12 @@ then flips when asked). Preprocessing (input size, mean/std), feature_dim, the m
 the flip flag are stored in the ONNX ``metadata_props`` (key ``partreid``, JSON), so
 ``Extractor("model.onnx")`` and ``partreid extract model.onnx ...`` need nothing else.
 
+The graph's input is RGB scaled to [0, 1] and normalised with the ImageNet mean/std
+(:data:`GRAPH_INPUT_MEAN`, :data:`GRAPH_INPUT_STD`): what BoxMOT and most tracker runtimes feed.
+A model trained with another normalisation gets a first layer that renormalises
+(:class:`Renormalise`), so the file gives the model's features from the usual input, and its
+metadata says so (format ``partreid-onnx/2``).
+
 After writing, ONNX Runtime's features are compared with PyTorch's on real images (the
 checkpoint's data set when its folder exists, else ``--check-images DIR``, else synthetic images
 with a message saying so); above ``tolerance`` on L2-normalised features the command fails.
@@ -29,7 +35,7 @@ import json
 import logging
 import os
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -38,14 +44,19 @@ from torch import nn
 from .._version import __version__
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..data.io import list_image_files
+from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import InvalidValueError, PartreidError
 from ..inference import Extractor, FlipAveraged, OnnxModel, model_from_checkpoint
-from ..inference.onnx import ONNX_FORMAT
+from ..inference.exported import ONNX_FORMAT, ONNX_FORMAT_SELF_NORMALISING
 from ..utils.extras import require
 
 log = logging.getLogger("partreid")
 
 CHECK_IMAGES = 16
+# the input every exported graph takes: RGB / 255, ImageNet-normalised (BoxMOT's ReID runtimes
+# feed exactly this and cannot be told otherwise: their mean/std are fixed in code)
+GRAPH_INPUT_MEAN = tuple(IMAGENET_MEAN)
+GRAPH_INPUT_STD = tuple(IMAGENET_STD)
 
 
 class OnnxParityError(PartreidError, RuntimeError):
@@ -98,20 +109,53 @@ def cummax_decomposition(x: torch.Tensor, dim: int) -> Tuple[torch.Tensor, torch
     return values.movedim(-1, dim), indices.movedim(-1, dim)
 
 
-def onnx_metadata(info, flip: bool) -> Dict[str, str]:
-    """The ``metadata_props`` an exported partreid model carries."""
+def onnx_metadata(
+    info, flip: bool, input_norm: Optional[Tuple[Sequence[float], Sequence[float]]] = None
+) -> Dict[str, str]:
+    """The ``metadata_props`` an exported partreid model carries; ``input_norm`` is the
+    graph's input ``(mean, std)`` when it differs from the model's own (the graph renormalises)."""
     d = info.to_dict()
     d.pop("path", None)
+    meta: Dict[str, Any] = {"format": ONNX_FORMAT, "flip_in_graph": bool(flip), "info": d}
+    mean, std = list(info.mean), list(info.std)
+    if input_norm is not None:
+        mean, std = [float(v) for v in input_norm[0]], [float(v) for v in input_norm[1]]
+        meta.update(format=ONNX_FORMAT_SELF_NORMALISING, input={"mean": mean, "std": std})
     return {
-        "partreid": json.dumps({"format": ONNX_FORMAT, "flip_in_graph": bool(flip), "info": d}),
+        "partreid": json.dumps(meta),
         "model": info.name,
         "input_height": str(info.height),
         "input_width": str(info.width),
-        "mean": json.dumps(list(info.mean)),
-        "std": json.dumps(list(info.std)),
+        "mean": json.dumps(mean),  # of the graph's input
+        "std": json.dumps(std),
         "feature_dim": str(info.feature_dim),
         "flip_in_graph": str(bool(flip)).lower(),
     }
+
+
+class Renormalise(nn.Module):
+    """``model`` taking input normalised with ``(mean, std)`` instead of its own
+    ``(model_mean, model_std)``: one per-channel scale and shift in front of it."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        mean: Sequence[float],
+        std: Sequence[float],
+        model_mean: Sequence[float],
+        model_std: Sequence[float],
+    ):
+        super().__init__()
+        self.model = model
+        m, s = torch.tensor(mean), torch.tensor(std)
+        mm, ms = torch.tensor(model_mean), torch.tensor(model_std)
+        # x_model = (x * s + m - mm) / ms
+        self.register_buffer("scale", (s / ms).view(1, 3, 1, 1).float())
+        self.register_buffer("shift", ((m - mm) / ms).view(1, 3, 1, 1).float())
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """The model's features of images normalised with ``(mean, std)``."""
+        return self.model(images * self.scale + self.shift)
 
 
 def export_graph(
@@ -137,6 +181,7 @@ def export_graph(
             input_names=["images"],
             output_names=["features"],
             dynamo=True,
+            external_data=False,  # else a NAME.data file of weights is left beside the output
             verbose=False,
         )
         proto = onnx.load(tmp)
@@ -152,14 +197,27 @@ def export_graph(
     return out
 
 
+def graph_input_norm(info) -> Optional[Tuple[Sequence[float], Sequence[float]]]:
+    """The exported graph's input ``(mean, std)`` when the model's own differ from it (the
+    graph then renormalises), else None."""
+    same = np.allclose(info.mean, GRAPH_INPUT_MEAN, atol=1e-6) and np.allclose(
+        info.std, GRAPH_INPUT_STD, atol=1e-6
+    )
+    return None if same else (GRAPH_INPUT_MEAN, GRAPH_INPUT_STD)
+
+
 def export_onnx(model: nn.Module, out: str, flip: bool = True) -> str:
     """Write ``model`` (from :func:`partreid.load_model`) as ONNX with a dynamic batch axis,
-    flip-averaging in the graph unless ``flip=False``, preprocessing in its metadata."""
+    flip-averaging in the graph unless ``flip=False``, preprocessing in its metadata; the
+    graph takes ImageNet-normalised RGB whatever the model was trained with."""
     info = model.info
     model = model.cpu().eval()
     net = FlipAveraged(model) if flip else model
+    norm = graph_input_norm(info)
+    if norm is not None:
+        net = Renormalise(net, norm[0], norm[1], info.mean, info.std)
     example = torch.randn(2, 3, info.height, info.width)
-    return export_graph(net, example, out, onnx_metadata(info, flip))
+    return export_graph(net, example, out, onnx_metadata(info, flip, norm))
 
 
 # --------------------------------------------------------------------------------------------
@@ -206,8 +264,9 @@ def _normalise(f: np.ndarray) -> np.ndarray:
 
 
 def onnx_parity(onnx_path: str, model: nn.Module, images: List) -> Dict[str, float]:
-    """Largest |difference| of L2-normalised ONNX Runtime vs PyTorch features, at batch 1 and
-    at batch len(images); raw-feature differences too."""
+    """Largest |difference| of L2-normalised features of an exported model (ONNX in ONNX
+    Runtime, or the OpenVINO IR converted from it) vs PyTorch, at batch 1 and at batch
+    len(images); raw-feature differences too."""
     torch_ext = Extractor(model, device="cpu", batch_size=len(images), num_workers=0)
     onnx_ext = Extractor(onnx_path, device="cpu", batch_size=len(images), num_workers=0)
     onnx_ext.flip = torch_ext.flip = True

@@ -1,4 +1,5 @@
-"""Which runtime runs a model's forward pass: ONNX Runtime or PyTorch.
+"""Which runtime runs a model's forward pass: ONNX Runtime or PyTorch (an exported file,
+``.onnx`` or OpenVINO ``.xml``, runs in its own runtime).
 
 ``onnx`` runs ONNX Runtime on an export of the checkpoint that is made and checked against
 PyTorch once, then cached (:func:`partreid.deploy.export.cached_onnx`); ``torch`` runs the
@@ -16,7 +17,7 @@ from typing import Any, Optional, Tuple
 from torch import nn
 
 from ..errors import InvalidValueError
-from ..inference import Extractor, load_model
+from ..inference import Extractor, is_exported, load_model
 from ..utils.device import resolve_device
 from . import export
 
@@ -34,7 +35,7 @@ def onnx_available() -> bool:
 def _check_runtime(checkpoint: str, runtime: str) -> None:
     if runtime not in RUNTIMES:
         raise InvalidValueError(f"unknown runtime {runtime!r}; valid: {', '.join(RUNTIMES)}")
-    if checkpoint.endswith(".onnx") and runtime == "torch":
+    if is_exported(checkpoint) and runtime == "torch":
         raise InvalidValueError(
             f"--runtime torch needs a partreid checkpoint (.pth), not {checkpoint}"
         )
@@ -70,7 +71,8 @@ def build_extractor(
     num_workers: int = 2,
 ) -> Tuple[Extractor, Optional[nn.Module]]:
     """The :class:`~partreid.inference.Extractor` running ``checkpoint`` on ``runtime`` (one of
-    :data:`RUNTIMES`), and the PyTorch module (``None`` for an ``.onnx`` file).
+    :data:`RUNTIMES`), and the PyTorch module (``None`` for an exported file, which runs in its
+    own runtime: ONNX Runtime for ``.onnx``, OpenVINO for ``.xml``).
 
     ``cache_dir`` holds the checked ONNX export; the PyTorch module is returned also when the
     forward pass runs on ONNX Runtime (activation maps need it).
@@ -78,9 +80,9 @@ def build_extractor(
     _check_runtime(checkpoint, runtime)
     module = None
     model: Any = checkpoint
-    if not checkpoint.endswith(".onnx"):
+    if not is_exported(checkpoint):
         module = load_model(checkpoint)
         model = _onnx_or_module(module, checkpoint, runtime, device, cache_dir)
     extractor = Extractor(model, device=device, batch_size=batch_size, num_workers=num_workers)
-    log.info("model runtime: %s", "ONNX Runtime" if extractor.onnx is not None else "PyTorch")
+    log.info("model runtime: %s", extractor.backend)
     return extractor, module

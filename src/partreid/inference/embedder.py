@@ -3,7 +3,7 @@ tracker calls it once per frame with that frame's boxes and gets one L2-normalis
 
     from partreid.inference import AppearanceEmbedder
 
-    embed = AppearanceEmbedder("runs/cgpn/last.pth", channels="bgr")   # or model.onnx
+    embed = AppearanceEmbedder("runs/cgpn/last.pth", channels="bgr")   # or model.onnx, .xml
     for frame in frames:                      # H x W x 3 uint8, as OpenCV reads it
         boxes = detector(frame)               # (N, 4) x1, y1, x2, y2 in pixels
         feats = embed(frame, boxes)           # (N, D) float32, unit rows, one batch per frame
@@ -31,8 +31,8 @@ from .extractor import Extractor
 class AppearanceEmbedder:
     """``embedder(frame, boxes_xyxy) -> (N, D)`` L2-normalised float32 features.
 
-    ``model``: a checkpoint, an exported ``.onnx`` file (ONNX Runtime), a module from
-    :func:`partreid.load_model`, or an :class:`Extractor`. ``channels``: the frame's channel
+    ``model``: a checkpoint, an exported ``.onnx`` (ONNX Runtime) or OpenVINO ``.xml``, a
+    module from :func:`partreid.load_model`, or an :class:`Extractor`. ``channels``: the frame's channel
     order, ``"bgr"`` (OpenCV) or ``"rgb"``. A box is clipped to the frame; one with no area left
     gets a zero row (and a tracker should treat it as having no appearance).
     """

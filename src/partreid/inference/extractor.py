@@ -1,5 +1,5 @@
 """``Extractor``: features of many images, batched and flip-averaged like evaluation, from a
-checkpoint, an exported ONNX file or a loaded module."""
+checkpoint, an exported model (ONNX, OpenVINO) or a loaded module."""
 
 from __future__ import annotations
 
@@ -15,17 +15,19 @@ from .._version import __version__
 from ..data.io import read_image
 from ..errors import InvalidValueError
 from ..utils.device import resolve_device
+from .exported import ExportedModel
 from .flip import flip_averaged
 from .model import ModelInfo, load_model
-from .onnx import OnnxModel
+from .runtimes import is_exported, open_exported
 from .stream import extract_source
 
 
 class Extractor:
     """Turn images into re-id features the way ``partreid eval`` does (flip-averaged).
 
-    ``model`` is a partreid checkpoint (``.pth``), an exported ONNX file (``.onnx``, run with
-    ONNX Runtime; preprocessing read from its metadata) or a module from :func:`load_model`.
+    ``model`` is a partreid checkpoint (``.pth``), an exported model (``.onnx`` run with ONNX
+    Runtime, OpenVINO ``.xml`` run with OpenVINO; preprocessing read from its metadata) or a
+    module from :func:`load_model`.
     Calling it on images gives a float32 ``(N, D)`` array; :meth:`extract` streams a folder, a
     manifest, an image or a video with boxes into a :class:`~partreid.features.Features`.
     """
@@ -46,7 +48,7 @@ class Extractor:
         self.num_workers = max(0, int(num_workers))
         self.flip = bool(flip)
         self.progress = bool(progress)
-        self.onnx = None
+        self.exported: Optional[ExportedModel] = None
         self.source_path = ""
         if isinstance(model, nn.Module):
             if not isinstance(getattr(model, "info", None), ModelInfo):
@@ -59,12 +61,12 @@ class Extractor:
             )
             self.model = model.to(self.device).eval()
             self.source_path = os.path.abspath(model.info.path) if model.info.path else ""
-        elif str(model).lower().endswith(".onnx"):
-            self.onnx = OnnxModel(str(model), device=str(device))
+        elif is_exported(model):
+            self.exported = open_exported(str(model), device=str(device))
             self.device = torch.device("cpu")
             self.model = None
             self.source_path = os.path.abspath(str(model))
-            if not self.flip and self.onnx.flip_in_graph:
+            if not self.flip and self.exported.flip_in_graph:
                 raise InvalidValueError(
                     f"{model} averages each image with its mirror image inside the graph; "
                     "for unflipped features export with `partreid export ... --no-flip`"
@@ -73,17 +75,23 @@ class Extractor:
             self.device = resolve_device(str(device))
             self.model = load_model(str(model), self.device)
             self.source_path = os.path.abspath(str(model))
-        self.info: ModelInfo = self.onnx.info if self.onnx else self.model.info
+        self.info: ModelInfo = self.exported.info if self.exported else self.model.info
         self.feature_dim = int(self.info.feature_dim)
         self.amp = bool(amp) and self.device.type == "cuda"
-        self.transform = self.info.transform()
+        self.transform = (self.exported or self.info).transform()
+        self.backend = self.exported.runtime if self.exported else "torch"
+
+    @property
+    def onnx(self) -> Optional[ExportedModel]:
+        """The exported model run by a CPU runtime (ONNX Runtime or OpenVINO), else None."""
+        return self.exported
 
     # ---------------------------------------------------------------- one batch
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> np.ndarray:
         """Features of a preprocessed batch ``(B, 3, H, W)`` -> float32 ``(B, D)``."""
-        if self.onnx is not None:
-            return self.onnx.run(images.numpy(), flip=self.flip)
+        if self.exported is not None:
+            return self.exported.run(images.numpy(), flip=self.flip)
         x = images.to(self.device, non_blocking=True)
         amp_dtype = None
         if self.amp:  # CUDA only (set in __init__): bf16 where the GPU has it, else fp16
@@ -150,7 +158,7 @@ class Extractor:
                 "mean": list(self.info.mean),
                 "std": list(self.info.std),
             },
-            "backend": "onnxruntime" if self.onnx is not None else "torch",
+            "backend": self.backend,
         }
 
     def extract(self, source: str, boxes: Optional[str] = None, out: Optional[str] = None):

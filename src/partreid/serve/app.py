@@ -35,9 +35,10 @@ from ..errors import InvalidValueError
 from ..store import GalleryStore, open_store, scheme_of
 from ..utils.logs import setup_logging
 from ..utils.model_match import ModelDescription, check_same_model
-from .access import AuditLog, auth_router, check_exposure
+from .access import AuditLog, Throttle, auth_router, check_exposure
 from .error_responses import add_error_handlers, missing_extra, require_serve_extra
 from .gallery import default_cache_dir, load_gallery
+from .identity_routes import identity_router
 from .middleware import add_size_limit_and_nosniff
 from .routes import add_page, gallery_router, health_router, heatmap_router, search_router
 from .store_routes import StoreService, store_admin_router, store_health_router, store_search_router
@@ -76,8 +77,9 @@ def create_app(
         '`{"detail": message}` with a 4xx status.',
     )
     app.state.worker = worker
+    app.state.throttle = throttle = Throttle(audit)  # wrong tokens: login and every route
     add_error_handlers(app)
-    app.include_router(auth_router(token, audit))
+    app.include_router(auth_router(token, audit, throttle))
     if store is None:
         app.include_router(health_router(worker, limits))
         app.include_router(gallery_router(worker.gallery, limits))
@@ -88,9 +90,10 @@ def create_app(
         app.include_router(store_health_router(service, worker, limits, token is not None))
         app.include_router(store_search_router(service, worker, limits))
         app.include_router(store_admin_router(service))
+        app.include_router(identity_router(service, limits))  # people: routes, forget
     app.include_router(heatmap_router(worker, limits))
     add_page(app, "index.html" if store is None else "store.html")
-    add_size_limit_and_nosniff(app, limits.max_upload_bytes, token)
+    add_size_limit_and_nosniff(app, limits.max_upload_bytes, token, throttle)
     return app
 
 

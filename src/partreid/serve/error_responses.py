@@ -7,6 +7,7 @@ from typing import Any
 
 from ..errors import MissingExtraError, PartreidError
 from ..store import StoreError
+from ..utils.times import shown
 from .gallery import GalleryPathError
 from .worker import UploadError
 
@@ -48,17 +49,21 @@ def _error(status: int, message: str) -> Any:
 
 
 def _validation_message(request: Any, exc: Any) -> Any:
-    """415 for a POST that is not a multipart upload, else 422 naming each invalid field."""
+    """415 for an upload's body that is not multipart, else 422 naming each invalid field."""
     ctype = request.headers.get("content-type", "")
-    if request.method == "POST" and not ctype.startswith("multipart/form-data"):
+    in_body = any(tuple(e.get("loc", ()))[:1] == ("body",) for e in exc.errors())
+    if in_body and not ctype.startswith("multipart/form-data"):
         return _error(
             415,
             f"expected a multipart/form-data upload with an 'image' file field, got "
-            f"content type {ctype or 'none'!r}",
+            f"content type {shown(ctype or 'none')}",
         )
     parts = []
     for e in exc.errors():
-        where = ".".join(str(x) for x in e.get("loc", ()) if x not in ("body", "query", "path"))
+        loc = tuple(e.get("loc", ()))
+        if loc[:1] in (("body",), ("query",), ("path",), ("header",), ("cookie",)):
+            loc = loc[1:]  # the location, not a name (a parameter may be called "path")
+        where = ".".join(str(x) for x in loc)
         parts.append(f"{where or 'request'}: {e.get('msg', 'invalid')}")
     return _error(422, "; ".join(parts))
 
@@ -83,6 +88,10 @@ def add_error_handlers(app: Any) -> None:
 
     @app.exception_handler(StoreError)
     async def _store_error(request: Request, exc: StoreError):
+        return _error(400, str(exc))
+
+    @app.exception_handler(PartreidError)
+    async def _user_error(request: Request, exc: PartreidError):  # what was asked is wrong
         return _error(400, str(exc))
 
     @app.exception_handler(HTTPException)

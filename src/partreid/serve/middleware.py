@@ -7,7 +7,7 @@ the 413 HTTPException it is (``BaseHTTPMiddleware`` would wrap it into a 400).
 
 from typing import Any, Awaitable, Callable, Dict, Optional
 
-from .access import TokenGuard
+from .access import Throttle, TokenGuard
 
 Message = Dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -77,13 +77,16 @@ class NoSniff:
         await self.app(scope, receive, send_nosniff)
 
 
-def add_size_limit_and_nosniff(app: Any, upload_limit: int, token: Optional[str] = None) -> None:
+def add_size_limit_and_nosniff(
+    app: Any, upload_limit: int, token: Optional[str] = None, throttle: Optional[Throttle] = None
+) -> None:
     """Wrap ``app`` so bodies over ``upload_limit`` (plus multipart slack) get a 413 and every
     response carries ``nosniff`` (the 413s too); with ``token``, ``/api/*`` requests without it
-    get a 401 before their body is read (:class:`~partreid.serve.access.TokenGuard`)."""
+    get a 401 before their body is read, and wrong tokens are slowed by ``throttle``
+    (:class:`~partreid.serve.access.TokenGuard`)."""
     app.add_middleware(
         BodySizeLimit, max_bytes=upload_limit + MULTIPART_SLACK, upload_limit=upload_limit
     )
     if token:
-        app.add_middleware(TokenGuard, token=token)
+        app.add_middleware(TokenGuard, token=token, throttle=throttle)
     app.add_middleware(NoSniff)  # added last: outermost

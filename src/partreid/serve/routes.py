@@ -14,6 +14,7 @@ from typing import Annotated, Any, Dict, Optional, Tuple
 
 import numpy as np
 
+from ..utils.times import shown
 from .gallery import ServedGallery
 from .worker import SearchWorker, ServeLimits, UploadError, decode_upload
 
@@ -25,6 +26,37 @@ PAGE_CSP = (
     "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
 )
 IMAGE_CACHING = {"Cache-Control": "public, max-age=3600"}
+MAX_INDEX = 2**31 - 1  # gallery rows, offsets, identities and cameras of a fixed gallery
+MAX_PATH_CHARS = 4096
+UPLOAD_TYPES = "image/jpeg, image/png, image/webp, image/bmp, image/gif, image/tiff"
+
+
+# a 2 x 4 plain-text PPM (a person in red over blue legs): an image that is also valid JSON
+# text, so the schema can carry an example upload that reaches the search
+EXAMPLE_UPLOAD = "P3 2 4 255 " + " ".join(["200 40 40"] * 4 + ["40 40 200"] * 4)
+
+
+def image_field(description: str = "the query crop (JPEG, PNG, ...)") -> Any:
+    """The ``image`` form field of an upload route, with :data:`EXAMPLE_UPLOAD` as example."""
+    from fastapi import File
+
+    return File(description=description, examples=[EXAMPLE_UPLOAD])
+
+
+def upload_schema(limits: ServeLimits) -> Dict[str, Any]:
+    """OpenAPI of a multipart upload's ``image`` field: the image types it takes (a fuzzer
+    sends images of those types) and the size and pixel limits."""
+    desc = (
+        f"the query crop: {UPLOAD_TYPES}; at most {limits.max_upload_bytes} bytes and "
+        f"{limits.max_pixels} pixels (413 beyond)"
+    )
+    field = {"contentType": UPLOAD_TYPES}
+    return {
+        "requestBody": {
+            "description": desc,
+            "content": {"multipart/form-data": {"encoding": {"image": field}}},
+        }
+    }
 
 
 def health_router(worker: SearchWorker, limits: ServeLimits) -> Any:
@@ -48,19 +80,20 @@ def health_router(worker: SearchWorker, limits: ServeLimits) -> Any:
 
 def gallery_router(gallery: ServedGallery, limits: ServeLimits) -> Any:
     """``GET /api/gallery...``: pages of items, one item, and crops by index or by path."""
-    from fastapi import APIRouter, Query
+    from fastapi import APIRouter, Path, Query
     from fastapi.responses import FileResponse
 
     router = APIRouter()
+    index_p = Path(ge=0, le=MAX_INDEX, description="a gallery row")
 
     @router.get("/api/gallery", summary="One page of gallery items, optionally filtered")
     def gallery_page(
-        offset: int = Query(0, ge=0, description="first item of the page"),
+        offset: int = Query(0, ge=0, le=MAX_INDEX, description="first item of the page"),
         limit: int = Query(
             limits.default_page_size, ge=1, le=limits.max_page_size, description="page size"
         ),
-        camid: Optional[int] = Query(None, description="only this camera"),
-        pid: Optional[int] = Query(None, description="only this identity"),
+        camid: Optional[int] = Query(None, ge=-1, le=MAX_INDEX, description="only this camera"),
+        pid: Optional[int] = Query(None, ge=-1, le=MAX_INDEX, description="only this identity"),
     ) -> Dict[str, Any]:
         total, rows = gallery.page(offset, limit, camid, pid)
         return {
@@ -76,18 +109,24 @@ def gallery_router(gallery: ServedGallery, limits: ServeLimits) -> Any:
         summary="A gallery crop by its path relative to the gallery folder",
         response_class=FileResponse,
     )
-    def gallery_image_by_path(path: str = Query(..., description="e.g. bounding_box_test/x.jpg")):
+    def gallery_image_by_path(
+        path: str = Query(
+            ...,
+            max_length=MAX_PATH_CHARS,
+            description="e.g. bounding_box_test/x.jpg",
+        ),
+    ):
         _, full = gallery.resolve(path)
         return FileResponse(full, headers=IMAGE_CACHING)
 
     @router.get("/api/gallery/{index}", summary="One gallery item")
-    def gallery_item(index: int) -> Dict[str, Any]:
+    def gallery_item(index: int = index_p) -> Dict[str, Any]:
         return gallery.item(gallery.check_index(index))
 
     @router.get(
         "/api/gallery/{index}/image", summary="A gallery item's crop", response_class=FileResponse
     )
-    def gallery_image(index: int):
+    def gallery_image(index: int = index_p):
         return FileResponse(gallery.image_file(index), headers=IMAGE_CACHING)
 
     return router
@@ -113,16 +152,17 @@ def _results(
 async def _read_upload(image: Any, limits: ServeLimits) -> bytes:
     """An uploaded file's bytes: 415 when it says it is no image, 413 over the limit."""
     ctype = (image.content_type or "").split(";")[0].strip().lower()
+    name = shown(image.filename)
     if ctype and not (ctype.startswith("image/") or ctype == "application/octet-stream"):
         raise UploadError(
-            f"the uploaded file {image.filename!r} has content type {ctype!r}; send an image "
-            "(image/jpeg, image/png, ...)",
+            f"image: the uploaded file {name} has content type {shown(ctype)}; send an image "
+            f"({UPLOAD_TYPES})",
             415,
         )
     data = await image.read(limits.max_upload_bytes + 1)
     if len(data) > limits.max_upload_bytes:
         raise UploadError(
-            f"the uploaded file {image.filename!r} exceeds the upload limit of "
+            f"image: the uploaded file {name} exceeds the upload limit of "
             f"{limits.max_upload_bytes} bytes",
             413,
         )
@@ -138,7 +178,7 @@ async def read_upload_tensor(
     data = await _read_upload(image, limits)
 
     def decode():
-        img = decode_upload(data, limits, f"upload {image.filename!r}")
+        img = decode_upload(data, limits, f"image: upload {shown(image.filename)}")
         return img, worker.preprocess(img)
 
     img, tensor = await run_in_threadpool(decode)
@@ -158,19 +198,27 @@ def _need_heatmap(worker: SearchWorker) -> None:
 
 def search_router(worker: SearchWorker, limits: ServeLimits) -> Any:
     """``/api/search``: top-K gallery items for an uploaded crop or for a gallery item."""
-    from fastapi import APIRouter, File, Query, UploadFile
+    from fastapi import APIRouter, Path, Query, UploadFile
 
     router = APIRouter()
     gallery = worker.gallery
 
-    @router.post("/api/search", summary="Top-K gallery items for an uploaded crop")
+    @router.post(
+        "/api/search",
+        summary="Top-K gallery items for an uploaded crop",
+        openapi_extra=upload_schema(limits),
+    )
     async def search_upload(
-        image: Annotated[UploadFile, File(description="the query crop (JPEG, PNG, ...)")],
+        image: Annotated[UploadFile, image_field()],
         topk: int = Query(limits.default_topk, ge=1, le=limits.max_topk),
         rerank: bool = Query(False, description="k-reciprocal re-ranking of the shortlist"),
         heatmap: bool = Query(False, description="also return the query's activation map"),
-        pid: Optional[int] = Query(None, description="the query's identity, if known"),
-        camid: Optional[int] = Query(None, description="the query's camera, if known"),
+        pid: Optional[int] = Query(
+            None, ge=-1, le=MAX_INDEX, description="the query's identity, if known"
+        ),
+        camid: Optional[int] = Query(
+            None, ge=-1, le=MAX_INDEX, description="the query's camera, if known"
+        ),
     ) -> Dict[str, Any]:
         t0 = time.perf_counter()
         img, tensor = await _upload_tensor(worker, limits, image)
@@ -191,7 +239,7 @@ def search_router(worker: SearchWorker, limits: ServeLimits) -> Any:
 
     @router.get("/api/search/item/{index}", summary="Top-K for a gallery item (itself left out)")
     async def search_item(
-        index: int,
+        index: int = Path(ge=0, le=MAX_INDEX, description="a gallery row"),
         topk: int = Query(limits.default_topk, ge=1, le=limits.max_topk),
         rerank: bool = Query(False),
     ) -> Dict[str, Any]:
@@ -214,7 +262,7 @@ def search_router(worker: SearchWorker, limits: ServeLimits) -> Any:
 
 def heatmap_router(worker: SearchWorker, limits: ServeLimits) -> Any:
     """``POST /api/heatmap``: an uploaded crop's activation map as a PNG."""
-    from fastapi import APIRouter, File, UploadFile
+    from fastapi import APIRouter, UploadFile
     from fastapi.responses import Response
 
     router = APIRouter()
@@ -222,10 +270,11 @@ def heatmap_router(worker: SearchWorker, limits: ServeLimits) -> Any:
     @router.post(
         "/api/heatmap",
         summary="The uploaded crop's activation map, all branches combined (PNG)",
+        openapi_extra=upload_schema(limits),
         response_class=Response,
         responses={200: {"content": {"image/png": {}}}},
     )
-    async def heatmap_upload(image: Annotated[UploadFile, File(description="the crop")]):
+    async def heatmap_upload(image: Annotated[UploadFile, image_field("the crop")]):
         _need_heatmap(worker)
         _, tensor = await _upload_tensor(worker, limits, image)
         png = await asyncio.wrap_future(worker.submit_heatmap(tensor))

@@ -10,6 +10,12 @@
 
 Results are the records of :func:`partreid.store.query.search_store`'s hits, each with
 ``crop_id`` and ``image_url`` added. Times are UTC. Every search and deletion is audited.
+
+Every parameter is checked before it costs anything, by the parsers of
+:mod:`partreid.store.query` and :mod:`partreid.utils.times`; the OpenAPI schema states the same
+patterns and bounds (so generated requests reach the logic) and a bad value is a 422 whose
+message starts with the parameter's name. Camera ranges stay ranges (``1-300000000`` is one
+``BETWEEN``); ``filters.cameras`` of an answer lists them as ``[[first, last], ...]``.
 """
 
 import asyncio
@@ -22,31 +28,48 @@ import numpy as np
 
 from ..errors import PartreidError
 from ..store import GalleryStore, Hit, TrackletNotFoundError
-from ..store.query import AnyHit, parse_cameras, search_store, track_ref
-from ..utils.times import format_time, parse_time
+from ..store.query import (
+    CAMERA_PATTERN,
+    CAMERAS_MAX_CHARS,
+    CAMERAS_PATTERN,
+    MAX_CAMERA_TERMS,
+    TRACKLET_MAX_CHARS,
+    TRACKLET_PATTERN,
+    AnyHit,
+    CameraRanges,
+    camera_id,
+    parse_cameras,
+    search_store,
+    track_ref,
+    tracklet_id,
+)
+from ..utils.times import MAX_TIME_CHARS, TIME_HELP, TIME_PATTERN, format_time, parse_time
 from .access import AuditLog, sha256_hex
 from .crops import CropRef, CropRegistry, crop_jpeg
 from .error_responses import RequestError
-from .routes import read_upload_tensor
+from .routes import image_field, read_upload_tensor, upload_schema
 from .worker import SearchWorker, ServeLimits
 
 BY_PATTERN = "^(tracklet|crop)$"
+CROP_ID_PATTERN = "^[0-9a-f]{24}$"  # CropRegistry ids
+TRACK_PATTERN = f"^$|^[0-9]{{1,19}}$|{TRACKLET_PATTERN}"  # none, a track of ?camera=, or an id
+OPTIONAL_TIME_PATTERN = f"^ *$|{TIME_PATTERN}"  # blank: no such bound
 
 
 @dataclass
 class Filters:
     """A search's filters, parsed: camera ids, ``[after, before)`` in epoch seconds, by, top-K."""
 
-    cameras: Optional[List[int]]
+    cameras: Optional[CameraRanges]
     after: Optional[float]
     before: Optional[float]
     by: str = "tracklet"
     topk: int = 10
 
     def to_dict(self) -> Dict[str, Any]:
-        """JSON copy, times as ISO 8601 UTC."""
+        """JSON copy, times as ISO 8601 UTC, cameras as ``[[first, last], ...]``."""
         return {
-            "cameras": self.cameras,
+            "cameras": None if self.cameras is None else [list(r) for r in self.cameras],
             "after": None if self.after is None else format_time(self.after),
             "before": None if self.before is None else format_time(self.before),
             "by": self.by,
@@ -57,8 +80,13 @@ class Filters:
 def _time_field(value: Optional[str], name: str) -> Optional[float]:
     if value is None or not str(value).strip():
         return None
+    return _field(parse_time, value, name)
+
+
+def _field(parse: Any, value: Any, name: str) -> Any:
+    """``parse(value, name)``; its error as a 422 whose message starts with ``name``."""
     try:
-        return parse_time(value, name)
+        return parse(value, name)
     except PartreidError as exc:
         raise RequestError(f"{name}: {exc}", 422) from None
 
@@ -67,15 +95,10 @@ def parse_filters(
     cameras: Optional[str], after: Optional[str], before: Optional[str], by: str, topk: int
 ) -> Filters:
     """Filters from query strings; a malformed one is a 422 naming its field."""
-    try:
-        cams = parse_cameras(cameras)
-    except PartreidError:
-        raise RequestError(
-            f"cameras: {cameras!r} is not a camera list; expected ids such as 3,4,7 or 3-7", 422
-        ) from None
+    cams = _field(parse_cameras, cameras, "cameras")
     t_after, t_before = _time_field(after, "after"), _time_field(before, "before")
     if t_after is not None and t_before is not None and t_before <= t_after:
-        raise RequestError(f"before: {before!r} is not later than after {after!r}", 422)
+        raise RequestError(f"before: {before} is not later than after ({after})", 422)
     return Filters(cams, t_after, t_before, by, topk)
 
 
@@ -185,27 +208,96 @@ def _answer(query: Dict[str, Any], f: Filters, recs: List[Dict[str, Any]], t0: f
     }
 
 
+def _text_query(default: Any, pattern: str, max_chars: int, description: str, example: str) -> Any:
+    """A query parameter whose schema states its pattern and length; the length is enforced by
+    FastAPI, the pattern by the parameter's parser (for a message that says what is expected)."""
+    from fastapi import Query
+
+    return Query(
+        default,
+        max_length=max_chars,
+        description=description,
+        examples=[example],
+        json_schema_extra={"pattern": pattern},
+    )
+
+
+def _result_links() -> Dict[str, Any]:
+    """OpenAPI links from a search answer to the crop and tracklet of its first result (the
+    stateful fuzzing phase follows them)."""
+    links = {
+        "CropOfFirstResult": {
+            "operationId": "store_crop",
+            "parameters": {"crop_id": "$response.body#/results/0/crop_id"},
+        },
+        "SearchFirstResultsTracklet": {
+            "operationId": "store_search_tracklet",
+            "parameters": {"tracklet": "$response.body#/results/0/tracklet"},
+        },
+    }
+    return {200: {"description": "the ranked results", "links": links}}
+
+
+def _filter_queries(limits: ServeLimits) -> Dict[str, Any]:
+    """The search filters' query parameters (defaults, bounds, patterns)."""
+    from fastapi import Query
+
+    return {
+        "topk": Query(
+            limits.default_topk, ge=1, le=limits.max_topk, description="results", examples=[10]
+        ),
+        "by": Query("tracklet", pattern=BY_PATTERN, description="tracklet (grouped) or crop"),
+        "cameras": _text_query(
+            None,
+            CAMERAS_PATTERN,
+            CAMERAS_MAX_CHARS,
+            f"camera ids and ranges: 3,4,7 or 1-300 (all when empty); at most "
+            f"{MAX_CAMERA_TERMS} terms, ids 0..2^63-1",
+            "1,3-5",
+        ),
+        "after": _text_query(
+            None,
+            OPTIONAL_TIME_PATTERN,
+            MAX_TIME_CHARS,
+            f"from this time on: {TIME_HELP}",
+            "2026-12-03T14:00Z",
+        ),
+        "before": _text_query(
+            None,
+            OPTIONAL_TIME_PATTERN,
+            MAX_TIME_CHARS,
+            f"before this time: {TIME_HELP}",
+            "2026-12-03T16:00Z",
+        ),
+    }
+
+
 def store_search_router(service: StoreService, worker: SearchWorker, limits: ServeLimits) -> Any:
     """``POST /api/store/search`` (an upload) and ``GET /api/store/search_tracklet``."""
-    from fastapi import APIRouter, File, Query, Request, UploadFile
+    from fastapi import APIRouter, Request, UploadFile
     from starlette.concurrency import run_in_threadpool
 
     router = APIRouter()
-    topk_q = Query(limits.default_topk, ge=1, le=limits.max_topk, description="results")
-    by_q = Query("tracklet", pattern=BY_PATTERN, description="tracklet (grouped) or crop")
-    cams_q = Query(None, description="camera ids: 3,4,7 or 3-7 (all when empty)")
-    after_q = Query(None, description="from this time on (ISO 8601, UTC unless +HH:MM)")
-    before_q = Query(None, description="before this time (ISO 8601, UTC unless +HH:MM)")
+    q = _filter_queries(limits)
+    tracklet_q = _text_query(
+        ..., TRACKLET_PATTERN, TRACKLET_MAX_CHARS, "a tracklet id: camera:track or crop:id", "1:3"
+    )
 
-    @router.post("/api/store/search", summary="Top-K of the store for an uploaded crop")
+    @router.post(
+        "/api/store/search",
+        summary="Top-K of the store for an uploaded crop",
+        operation_id="store_search",
+        openapi_extra=upload_schema(limits),
+        responses=_result_links(),
+    )
     async def search_upload(
         request: Request,
-        image: Annotated[UploadFile, File(description="the query crop (JPEG, PNG, ...)")],
-        topk: int = topk_q,
-        by: str = by_q,
-        cameras: Optional[str] = cams_q,
-        after: Optional[str] = after_q,
-        before: Optional[str] = before_q,
+        image: Annotated[UploadFile, image_field()],
+        topk: int = q["topk"],
+        by: str = q["by"],
+        cameras: Optional[str] = q["cameras"],
+        after: Optional[str] = q["after"],
+        before: Optional[str] = q["before"],
     ) -> Dict[str, Any]:
         t0 = time.perf_counter()
         f = parse_filters(cameras, after, before, by, topk)
@@ -216,18 +308,24 @@ def store_search_router(service: StoreService, worker: SearchWorker, limits: Ser
         service.audit_search(request, f, query, len(recs))
         return _answer(query, f, recs, t0)
 
-    @router.get("/api/store/search_tracklet", summary="Top-K for a stored tracklet (not itself)")
+    @router.get(
+        "/api/store/search_tracklet",
+        summary="Top-K for a stored tracklet (not itself)",
+        operation_id="store_search_tracklet",
+        responses=_result_links(),
+    )
     async def search_tracklet(
         request: Request,
-        tracklet: str = Query(..., description="a tracklet id: camera:track or crop:id"),
-        topk: int = topk_q,
-        by: str = by_q,
-        cameras: Optional[str] = cams_q,
-        after: Optional[str] = after_q,
-        before: Optional[str] = before_q,
+        tracklet: str = tracklet_q,
+        topk: int = q["topk"],
+        by: str = q["by"],
+        cameras: Optional[str] = q["cameras"],
+        after: Optional[str] = q["after"],
+        before: Optional[str] = q["before"],
     ) -> Dict[str, Any]:
         t0 = time.perf_counter()
         f = parse_filters(cameras, after, before, by, topk)
+        tracklet = _field(tracklet_id, tracklet, "tracklet")
         feature, meta = await run_in_threadpool(service.tracklet_feature, tracklet)
         recs = await run_in_threadpool(service.search, feature, f, tracklet)
         service.audit_search(request, f, {"tracklet": tracklet}, len(recs))
@@ -238,7 +336,7 @@ def store_search_router(service: StoreService, worker: SearchWorker, limits: Ser
 
 def store_admin_router(service: StoreService) -> Any:
     """``GET /api/store/stats``, ``GET /api/store/crops/{id}``, ``POST /api/store/delete``."""
-    from fastapi import APIRouter, Query, Request
+    from fastapi import APIRouter, Path, Request
     from fastapi.responses import Response
     from starlette.concurrency import run_in_threadpool
 
@@ -251,26 +349,48 @@ def store_admin_router(service: StoreService) -> Any:
     @router.get(
         "/api/store/crops/{crop_id}",
         summary="The crop of a search result (JPEG), by its crop_id",
+        operation_id="store_crop",
         response_class=Response,
         responses={200: {"content": {"image/jpeg": {}}}},
     )
-    async def crop(crop_id: str):
+    async def crop(
+        crop_id: str = Path(
+            description="the crop_id of a result (24 hex digits)",
+            max_length=24,
+            json_schema_extra={"pattern": CROP_ID_PATTERN},
+        ),
+    ):
         jpeg = await run_in_threadpool(service.crop, crop_id)
         return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "private"})
 
-    @router.post("/api/store/delete", summary="Forget crops: before a time, of a camera/track")
+    @router.post(
+        "/api/store/delete",
+        summary="Forget crops: before a time, of a camera/track",
+        operation_id="store_delete",
+    )
     async def delete(
         request: Request,
-        before: Optional[str] = Query(None, description="crops seen before this time"),
-        camera: Optional[str] = Query(None, description="crops of this camera"),
-        track: Optional[str] = Query(None, description="crops of this tracklet (3:17)"),
+        before: Optional[str] = _text_query(
+            None,
+            OPTIONAL_TIME_PATTERN,
+            MAX_TIME_CHARS,
+            f"crops seen before this time: {TIME_HELP}",
+            "2026-12-03T14:00Z",
+        ),
+        camera: Optional[str] = _text_query(
+            None, CAMERA_PATTERN, 64, "crops of this camera (0..2^63-1)", "3"
+        ),
+        track: Optional[str] = _text_query(
+            None,
+            TRACK_PATTERN,
+            TRACKLET_MAX_CHARS,
+            "crops of this tracklet (3:17, crop:42; or a track of ?camera=)",
+            "3:17",
+        ),
     ) -> Dict[str, Any]:
         t_before = _time_field(before, "before")
-        cam = _int_field(camera, "camera")
-        try:
-            ref = track_ref(track or None, cam)
-        except PartreidError as exc:
-            raise RequestError(f"track: {exc}", 422) from None
+        cam = _field(camera_id, camera, "camera")
+        ref = _field(lambda v, name: track_ref(v, cam, name), track or None, "track")
         n = await run_in_threadpool(service.delete, t_before, cam, ref)
         cond = {"before": before or None, "camera": cam, "track": ref}
         if service.audit is not None:
@@ -280,15 +400,6 @@ def store_admin_router(service: StoreService) -> Any:
         return {"deleted": n, "conditions": cond, "store": service.summary()}
 
     return router
-
-
-def _int_field(value: Optional[str], name: str) -> Optional[int]:
-    if value is None or not str(value).strip():
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        raise RequestError(f"{name}: {value!r} is not an integer", 422) from None
 
 
 def store_health_router(

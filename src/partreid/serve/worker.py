@@ -25,6 +25,7 @@ from torch import nn
 
 from ..errors import InvalidValueError, PartreidError
 from ..inference import Extractor
+from ..store.query import MAX_TOPK
 from .gallery import ServedGallery
 
 log = logging.getLogger("partreid")
@@ -48,6 +49,10 @@ class ServeLimits:
         for k, v in asdict(self).items():
             if not isinstance(v, int) or v < 1:
                 raise InvalidValueError(f"serve limit {k} must be a positive integer, got {v!r}")
+        if self.max_topk > MAX_TOPK:
+            raise InvalidValueError(
+                f"--max-topk {self.max_topk}: at most {MAX_TOPK} results per query"
+            )
         if self.default_topk > self.max_topk:
             raise InvalidValueError(
                 f"default top-K {self.default_topk} exceeds the top-K limit {self.max_topk}"

@@ -29,10 +29,13 @@ from partreid.store.base import (
     CropBatch,
     GalleryStore,
     Hit,
+    IdentityLog,
+    IdentityNotFoundError,
     StoreError,
     StoreStats,
     TrackletHit,
     TrackletNotFoundError,
+    TrackletTable,
 )
 from partreid.store.milvus_uri import redact
 
@@ -48,10 +51,13 @@ __all__ = [
     "CropBatch",
     "GalleryStore",
     "Hit",
+    "IdentityLog",
+    "IdentityNotFoundError",
     "StoreError",
     "StoreStats",
     "TrackletHit",
     "TrackletNotFoundError",
+    "TrackletTable",
     "open_store",
 ]
 

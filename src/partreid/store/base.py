@@ -11,7 +11,9 @@ Conventions shared by every backend:
   id ``"crop:{id}"``, so tracklet search also covers crops without tracks. A tracklet's feature
   is the L2-normalised mean of its crops' normalised features; ``start``/``end`` the min/max
   timestamp of its crops;
-- filters: ``cameras`` (camera in the set); crops: ``after <= timestamp < before``; tracklets:
+- filters: ``cameras`` (camera in the set: camera ids and/or inclusive ``(first, last)`` ranges,
+  kept as ranges down to the backend's filter, at most :data:`MAX_CAMERA_RANGES` of them once
+  adjacent ids are merged); crops: ``after <= timestamp < before``; tracklets:
   the span overlaps ``[after, before)``, i.e. ``end >= after and start < before``.
 """
 
@@ -27,6 +29,10 @@ from partreid.errors import PartreidError
 from partreid.utils.times import format_time
 
 TrackRef = Union[str, Tuple[int, int]]
+CameraFilter = Sequence[Union[int, Tuple[int, int]]]  # camera ids and/or inclusive ranges
+
+MAX_ID = 2**63 - 1  # ids, cameras and track ids are 64-bit integers (SQLite, Milvus Int64)
+MAX_CAMERA_RANGES = 100
 
 
 class StoreError(PartreidError, ValueError):
@@ -35,6 +41,10 @@ class StoreError(PartreidError, ValueError):
 
 class TrackletNotFoundError(StoreError):
     """The store holds no tracklet of that id (a 404 for the server)."""
+
+
+class IdentityNotFoundError(StoreError):
+    """The store holds no tracklet of that site identity (a 404 for the server)."""
 
 
 def normalize(x: np.ndarray) -> np.ndarray:
@@ -61,6 +71,29 @@ def parse_track(track: TrackRef) -> str:
     if not ok:
         raise StoreError(f"tracklet id {s!r}: expected 'camera:track_id' or 'crop:id'")
     return s
+
+
+def camera_ranges(cameras: CameraFilter, where: str = "cameras") -> List[Tuple[int, int]]:
+    """A camera filter as sorted, merged inclusive ``(first, last)`` ranges (an id ``c`` is
+    ``(c, c)``); ids outside 0..:data:`MAX_ID` or more than :data:`MAX_CAMERA_RANGES` ranges
+    raise :class:`StoreError`."""
+    spans = []
+    for c in cameras:
+        a, b = (c, c) if isinstance(c, (int, np.integer)) else c
+        if not 0 <= int(a) <= int(b) <= MAX_ID:
+            raise StoreError(f"{where}: camera range {a}..{b} is not within 0..{MAX_ID}")
+        spans.append((int(a), int(b)))
+    merged: List[Tuple[int, int]] = []
+    for a, b in sorted(spans):
+        if merged and a <= merged[-1][1] + 1:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+        else:
+            merged.append((a, b))
+    if len(merged) > MAX_CAMERA_RANGES:
+        raise StoreError(
+            f"{where}: {len(merged)} separate camera ranges; at most {MAX_CAMERA_RANGES}"
+        )
+    return merged
 
 
 def to_distance(score: np.ndarray) -> np.ndarray:
@@ -245,7 +278,7 @@ class NewCrops:
 class SearchFilter:
     """The filters of one search as given to :meth:`GalleryStore.search` (None: no filter)."""
 
-    cameras: Optional[Sequence[int]] = None
+    cameras: Optional[CameraFilter] = None  # camera ids and/or inclusive (first, last) ranges
     after: Optional[float] = None
     before: Optional[float] = None
 
@@ -298,6 +331,73 @@ class StoreStats:
             "info": self.info,
             **self.extra,
         }
+
+
+@dataclass
+class TrackletTable:
+    """Tracklets as parallel arrays (see :meth:`GalleryStore.tracklets`), in time order (start,
+    end, id): ``keys`` their ids, ``camera``/``track_id``/``n_crops`` int64, ``start``/``end``
+    float64, ``identity`` int64 (the site identity, -1 none yet), ``features`` float32 (N, D)
+    normalised (None when not asked for)."""
+
+    keys: List[str]
+    camera: np.ndarray
+    track_id: np.ndarray
+    start: np.ndarray
+    end: np.ndarray
+    n_crops: np.ndarray
+    identity: np.ndarray
+    features: Optional[np.ndarray] = None
+
+    @classmethod
+    def of_rows(cls, rows: Sequence[tuple], features: Optional[np.ndarray]) -> TrackletTable:
+        """From rows ``(key, camera, track_id, start, end, n_crops, identity)`` and, when given,
+        their features in the same order: sorted into time order."""
+        order = sorted(range(len(rows)), key=lambda i: (rows[i][3], rows[i][4], rows[i][0]))
+        cols = list(zip(*[rows[i] for i in order])) if rows else [()] * 7
+
+        def col(j: int, dtype: Any) -> np.ndarray:
+            return np.asarray(cols[j], dtype).reshape(-1)
+
+        feats = None if features is None else np.asarray(features, np.float32)[order]
+        return cls(
+            keys=[str(k) for k in cols[0]],
+            camera=col(1, np.int64),
+            track_id=col(2, np.int64),
+            start=col(3, np.float64),
+            end=col(4, np.float64),
+            n_crops=col(5, np.int64),
+            identity=col(6, np.int64),
+            features=feats,
+        )
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def records(self) -> List[Dict[str, Any]]:
+        """``camera, track_id, start, end, n, identity, tracklet`` per tracklet (times ISO 8601;
+        identity None when there is none), as ``partreid store tracklets`` writes them."""
+        return [
+            {
+                "camera": int(self.camera[i]),
+                "track_id": int(self.track_id[i]),
+                "start": format_time(self.start[i]),
+                "end": format_time(self.end[i]),
+                "n": int(self.n_crops[i]),
+                "identity": int(self.identity[i]) if self.identity[i] >= 0 else None,
+                "tracklet": self.keys[i],
+            }
+            for i in range(len(self))
+        ]
+
+
+@dataclass
+class IdentityLog:
+    """What a store remembers of its site identities besides the tracklets' own: the next new
+    id (ids are never reused) and each merge ``(absorbed, into, time)``, oldest first."""
+
+    next_id: int = 1
+    merges: List[Tuple[int, int, float]] = field(default_factory=list)
 
 
 @dataclass
@@ -399,6 +499,10 @@ class GalleryStore:
     - ``_tracklet(key)``: a tracklet's normalised feature and a :class:`TrackletHit` of its
       metadata, or None;
     - ``_stats()``: :class:`StoreStats` (made with :meth:`_stats_of`);
+    - site identities: ``_tracklet_table(flt, identities, keys, features)`` (:class:`TrackletTable`),
+      ``_set_identities(assign, merges, next_id)``, ``_identity_log()`` and
+      ``_forget_identity(identity)``; a backend's delete also drops the identity of every
+      tracklet it empties;
     - ``close()``;
     - ``_repair(cameras)`` where a write is not atomic (see :meth:`repair`; default: nothing);
 
@@ -443,7 +547,7 @@ class GalleryStore:
         queries: np.ndarray,
         k: int,
         by: str = "crop",
-        cameras: Optional[Sequence[int]] = None,
+        cameras: Optional[CameraFilter] = None,
         after: Optional[float] = None,
         before: Optional[float] = None,
     ) -> List[List[Any]]:
@@ -516,6 +620,62 @@ class GalleryStore:
         )
         return feat, meta
 
+    # -- site identities (partreid.store.link decides them; the store keeps them) -----------
+
+    def tracklets(
+        self,
+        cameras: Optional[CameraFilter] = None,
+        after: Optional[float] = None,
+        before: Optional[float] = None,
+        identities: Optional[Sequence[int]] = None,
+        keys: Optional[Sequence[TrackRef]] = None,
+        features: bool = False,
+    ) -> TrackletTable:
+        """Every tracklet matching the filters (as :meth:`search`'s; ``identities``: of those
+        site identities; ``keys``: those tracklet ids), with its identity and, with
+        ``features``, its feature."""
+        flt = SearchFilter(cameras, after, before)
+        ids = None if identities is None else sorted({int(i) for i in identities})
+        wanted = None if keys is None else sorted({parse_track(k) for k in keys})
+        with self._lock:
+            return self._tracklet_table(flt, ids, wanted, bool(features))
+
+    def set_identities(
+        self,
+        assign: Dict[str, int],
+        merges: Sequence[Tuple[int, int]] = (),
+        next_id: Optional[int] = None,
+        at: float = 0.0,
+    ) -> int:
+        """Give tracklets (by id) their site identity, record ``merges`` ``(absorbed, into)``
+        made at time ``at`` and raise the next new id to at least ``next_id`` and past every
+        id given. Ids of tracklets the store does not hold are skipped; returns how many
+        tracklets it set."""
+        assign = {parse_track(k): int(v) for k, v in assign.items()}
+        if any(v < 1 for v in assign.values()):
+            raise StoreError(f"store {self.uri}: identities are ids >= 1")
+        top = max([int(next_id or 1)] + [v + 1 for v in assign.values()])
+        log = [(int(a), int(b), float(at)) for a, b in merges]
+        with self._lock, self._writing():
+            return self._set_identities(assign, log, top)
+
+    def identity_log(self) -> IdentityLog:
+        """The next new identity id and the merges recorded so far."""
+        with self._lock:
+            return self._identity_log()
+
+    def delete_identity(self, identity: int) -> int:
+        """Forget a person: delete every crop of the tracklets of site identity ``identity``
+        (each tracklet in one step of :meth:`delete`'s), then the identity itself. Returns the
+        number of crops deleted; raises :class:`IdentityNotFoundError` if no tracklet has it."""
+        with self._lock, self._writing():
+            table = self._tracklet_table(SearchFilter(), [int(identity)], None, False)
+            if not len(table):
+                raise IdentityNotFoundError(f"store {self.uri}: no identity {int(identity)}")
+            n = sum(self._delete(DeleteFilter(track=key)) for key in table.keys)
+            self._forget_identity(int(identity))
+            return n
+
     def close(self) -> None:
         """Release files and connections."""
 
@@ -557,6 +717,30 @@ class GalleryStore:
 
     def _stats(self) -> StoreStats:
         """The backend's :class:`StoreStats`."""
+        raise NotImplementedError
+
+    def _tracklet_table(
+        self,
+        flt: SearchFilter,
+        identities: Optional[List[int]],
+        keys: Optional[List[str]],
+        features: bool,
+    ) -> TrackletTable:
+        """The tracklets matching ``flt`` (and, when given, of ``identities`` / ids ``keys``)."""
+        raise NotImplementedError
+
+    def _set_identities(
+        self, assign: Dict[str, int], merges: List[Tuple[int, int, float]], next_id: int
+    ) -> int:
+        """Store the tracklets' identities and the merges, raise the next id (one write)."""
+        raise NotImplementedError
+
+    def _identity_log(self) -> IdentityLog:
+        """The stored :class:`IdentityLog`."""
+        raise NotImplementedError
+
+    def _forget_identity(self, identity: int) -> None:
+        """Remove what is left of an identity (its tracklets' rows, its merges)."""
         raise NotImplementedError
 
     def _stats_of(

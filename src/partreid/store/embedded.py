@@ -6,6 +6,11 @@ Layout of the folder::
     meta.sqlite    crops, tracklets and the committed vector row count (SQLite, WAL mode)
     vectors.f32    the crops' L2-normalised features, float32, row after row (append-only)
 
+Every file is created readable by its owner only (0600; SQLite's ``-wal``/``-shm`` files take
+the mode of ``meta.sqlite``) and a folder the store makes is 0700: the features and paths are
+biometric data. Opening a store whose folder or files others can read logs a warning naming
+them (:func:`partreid.utils.private.warn_loose_modes`); their modes are left as they are.
+
 Crash safety (``kill -9`` at any moment loses at most the unfinished batch): ``add`` first
 writes the new rows at the end of ``vectors.f32`` and fsyncs them, then commits ONE SQLite
 transaction (``synchronous=FULL``) that inserts the crops referencing those rows, updates their
@@ -59,15 +64,23 @@ except ImportError:  # pragma: no cover (Windows: one writing process is the use
 
 from partreid.store import base
 from partreid.store.base import (
+    CameraFilter,
     Hit,
     StoreError,
     TrackletHit,
+    camera_ranges,
     chunks,
     normalize,
     sum_by_group,
     to_distance,
 )
 from partreid.utils.extras import load_faiss
+from partreid.utils.private import (
+    create_private_file,
+    make_private_dir,
+    open_private,
+    warn_loose_modes,
+)
 
 FORMAT = "partreid-store/1"
 SMALL = 20000  # filtered subsets up to this many rows: exact numpy on the gathered rows
@@ -98,6 +111,24 @@ CREATE UNIQUE INDEX IF NOT EXISTS crops_row ON crops(row);
 CREATE INDEX IF NOT EXISTS crops_tracklet ON crops(tracklet);
 CREATE INDEX IF NOT EXISTS tracklets_cam_t0 ON tracklets(camera, t0, t1);
 CREATE INDEX IF NOT EXISTS tracklets_t0 ON tracklets(t0, t1);
+"""
+# the files of a store folder that must stay the owner's (audit.log: partreid serve's)
+PRIVATE_FILES = (
+    "store.json",
+    "meta.sqlite",
+    "meta.sqlite-wal",
+    "meta.sqlite-shm",
+    "vectors.f32",
+    "writer.lock",
+    "audit.log",
+)
+# site identities (partreid.store.link): one row per linked tracklet, the merges, and
+# meta.next_identity; made on open in a store of an earlier layout
+_IDENTITY_SCHEMA = """
+CREATE TABLE IF NOT EXISTS identities(key TEXT PRIMARY KEY, identity INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS identities_identity ON identities(identity);
+CREATE TABLE IF NOT EXISTS identity_merges(
+    absorbed INTEGER PRIMARY KEY, into_id INTEGER NOT NULL, at REAL NOT NULL);
 """
 
 
@@ -139,6 +170,10 @@ class EmbeddedStore(base.GalleryStore):
             if info is None:
                 raise StoreError(f"store {path}: creating a store needs info with 'dim'")
             self._create(meta_file, info)
+        warn_loose_modes(
+            [self.path] + [os.path.join(self.path, f) for f in PRIVATE_FILES],
+            f"the gallery store {path}",
+        )
         with open(meta_file) as f:
             head = json.load(f)
         if head.get("format") != FORMAT:
@@ -154,6 +189,8 @@ class EmbeddedStore(base.GalleryStore):
         )
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
+        if not self._db.execute("SELECT 1 FROM sqlite_master WHERE name='identities'").fetchone():
+            self._db.executescript(_IDENTITY_SCHEMA)  # a store made before site identities
         self._rows = int(self._db.execute("SELECT value FROM meta WHERE key='rows'").fetchone()[0])
         self._max_span = float(
             self._db.execute("SELECT value FROM meta WHERE key='max_span'").fetchone()[0]
@@ -166,7 +203,7 @@ class EmbeddedStore(base.GalleryStore):
                 f"store {path}: vectors.f32 has {size // (4 * self.dim)} rows, the metadata"
                 f" references {self._rows}: the vector file was truncated or replaced"
             )
-        self._lockf = open(os.path.join(self.path, "writer.lock"), "a+b")  # noqa: SIM115
+        self._lockf = open_private(os.path.join(self.path, "writer.lock"))
         if size > want and self._try_writer_lock():  # rows of a batch that never committed
             try:  # (while another process holds the lock, those rows are its batch in flight)
                 self._vf.truncate(want)
@@ -184,7 +221,8 @@ class EmbeddedStore(base.GalleryStore):
     # -- creation, files ------------------------------------------------------------------
 
     def _create(self, meta_file: str, info: Dict[str, Any]) -> None:
-        os.makedirs(self.path, exist_ok=True)
+        """The store's files, readable by their owner only (0600 in a 0700 folder we make)."""
+        make_private_dir(self.path)
         info = dict(info)
         info["dim"] = int(info["dim"])
         try:
@@ -195,12 +233,14 @@ class EmbeddedStore(base.GalleryStore):
             p = os.path.join(self.path, name)
             if os.path.exists(p):
                 os.remove(p)
-        open(os.path.join(self.path, "vectors.f32"), "wb").close()
+        create_private_file(os.path.join(self.path, "vectors.f32"))
+        create_private_file(os.path.join(self.path, "meta.sqlite"))  # SQLite's -wal/-shm copy it
         db = sqlite3.connect(os.path.join(self.path, "meta.sqlite"), isolation_level=None)
         db.execute("PRAGMA journal_mode=WAL")
-        db.executescript(_SCHEMA)
+        db.executescript(_SCHEMA + _IDENTITY_SCHEMA)
         db.close()
         tmp = meta_file + ".tmp"
+        create_private_file(tmp)
         with open(tmp, "w") as f:
             f.write(text)
             f.flush()
@@ -495,7 +535,7 @@ class EmbeddedStore(base.GalleryStore):
     # -- search ---------------------------------------------------------------------------
 
     def _where(
-        self, by: str, cameras: Optional[Sequence[int]], after: Any, before: Any
+        self, by: str, cameras: Optional[CameraFilter], after: Any, before: Any
     ) -> Tuple[str, list]:
         """The SQL filter and its parameters; tracklets: also ``t0 >= after - max_span``.
 
@@ -504,10 +544,13 @@ class EmbeddedStore(base.GalleryStore):
         without it every tracklet ending after ``after`` -- up to the newest -- was scanned.
         """
         conds, params = [], []
-        if cameras is not None:
-            cams = sorted({int(c) for c in cameras})
-            conds.append(f"camera IN ({','.join('?' * len(cams))})" if cams else "0")
-            params += cams
+        if cameras is not None:  # ids as one IN list, ranges as BETWEENs: never expanded
+            spans = camera_ranges(cameras, f"store {self.uri}")
+            ids = [a for a, b in spans if a == b]
+            terms = [f"camera IN ({','.join('?' * len(ids))})"] if ids else []
+            terms += ["camera BETWEEN ? AND ?" for a, b in spans if a != b]
+            conds.append(f"({' OR '.join(terms)})" if terms else "0")
+            params += ids + [v for a, b in spans if a != b for v in (a, b)]
         if by == "crop":
             if after is not None:
                 conds.append("ts >= ?")
@@ -708,6 +751,10 @@ class EmbeddedStore(base.GalleryStore):
                 "SELECT n, sum, camera, track_id FROM tracklets WHERE tid=?", (tid,)
             ).fetchone()
             if n - c_del <= 0:
+                db.execute(
+                    "DELETE FROM identities WHERE key IN (SELECT key FROM tracklets WHERE tid=?)",
+                    (tid,),
+                )
                 db.execute("DELETE FROM tracklets WHERE tid=?", (tid,))
                 changed[tid] = None
                 continue
@@ -751,6 +798,88 @@ class EmbeddedStore(base.GalleryStore):
         else:
             feat = normalize(np.frombuffer(r[6], np.float64))
         return feat, _tracklet_hit(r[:6], 0.0)
+
+    # -- site identities ------------------------------------------------------------------
+
+    def _tracklet_table(
+        self,
+        flt: base.SearchFilter,
+        identities: Optional[List[int]],
+        keys: Optional[List[str]],
+        features: bool,
+    ) -> base.TrackletTable:
+        """The filter in SQLite (as a tracklet search's), the identities joined; lists of
+        identities or ids in pieces of ``_CHUNK``."""
+        self._sync()
+        where, params = self._where("tracklet", flt.cameras, flt.after, flt.before)
+        sql = (
+            "SELECT t.key, camera, track_id, t0, t1, n, coalesce(identity, -1), tid"
+            " FROM tracklets t LEFT JOIN identities i ON i.key = t.key"
+        )
+        pieces: List[Tuple[str, list]] = [("", [])]
+        if identities is not None:
+            pieces = [
+                (f"identity IN ({','.join('?' * len(p))})", list(p))
+                for p in chunks(identities, _CHUNK)
+            ]
+        if keys is not None:
+            pieces = [
+                (f"t.key IN ({','.join('?' * len(p))})", list(p)) for p in chunks(keys, _CHUNK)
+            ]
+        rows: Dict[int, tuple] = {}
+        for cond, values in pieces:
+            conds = [c for c in (where, cond) if c]
+            text = sql + (f" WHERE {' AND '.join(conds)}" if conds else "")
+            rows.update((r[7], r) for r in self._db.execute(text, params + values))
+        found = list(rows.values())
+        if identities is not None and keys is not None:
+            found = [r for r in found if r[6] in set(identities)]
+        feats = None
+        if features:
+            tv, _ = self._tracklet_matrix()
+            feats = tv[np.array([r[7] for r in found], np.int64)] if found else tv[:0]
+        return base.TrackletTable.of_rows([r[:7] for r in found], feats)
+
+    def _set_identities(
+        self, assign: Dict[str, int], merges: List[Tuple[int, int, float]], next_id: int
+    ) -> int:
+        """One transaction: identities of tracklets the store holds, merges, next id."""
+        with self._transaction() as db:
+            held = set()
+            keys = list(assign)
+            for part in chunks(keys, _CHUNK):
+                q = f"SELECT key FROM tracklets WHERE key IN ({','.join('?' * len(part))})"
+                held.update(r[0] for r in db.execute(q, part))
+            db.executemany(
+                "INSERT OR REPLACE INTO identities(key, identity) VALUES (?, ?)",
+                ((k, v) for k, v in assign.items() if k in held),
+            )
+            db.executemany(
+                "INSERT OR REPLACE INTO identity_merges(absorbed, into_id, at) VALUES (?, ?, ?)",
+                merges,
+            )
+            db.execute(
+                "INSERT INTO meta VALUES('next_identity', ?) ON CONFLICT(key)"
+                " DO UPDATE SET value = max(value, excluded.value)",
+                (int(next_id),),
+            )
+        return len(held)
+
+    def _identity_log(self) -> base.IdentityLog:
+        self._sync()
+        db = self._db
+        top = db.execute("SELECT value FROM meta WHERE key='next_identity'").fetchone()
+        merges = db.execute("SELECT absorbed, into_id, at FROM identity_merges ORDER BY at, rowid")
+        return base.IdentityLog(
+            int(top[0]) if top else 1, [(int(a), int(b), float(t)) for a, b, t in merges]
+        )
+
+    def _forget_identity(self, identity: int) -> None:
+        with self._transaction() as db:
+            db.execute("DELETE FROM identities WHERE identity=?", (identity,))
+            db.execute(
+                "DELETE FROM identity_merges WHERE absorbed=? OR into_id=?", (identity, identity)
+            )
 
     def close(self) -> None:
         """Close the database and the vector file (the store stays as committed)."""

@@ -10,6 +10,7 @@ end, ``norm`` = |sum of its normalised crop features| and ``vector`` = the norma
 ``{prefix}_cameras`` (pk ``camera``; the ``first`` / ``last`` timestamp of its crops) and
 ``{prefix}_meta`` (row 0: the ``info`` JSON; row 1: the vector index; negative rows: the
 journal of writes in progress).
+A new Milvus Lite store's folder is made 0700 (the owner's only); a looser one gets a warning.
 
 Indexes: a server store's vectors get the URI's index (HNSW by default, its parameters
 recorded in row 1), its filter fields scalar indexes (camera, timestamp, tracklet; the
@@ -51,7 +52,16 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from partreid.store import base
-from partreid.store.base import Hit, StoreError, TrackletHit, chunks, normalize, to_distance
+from partreid.store.base import (
+    CameraFilter,
+    Hit,
+    StoreError,
+    TrackletHit,
+    camera_ranges,
+    chunks,
+    normalize,
+    to_distance,
+)
 from partreid.store.milvus_uri import (
     MAX_LIMIT,
     IndexSpec,
@@ -59,6 +69,7 @@ from partreid.store.milvus_uri import (
     parse_milvus_uri,
 )
 from partreid.utils.extras import require
+from partreid.utils.private import make_private_dir, warn_loose_modes
 
 CONNECT_TIMEOUT = 5.0  # seconds before an unreachable server is reported
 MARGIN = 16  # extra candidates so that ties at rank k sort by id
@@ -168,11 +179,15 @@ class MilvusStore(base.GalleryStore):
                     f"store {self.uri}: no Milvus Lite file {t.target} (open it with create=True"
                     " to make one)"
                 )
+            if not os.path.exists(t.target):  # Milvus Lite keeps its files in it: owner only
+                make_private_dir(t.target)
+            warn_loose_modes([t.target], f"the gallery store {self.uri}")
         self._pm = pm
         self._c = connect(pm, t)
         self._lock = threading.RLock()
         self._opened = self._seen = _now_ts()  # reads see every write made before opening
         self._journals: set = set()  # this handle's journal rows (see _pending)
+        self._loaded: set = set()  # the identity collections, once loaded by this handle
         self._dirty = True  # Lite: rows of an earlier session may be unflushed
         self._crops, self._tr, self._cams, self._meta = (
             f"{t.prefix}_{s}" for s in ("crops", "tracklets", "cameras", "meta")
@@ -562,8 +577,11 @@ class MilvusStore(base.GalleryStore):
         return rows, [k for k in keys if k not in left]
 
     def _write_tracklets(self, rows: List[dict], gone: List[str]) -> None:
+        has_ids = bool(gone) and self._identity_collections(False)
         for part in chunks(gone, _IN_CHUNK):
             self._c.delete(self._tr, filter=f"key in {_in(part)}")
+            if has_ids:  # an emptied tracklet has no identity
+                self._c.delete(self._ids, filter=f"key in {_in(part)}")
         self._update_tracklets(rows)
 
     # -- cameras: their time spans (stats count their crops) ------------------------------
@@ -652,11 +670,14 @@ class MilvusStore(base.GalleryStore):
     # -- search ---------------------------------------------------------------------------
 
     @staticmethod
-    def _expr(by: str, cameras: Optional[Sequence[int]], after: Any, before: Any) -> str:
+    def _expr(by: str, cameras: Optional[CameraFilter], after: Any, before: Any) -> str:
         conds = []
-        if cameras is not None:
-            cams = sorted({int(c) for c in cameras})
-            conds.append(f"camera in {_in(cams)}" if cams else "camera in [-9223372036854775807]")
+        if cameras is not None:  # ids as one list, ranges as bounds: never expanded
+            spans = camera_ranges(cameras)
+            ids = [a for a, b in spans if a == b]
+            terms = [f"camera in {_in(ids)}"] if ids else []
+            terms += [f"(camera >= {a} and camera <= {b})" for a, b in spans if a != b]
+            conds.append(f"({' or '.join(terms)})" if terms else "camera in [-9223372036854775807]")
         lo, hi = ("timestamp", "timestamp") if by == "crop" else ("end", "start")
         if after is not None:
             conds.append(f"{lo} >= {float(after)!r}")
@@ -779,14 +800,20 @@ class MilvusStore(base.GalleryStore):
         """Every row ``expr`` keeps, page by page in primary key order (a query with a limit
         answers the smallest keys, in order: pymilvus's query iterator relies on it too; that
         iterator itself, on a 2.3 server, read without this handle's guarantee)."""
-        pk = "id" if coll == self._crops else "camera" if coll == self._cams else "key"
+        pk, text = {
+            self._crops: ("id", False),
+            self._tr: ("key", True),
+            self._cams: ("camera", False),
+            self._ids: ("key", True),
+            self._log: ("absorbed", False),
+        }.get(coll, ("key", False))
         last = None
         while True:
             cond = expr if last is None else f"{pk} > {json.dumps(last)}"
             if last is not None and expr:
                 cond = f"({expr}) and {cond}"
             if not cond:  # every row (-2^63 is no key: ids are the caller's, >= 0 after all)
-                cond = f'{pk} >= ""' if coll == self._tr else f"{pk} >= {-(2**63) + 1}"
+                cond = f'{pk} >= ""' if text else f"{pk} >= {-(2**63) + 1}"
             rows = self._query(coll, cond, list(dict.fromkeys([pk, *fields])), limit=_PAGE)
             yield from rows
             if len(rows) < _PAGE:
@@ -910,6 +937,134 @@ class MilvusStore(base.GalleryStore):
             self._wrote()
         out["seconds"] = time.monotonic() - t0
         return out
+
+    # -- site identities ------------------------------------------------------------------
+
+    def _identity_collections(self, create: bool) -> bool:
+        """``{prefix}_identities`` (pk ``key``: a tracklet id, ``identity``) and
+        ``{prefix}_identity_log`` (pk ``absorbed``, ``into_id``, ``at``; the row ``absorbed ==
+        0`` holds the next new id in ``into_id``), each with a 2-d placeholder vector (Milvus
+        wants one): whether they exist, made first when ``create``."""
+        names = (self._ids, self._log)
+        if all(self._c.has_collection(n) for n in names):
+            if names[0] not in self._loaded:
+                self._load(list(names))
+                self._loaded.update(names)
+            return True
+        if not create:
+            return False
+        dt = self._pm.DataType
+        for name, fields in (
+            (self._ids, [("key", dt.VARCHAR, {"is_primary": True, "max_length": 64}),
+                         ("identity", dt.INT64, {})]),
+            (self._log, [("absorbed", dt.INT64, {"is_primary": True}), ("into_id", dt.INT64, {}),
+                         ("at", dt.DOUBLE, {})]),
+        ):  # fmt: skip
+            if not self._c.has_collection(name):
+                self._make(name, fields, 2, self._index_params(name, None, "L2"))
+        self._load(list(names))
+        self._loaded.update(names)
+        return True
+
+    @property
+    def _ids(self) -> str:
+        return self._meta[: -len("meta")] + "identities"
+
+    @property
+    def _log(self) -> str:
+        return self._meta[: -len("meta")] + "identity_log"
+
+    def _identity_of(self, keys: List[str]) -> Dict[str, int]:
+        out: Dict[str, int] = {}
+        if not keys or not self._identity_collections(False):
+            return out
+        for part in chunks(keys, _IN_CHUNK):
+            rows = self._query(self._ids, f"key in {_in(part)}", ["key", "identity"])
+            out.update((r["key"], int(r["identity"])) for r in rows)
+        return out
+
+    def _tracklet_table(
+        self,
+        flt: base.SearchFilter,
+        identities: Optional[List[int]],
+        keys: Optional[List[str]],
+        features: bool,
+    ) -> base.TrackletTable:
+        """The filter inside Milvus; with ``identities``, their tracklet ids first."""
+        expr = self._expr("tracklet", flt.cameras, flt.after, flt.before)
+        if identities is not None:
+            found_keys: set = set()
+            if self._identity_collections(False):
+                for part in chunks(identities, _IN_CHUNK):
+                    rows = self._iterate(self._ids, f"identity in {_in(part)}", ["key"])
+                    found_keys.update(r["key"] for r in rows)
+            keys = sorted(found_keys if keys is None else found_keys & set(keys))
+        fields = _TR_FIELDS + (["vector"] if features else [])
+        if keys is None:
+            found = list(self._iterate(self._tr, expr, fields))
+        else:
+            found = []
+            for part in chunks(keys, _IN_CHUNK):
+                cond = " and ".join(filter(None, [expr, f"key in {_in(part)}"]))
+                found += list(self._iterate(self._tr, cond, fields))
+        ident = self._identity_of([r["key"] for r in found])
+        rows = [
+            (
+                r["key"],
+                r["camera"],
+                r["track_id"],
+                r["start"],
+                r["end"],
+                r["n"],
+                ident.get(r["key"], -1),
+            )
+            for r in found
+        ]
+        feats = None
+        if features:
+            vecs = np.asarray([r["vector"] for r in found], np.float32).reshape(-1, self.dim)
+            feats = normalize(vecs)
+        return base.TrackletTable.of_rows(rows, feats)
+
+    def _set_identities(
+        self, assign: Dict[str, int], merges: List[Tuple[int, int, float]], next_id: int
+    ) -> int:
+        """Upserts (Milvus has no transactions: the identities, then the log)."""
+        self._identity_collections(True)
+        held = set(self._tracklets(list(assign), ["key"]))
+        ups = [
+            {"key": k, "identity": v, "vector": [0.0, 0.0]} for k, v in assign.items() if k in held
+        ]
+        for part in chunks(ups, _INSERT_ROWS):
+            self._c.upsert(self._ids, part)
+        top = max(next_id, self._identity_log().next_id)
+        log = [{"absorbed": a, "into_id": b, "at": t, "vector": [0.0, 0.0]} for a, b, t in merges]
+        log.append({"absorbed": 0, "into_id": top, "at": 0.0, "vector": [0.0, 0.0]})
+        self._c.upsert(self._log, log)
+        self._wrote()
+        return len(ups)
+
+    def _identity_log(self) -> base.IdentityLog:
+        if not self._identity_collections(False):
+            return base.IdentityLog()
+        rows = list(self._iterate(self._log, "", ["absorbed", "into_id", "at"]))
+        top = [int(r["into_id"]) for r in rows if int(r["absorbed"]) == 0]
+        merges = sorted(
+            (float(r["at"]), int(r["absorbed"]), int(r["into_id"]))
+            for r in rows
+            if int(r["absorbed"]) != 0
+        )
+        return base.IdentityLog(top[0] if top else 1, [(a, b, t) for t, a, b in merges])
+
+    def _forget_identity(self, identity: int) -> None:
+        if not self._identity_collections(False):
+            return
+        self._c.delete(self._ids, filter=f"identity == {int(identity)}")
+        self._c.delete(
+            self._log,
+            filter=f"absorbed != 0 and (absorbed == {int(identity)} or into_id == {int(identity)})",
+        )
+        self._wrote()
 
     def close(self) -> None:
         """Close the connection (Milvus keeps the data)."""

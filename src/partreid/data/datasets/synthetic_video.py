@@ -168,6 +168,33 @@ def _schedule(
     return walks
 
 
+def walker(
+    rng: np.random.Generator,
+    track_id: int,
+    pid: int,
+    ident: Identity,
+    span: Tuple[float, float],
+    cam: Camera,
+    height: int,
+) -> _Track:
+    """One walk across a ``height``-pixel view drawn from ``rng``: direction, depth (nearer
+    people, lower feet, are drawn taller), viewpoint, shear and gait phase."""
+    depth = rng.random()
+    return _Track(
+        track_id=track_id,
+        pid=pid,
+        ident=ident,
+        t0=span[0],
+        t1=span[1],
+        direction=1 if rng.random() < 0.5 else -1,
+        u=height * (0.6 + 0.16 * depth) * ident.height,
+        ground=height * (0.9 + 0.08 * depth),
+        view=VIEWS[int(rng.choice(3, p=cam.view_p))],
+        shear=cam.shear + rng.uniform(-0.03, 0.03),
+        phase=rng.uniform(0.0, math.pi),
+    )
+
+
 def _tracks(
     walks: Sequence[Tuple[int, float, float]],
     cam: Camera,
@@ -176,28 +203,11 @@ def _tracks(
     seed: int,
     height: int,
 ) -> List[_Track]:
-    """The walks of one camera as tracks numbered 1.. by entering time; nearer people (lower
-    feet) are drawn taller."""
+    """The walks of one camera as tracks numbered 1.. by entering time (:func:`walker`)."""
     out = []
     for track_id, (pid, t0, t1) in enumerate(sorted(walks, key=lambda w: (w[1], w[0])), 1):
         rng = _rng(seed, 21, camera, track_id)
-        ident = identity_of(data_seed, pid)
-        depth = rng.random()
-        out.append(
-            _Track(
-                track_id=track_id,
-                pid=pid,
-                ident=ident,
-                t0=t0,
-                t1=t1,
-                direction=1 if rng.random() < 0.5 else -1,
-                u=height * (0.6 + 0.16 * depth) * ident.height,
-                ground=height * (0.9 + 0.08 * depth),
-                view=VIEWS[int(rng.choice(3, p=cam.view_p))],
-                shear=cam.shear + rng.uniform(-0.03, 0.03),
-                phase=rng.uniform(0.0, math.pi),
-            )
-        )
+        out.append(walker(rng, track_id, pid, identity_of(data_seed, pid), (t0, t1), cam, height))
     return out
 
 

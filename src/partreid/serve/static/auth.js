@@ -30,7 +30,10 @@ const partreidAuth = (() => {
           body: JSON.stringify({ token: input.value }),
         });
         if (res.ok) { back.remove(); resolve(); return; }
-        form.querySelector("#login-error").textContent = "wrong token";
+        const why = res.status === 429
+          ? `too many wrong tokens: try again in ${res.headers.get("Retry-After") || "a few"} s`
+          : "wrong token";
+        form.querySelector("#login-error").textContent = why;
         input.select();
       });
     });

@@ -72,14 +72,17 @@ function camerasFromChips() {
   $("cameras").value = on.join(",");
 }
 function chipsFromCameras() {
-  const want = new Set();
+  const spans = [];  // [first, last] ranges, never expanded ("1-300000000" is one range)
   for (const part of $("cameras").value.split(",")) {
     const m = /^\s*(\d+)\s*(?:-\s*(\d+))?\s*$/.exec(part);
     if (!m) continue;
     const a = +m[1], b = m[2] === undefined ? a : +m[2];
-    for (let c = Math.min(a, b); c <= Math.max(a, b); c++) want.add(String(c));
+    spans.push([Math.min(a, b), Math.max(a, b)]);
   }
-  for (const b of document.querySelectorAll("#cam-chips .chip")) b.classList.toggle("on", want.has(b.dataset.camera));
+  for (const b of document.querySelectorAll("#cam-chips .chip")) {
+    const c = +b.dataset.camera;
+    b.classList.toggle("on", spans.some(([x, y]) => x <= c && c <= y));
+  }
 }
 
 // ---------------------------------------------------------------- search
@@ -102,6 +105,10 @@ async function run() {
       const form = new FormData();
       form.append("image", q.file, q.name);
       res = await api("/api/store/search?" + filters(), { method: "POST", body: form });
+    } else if (q.kind === "route") { // a person's route (route.js)
+      const p = filters();
+      p.set("identity", q.identity);
+      res = await api("/api/store/search_route?" + p);
     } else {
       const p = filters();
       p.set("tracklet", q.id);
@@ -204,10 +211,13 @@ function draw() {
   if (!gs.length) grid.appendChild(el("div", "empty", "nothing in the store matches these filters"));
   const f = res.filters, sum = $("results-summary");
   sum.replaceChildren();
-  const what = state.query.kind === "upload" ? state.query.name : `tracklet ${state.query.id}`;
+  const q = state.query;
+  const what = q.kind === "upload" ? q.name : q.kind === "route" ? `the route of identity ${q.identity}` : `tracklet ${q.id}`;
   sum.append(`${gs.length} tracklet${gs.length === 1 ? "" : "s"} for `);
   sum.appendChild(el("b", null, what));
-  const cams = f.cameras ? `cameras ${f.cameras.join(", ")}` : "all cameras";
+  const cams = f.cameras
+    ? `cameras ${f.cameras.map(([a, b]) => (a === b ? `${a}` : `${a}-${b}`)).join(", ")}`
+    : "all cameras";
   const t0 = f.after ? f.after.replace("T", " ").slice(0, 19) : "start";
   const t1 = f.before ? f.before.replace("T", " ").slice(0, 19) : "the latest";
   sum.append(` · ${cams} · ${t0} → ${t1} UTC · by ${f.by} · ${res.took_ms} ms`);
