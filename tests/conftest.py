@@ -140,11 +140,14 @@ def write_video():
     return write
 
 
+MILVUS_PASSWORD = PASSWORD = "pw-of-the-tests-7f3a"  # the session server's root password
+
+
 @pytest.fixture(scope="session")
 def milvus_server(tmp_path_factory):
     """A Milvus server (the ``milvus`` wheel, :class:`partreid.store.milvus_server.LocalMilvus`)
-    on 127.0.0.1 with authorization on (root / Milvus), shared by the session and stopped at its
-    end; tests using it skip, with the reason, where it cannot start."""
+    on 127.0.0.1 with authorization on (root / :data:`MILVUS_PASSWORD`), shared by the session
+    and stopped at its end; tests using it skip, with the reason, where it cannot start."""
     pytest.importorskip("pymilvus", reason="the milvus extra is not installed")
     pytest.importorskip("milvus", reason="the milvus-server extra is not installed")
     from partreid.store.milvus_server import LocalMilvus
@@ -156,7 +159,9 @@ def milvus_server(tmp_path_factory):
         "queryCoord.distPullInterval": 100,
         "proxy.timeTickInterval": 50,
     }
-    srv = LocalMilvus(str(tmp_path_factory.mktemp("milvus_server")), auth=True, config=fast)
+    srv = LocalMilvus(
+        str(tmp_path_factory.mktemp("milvus_server")), auth=True, config=fast, password=PASSWORD
+    )
     try:
         srv.start(timeout=120)
     except Exception as e:  # no server here: say why, once per test that wanted it
@@ -167,7 +172,7 @@ def milvus_server(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def milvus_server_uri(milvus_server) -> str:
-    """``milvus://root:Milvus@127.0.0.1:PORT`` of the session's server: add ``/collection``
+    """``milvus://root:PASSWORD@127.0.0.1:PORT`` of the session's server: add ``/collection``
     (a name of its own per test: the server is shared)."""
     return milvus_server.uri().rsplit("/", 1)[0]
 
@@ -192,7 +197,7 @@ def milvus_collections(milvus_server_uri, request):
         import pymilvus
 
         port = milvus_server_uri.rsplit(":", 1)[1]
-        c = pymilvus.MilvusClient(uri=f"http://127.0.0.1:{port}", token="root:Milvus")
+        c = pymilvus.MilvusClient(uri=f"http://127.0.0.1:{port}", token=f"root:{PASSWORD}")
         for coll in c.list_collections():
             if any(coll.startswith(p + "_") for p in made):
                 c.drop_collection(coll)

@@ -42,6 +42,7 @@ way. Stats count crops per camera with ``count(*)`` (no crop is read).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import threading
@@ -135,6 +136,8 @@ def _unauthenticated(e: BaseException) -> bool:
 
 def connect(pm: Any, t: MilvusTarget) -> Any:
     """A MilvusClient for the target, or one clear StoreError line (no secret in it)."""
+    # pymilvus logs every refused call at ERROR before raising; the StoreError says it once
+    logging.getLogger("pymilvus.decorators").setLevel(logging.CRITICAL)
     try:
         if t.kind == "lite":
             return pm.MilvusClient(t.target)

@@ -64,14 +64,22 @@ def _free_port() -> int:
 class LocalMilvus:
     """A Milvus standalone server on 127.0.0.1 with its data in ``base_dir``.
 
-    ``auth``: authorization on (user ``root``, password ``Milvus``); ``config``: more settings
-    of milvus.yaml by dotted key (e.g. ``{"proxy.timeTickInterval": 50}``).
+    ``auth``: authorization on (user ``root``; ``password``, set once started, or Milvus's
+    default ``Milvus``); ``config``: more settings of milvus.yaml by dotted key (e.g.
+    ``{"proxy.timeTickInterval": 50}``).
     """
 
-    def __init__(self, base_dir: str, auth: bool = False, config: Optional[Dict[str, Any]] = None):
+    def __init__(
+        self,
+        base_dir: str,
+        auth: bool = False,
+        config: Optional[Dict[str, Any]] = None,
+        password: str = ROOT_PASSWORD,
+    ):
         milvus = require("milvus", "milvus-server")
         self.base_dir = os.path.abspath(base_dir)
         self.auth = auth
+        self.password = password
         os.makedirs(os.path.join(self.base_dir, "configs"), exist_ok=True)
         etcd = os.path.join(self.base_dir, "configs", "embed-etcd.yaml")
         self._etcd_config(etcd)
@@ -122,8 +130,8 @@ class LocalMilvus:
 
     def uri(self, collection: str = "partreid", password: Optional[str] = None) -> str:
         """A store URI of ``collection`` on this server (with the root credentials when
-        authorization is on; ``password`` replaces the right one)."""
-        cred = f"{ROOT_USER}:{password or ROOT_PASSWORD}@" if self.auth or password else ""
+        authorization is on; ``password`` in place of the right one)."""
+        cred = f"{ROOT_USER}:{password or self.password}@" if self.auth or password else ""
         return f"milvus://{cred}{self.host}:{self.port}/{collection}"
 
     def start(self, timeout: float = 120.0) -> LocalMilvus:
@@ -150,6 +158,8 @@ class LocalMilvus:
             try:
                 client = pm.MilvusClient(uri=f"http://{self.host}:{self.port}", token=token)
                 client.list_collections()
+                if self.auth and self.password != ROOT_PASSWORD:
+                    client.update_password(ROOT_USER, ROOT_PASSWORD, self.password)
                 client.close()
                 return
             except Exception as e:

@@ -45,12 +45,12 @@ INDEXES: Dict[str, Tuple[Dict[str, int], Optional[str], int]] = {
     "IVF_FLAT": ({"nlist": 1024}, "nprobe", 32),
     "IVF_SQ8": ({"nlist": 1024}, "nprobe", 32),
 }
-_LIMITS = {  # what Milvus accepts, checked here so that the message names the option
-    "M": (2, 2048),
-    "efConstruction": (8, 2**31 - 1),
-    "nlist": (1, 65536),
+_LIMITS = {  # integers; the index's own ranges are Milvus's to check (its message is shown)
+    "M": (1, 2**31 - 1),
+    "efConstruction": (1, 2**31 - 1),
+    "nlist": (1, 2**31 - 1),
     "ef": (1, 2**31 - 1),
-    "nprobe": (1, 65536),
+    "nprobe": (1, 2**31 - 1),
     "exact": (0, MAX_LIMIT),
 }
 _ALIASES = {"m": "M", "efconstruction": "efConstruction", "ef_construction": "efConstruction"}
@@ -94,12 +94,11 @@ class MilvusTarget:
     reindex: bool = False
 
     def spec(self, recorded: Optional[Dict[str, Any]] = None) -> IndexSpec:
-        """The index of a store: its recorded one (for a new store the asked one, or the
-        default), with the URI's search parameter when it gives one."""
-        if recorded is not None and not (self.reindex and self.index):
-            kind = recorded["kind"]
-        else:
-            kind = self.index or ("HNSW" if self.kind == "server" else "FLAT")
+        """The index the URI asks of a store: its kind and parameters where the URI gives
+        them, else the ``recorded`` ones (a new store: the defaults). Build parameters that
+        differ from the recorded ones need ``reindex=1``; the search one is the handle's."""
+        default = "HNSW" if self.kind == "server" else "FLAT"
+        kind = self.index or (recorded["kind"] if recorded is not None else default)
         build, key, default = INDEXES[kind]
         old = recorded if recorded is not None and recorded["kind"] == kind else {}
         b = {k: int(self.params.get(k, old.get(k, v))) for k, v in build.items()}
