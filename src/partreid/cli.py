@@ -487,6 +487,14 @@ def _add_ingest(sub: argparse._SubParsersAction) -> None:
     ig.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     ig.add_argument("--num-workers", type=int, default=2, help="loader worker processes")
     ig.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ig.add_argument(
+        "--runtime",
+        choices=["torch", "onnx", "auto"],
+        default="torch",
+        help="model runtime: torch, or onnx = ONNX Runtime on a checked export of the checkpoint"
+        " (made once, cached), auto = onnx on the CPU when installed (an exported .onnx/.xml"
+        " runs in its own runtime)",
+    )
     ig.set_defaults(func=RUNS["ingest"])
 
 

@@ -59,6 +59,7 @@ __all__ = [
     "TrackletNotFoundError",
     "TrackletTable",
     "open_store",
+    "redact",
 ]
 
 

@@ -235,8 +235,19 @@ class MilvusStore(base.GalleryStore):
 
     def _load(self, names: List[str]) -> None:
         """Load collections, side by side (a server takes ~2 s for each)."""
+
+        def load(name: str) -> None:
+            for attempt in range(20):  # a collection another writer made may lack its index
+                try:  # for a few milliseconds more
+                    self._c.load_collection(name)
+                    return
+                except Exception as e:
+                    if attempt == 19 or "index" not in str(e).lower():
+                        raise
+                    time.sleep(0.25)
+
         with ThreadPoolExecutor(len(names)) as pool:
-            list(pool.map(self._c.load_collection, names))
+            list(pool.map(load, names))
 
     # -- calls ----------------------------------------------------------------------------
 
@@ -304,8 +315,8 @@ class MilvusStore(base.GalleryStore):
         for fname, ftype, kw in fields:
             s.add_field(fname, ftype, **kw)
         s.add_field("vector", dt.FLOAT_VECTOR, dim=dim)
-        if self._c.has_collection(name):
-            self._c.drop_collection(name)
+        if self._c.has_collection(name):  # another writer making the store at the same time
+            return
         level = "Bounded" if self._server else "Strong"
         self._c.create_collection(name, schema=s, consistency_level=level)
         try:  # checked now, built in the background (a new collection has nothing to build)
@@ -362,7 +373,7 @@ class MilvusStore(base.GalleryStore):
         )
         self._load([self._crops, self._tr, self._cams, self._meta])
         rows = {0: info, 1: json.loads(self._settings())}
-        self._c.insert(
+        self._c.upsert(  # two writers making the store at once: one row each
             self._meta,
             [
                 {"key": 1, "info": json.dumps(rows[1]), "vector": [0.0, 0.0]},

@@ -20,6 +20,7 @@ import time
 from typing import Any, Dict, Optional
 
 from partreid.store.base import StoreError
+from partreid.utils.cache import cache_dir
 from partreid.utils.extras import require
 
 ROOT_USER, ROOT_PASSWORD = "root", "Milvus"  # a new server's superuser (authorization on)
@@ -37,8 +38,7 @@ _COMPONENTS = (
 def binaries_cache() -> str:
     """Where the wheel's binaries are unpacked once (``$XDG_CACHE_HOME/partreid/milvus-VER``)."""
     milvus = require("milvus", "milvus-server")
-    root = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
-    return os.path.join(root, "partreid", f"milvus-{milvus.__version__}")
+    return cache_dir(f"milvus-{milvus.__version__}")
 
 
 def _shared_binaries(base_dir: str) -> None:
