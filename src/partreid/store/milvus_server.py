@@ -3,21 +3,27 @@
     with LocalMilvus("/tmp/milvus", auth=True) as srv:      # ~10 s to start
         open_store(srv.uri("site"), create=True, info=...)  # milvus://root:Milvus@127.0.0.1:PORT/site
 
+    python -m partreid.store.milvus_server --data ~/milvus [--auth --password-file pw.txt]
+
 The wheel is Milvus standalone (the proxy, query, data and index nodes of a cluster in one
-process, with embedded etcd and local storage). Every component here listens for and talks to
-127.0.0.1 only. Its binaries (about 250 MB unpacked) are unpacked once into a cache folder and
+process, with embedded etcd and local storage). Its components talk to each other over
+127.0.0.1 and its embedded etcd listens there only; Milvus 2.3 binds its gRPC ports (the client
+port and the components') on every interface, with no setting to narrow them: firewall them,
+and turn authorization on, as for any server. Its binaries (about 250 MB unpacked) are unpacked once into a cache folder and
 shared by every server started here. The server is stopped by :meth:`LocalMilvus.stop`, at
 the end of a ``with`` block and, failing those, when this Python process exits.
 """
 
 from __future__ import annotations
 
+import argparse
 import atexit
 import fcntl
 import os
 import socket
+import sys
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from partreid.store.base import StoreError
 from partreid.utils.cache import cache_dir
@@ -181,3 +187,38 @@ class LocalMilvus:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """``python -m partreid.store.milvus_server --data DIR [--auth]``: a local server until
+    Ctrl-C (its data stays in DIR for the next start)."""
+    p = argparse.ArgumentParser(
+        prog="python -m partreid.store.milvus_server", description=main.__doc__
+    )
+    p.add_argument("--data", required=True, help="the server's folder (data, logs, config)")
+    p.add_argument("--auth", action="store_true", help="authorization on (user root)")
+    p.add_argument(
+        "--password-file", help="root's password (first line) instead of Milvus's default"
+    )
+    args = p.parse_args(argv)
+    password = ROOT_PASSWORD
+    if args.password_file:
+        with open(args.password_file, encoding="utf-8") as f:
+            password = f.readline().strip()
+    srv = LocalMilvus(args.data, auth=args.auth, password=password)
+    srv.start()
+    shown = srv.uri("site").replace(f":{password}@", ":***@")
+    print(f"Milvus {srv.host}:{srv.port} (pid {srv.pid}), data in {srv.base_dir}; a store: {shown}")
+    print("Ctrl-C stops it", flush=True)
+    try:
+        while srv.pid is not None:
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        srv.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
