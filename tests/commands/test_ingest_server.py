@@ -59,15 +59,18 @@ def _ingest(ckpt, source, store, **kw):
     return ingest_command(ckpt, source, store, device="cpu", num_workers=0, progress=False, **kw)
 
 
-def test_server_answers_as_embedded_onnx_and_torch(
-    ckpt, manifests, tmp_path, milvus_server_uri, milvus_collections, capsys
+@pytest.mark.parametrize("runtime", ["torch", pytest.param("onnx", marks=pytest.mark.slow)])
+def test_server_answers_as_embedded(
+    ckpt, manifests, tmp_path, milvus_server_uri, milvus_collections, capsys, runtime
 ):
+    """(onnx: the server's crops embedded by ONNX Runtime on a checked export, the embedded
+    store's by PyTorch; slow: the export is made and checked first.)"""
     server = f"{milvus_server_uri}/{milvus_collections()}"
     embedded = str(tmp_path / "site")
     for source in manifests.values():
         _ingest(ckpt, source, embedded)
-        _ingest(ckpt, source, server, runtime="onnx")  # a checked export, cached
-    again = _ingest(ckpt, manifests[1], server, runtime="onnx")
+        _ingest(ckpt, source, server, runtime=runtime)
+    again = _ingest(ckpt, manifests[1], server, runtime=runtime)
     assert again.added == 0 and again.already > 0
     first = open_timed_source(manifests[2], None, None, None, None)[0].paths[0]
     q = Extractor(ckpt, device="cpu", num_workers=0, progress=False)([first])

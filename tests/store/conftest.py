@@ -77,3 +77,12 @@ def store_uri(request, tmp_path):
 
     uri.backend = request.param
     return uri
+
+
+def pytest_collection_modifyitems(config, items):
+    """The site-identity tests on the server are slow (~65 s together; their Milvus Lite runs
+    cover the same Milvus code in the default run): the default run stays in the CI budget."""
+    slow = pytest.mark.slow
+    for item in items:
+        if "test_identities.py" in item.nodeid and "milvus-server" in item.nodeid:
+            item.add_marker(slow)

@@ -94,8 +94,7 @@ def test_uri_options_and_their_errors():
         assert "secret" not in str(e.value)
 
 
-def test_index_recorded_refused_and_rebuilt(uri, gallery):
-    q = queries(gallery)
+def test_index_recorded_and_refused(uri, gallery):
     base = uri()
     with open_store(base + "?M=8&efConstruction=64&ef=32", create=True, info=INFO) as st:
         st.add(gallery)
@@ -106,17 +105,27 @@ def test_index_recorded_refused_and_rebuilt(uri, gallery):
         assert st.index.record()["ef"] == 200
     with pytest.raises(StoreError, match="made with index .*HNSW.*reindex=1"):
         open_store(base + "?index=ivf_flat&nlist=16")
-    with open_store(base + "?index=ivf_flat&nlist=16&reindex=1") as st:
-        assert st.stats().extra["index"] == {"kind": "IVF_FLAT", "nlist": 16, "nprobe": 32}
-        for by in ("crop", "tracklet"):
-            check(st.search(q, K, by=by, **FILTERS[3]), reference(gallery, q, by, **FILTERS[3]), by)
     with pytest.raises(StoreError) as e:  # a value Milvus itself refuses: its reason, one line
         open_store(uri("refused", "M=3000"), create=True, info=INFO)
     text = _one_line_without_secret(e.value)
     assert "Milvus refused the index" in text and "M out of range" in text
 
 
-@pytest.mark.parametrize("options", ["exact=0", "exact=40"])
+@pytest.mark.slow  # ~10 s: collections released, indexes rebuilt, loaded again
+def test_reindex_rebuilds_as_asked(uri, gallery):
+    q = queries(gallery)
+    base = uri()
+    with open_store(base, create=True, info=INFO) as st:
+        st.add(gallery)
+    with open_store(base + "?index=ivf_flat&nlist=16&reindex=1") as st:
+        assert st.stats().extra["index"] == {"kind": "IVF_FLAT", "nlist": 16, "nprobe": 32}
+        for by in ("crop", "tracklet"):
+            check(st.search(q, K, by=by, **FILTERS[3]), reference(gallery, q, by, **FILTERS[3]), by)
+    with open_store(base) as st:  # the new index is the recorded one now
+        assert st.index.kind == "IVF_FLAT"
+
+
+@pytest.mark.parametrize("options", [pytest.param("exact=0", marks=pytest.mark.slow), "exact=40"])
 def test_ann_and_fallback_paths_equal_numpy(uri, gallery, options, monkeypatch):
     """exact=0: every search takes the ANN path (600 rows: below the 1,024 Milvus indexes, so
     still exhaustive and comparable); exact=40 with an index that misses a row: the rows are
