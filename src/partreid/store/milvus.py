@@ -7,10 +7,11 @@ Collections named after the prefix (``partreid`` unless the URI gives one): ``{p
 (pk ``id``; camera, timestamp, track_id, frame, x1..y2, path, pid, tracklet and the normalised
 ``vector``), ``{prefix}_tracklets`` (pk ``key`` = the tracklet id; camera, track_id, n, start,
 end, ``norm`` = |sum of its normalised crop features| and ``vector`` = the normalised mean),
-``{prefix}_cameras`` (pk ``camera``; the ``first`` / ``last`` timestamp of its crops) and
-``{prefix}_meta`` (row 0: the ``info`` JSON; row 1: the vector index; negative rows: the
-journal of writes in progress).
-A new Milvus Lite store's folder is made 0700 (the owner's only); a looser one gets a warning.
+``{prefix}_cameras`` (pk ``camera``; the ``first`` / ``last`` timestamp of its crops and
+their count), ``{prefix}_meta`` (row 0: the ``info`` JSON; row 1: the vector index; negative
+rows: the journal of writes in progress) and, once site identities are given,
+``{prefix}_identities`` / ``{prefix}_identity_log``. A new Milvus Lite store's folder is made
+0700 (the owner's only); a looser one gets a warning.
 
 Indexes: a server store's vectors get the URI's index (HNSW by default, its parameters
 recorded in row 1), its filter fields scalar indexes (camera, timestamp, tracklet; the
@@ -31,12 +32,14 @@ after it opened appear within a time tick. (The timestamps come from this machin
 keep the clients' and the server's clocks in sync.)
 
 Writers: several processes may add at once, one per camera (crop ids and tracklet ids include
-the camera, so they never touch the same rows). An add writes, in order: the cameras' time
-spans (widened), a journal row naming the batch's tracklets, the crops, the tracklets (the
-stored sum plus the batch's), then deletes its journal row. A writer killed in between leaves
-the journal row; the next add or :meth:`repair` touching those cameras (re-running the ingest
-does both) recomputes those tracklets from their crops, exactly. A delete journals the same
-way. Stats count crops per camera with ``count(*)`` (no crop is read).
+the camera, so they never touch the same rows; they may make the store at the same time). An
+add writes, in order: a journal row naming the batch's cameras and tracklets, the cameras' rows
+(spans widened, counts grown), the crops, the tracklets (the stored sum plus the batch's), then
+deletes its journal row. A writer killed in between leaves the journal row; the next add or
+:meth:`repair` touching those cameras (re-running the ingest does both) rebuilds those
+tracklets and cameras' rows from their crops, exactly. A delete journals the same way. Stats
+read no crop: a server counts each camera's crops with ``count(*)``, Milvus Lite (one process)
+keeps the counts in the cameras' rows.
 """
 
 from __future__ import annotations
