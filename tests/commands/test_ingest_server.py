@@ -24,6 +24,8 @@ from partreid.store import StoreError, open_store
 from partreid.store.query import records, search_store
 from partreid.utils.times import parse_time
 
+from .test_ingest import _other_checkpoint
+
 T0 = parse_time("2026-12-03T14:00:00Z")
 
 
@@ -92,6 +94,15 @@ def test_server_answers_as_embedded(
     assert main(["store", "delete", server, "--camera", "1"]) == 0
     with open_store(server) as b:
         assert 1 not in b.stats().cameras and 2 in b.stats().cameras
+    capsys.readouterr()
+    other = _other_checkpoint(tmp_path / "other.pth", distance="euclidean")
+    assert main(["ingest", other, manifests[1], "--store", server, "--device", "cpu"]) == 2
+    err = capsys.readouterr().err  # another model's store: refused, naming both
+    assert "fingerprint" in err and other in err and "pw-of-the-tests" not in err
+    wrong = server.replace(":pw-of-the-tests-7f3a@", ":wrong@")
+    assert main(["store", "stats", wrong]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "wrong user or password" in err and "wrong@" not in err and len(err.splitlines()) == 1
 
 
 def _count(store: str, camera: int) -> int:

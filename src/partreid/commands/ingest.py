@@ -133,7 +133,7 @@ def open_store_for(uri: str, model: Dict[str, Any]) -> GalleryStore:
     try:
         check_same_model(
             ModelDescription.from_record(store.info.get("model"), store.dim),
-            f"store {uri}",
+            f"store {store.uri}",  # (without its password)
             ModelDescription.from_record(model),
             "the checkpoint",
             "ingest with the store's model, or into a new store",
