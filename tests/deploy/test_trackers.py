@@ -33,6 +33,12 @@ from partreid.deploy.trackers import (
 from partreid.inference import AppearanceEmbedder, Extractor, load_model
 from partreid.store import open_store
 
+if os.environ.get("PARTREID_BOXMOT_PROCESS") != "1":
+    pytest.skip(
+        "runs in a process of its own (test_trackers_process.py): after BoxMOT is imported, the "
+        "resume test's forked loader workers later in the same pytest process crash it (SIGSEGV)",
+        allow_module_level=True,
+    )
 boxmot = pytest.importorskip("boxmot", reason="BoxMOT is the trackers extra")
 pytest.importorskip("onnxruntime")
 
