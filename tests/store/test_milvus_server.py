@@ -268,3 +268,22 @@ def test_no_store_there_is_one_line(uri):
     text = _one_line_without_secret(e.value)
     assert "no gallery store" in text and "create=True" in text
     assert re.search(r"root:\*\*\*@127\.0\.0\.1:\d+/", text)
+
+
+def test_check_recall_says_when_the_store_falls_short(uri, gallery, monkeypatch, caplog):
+    from partreid.store.milvus import MilvusStore
+
+    q = queries(gallery)
+    with open_store(uri(options="recall=0.95&exact=0"), create=True, info=INFO) as st:
+        st.add(gallery)
+        assert st.check_recall(q, K, cameras=[1, 4]) == 1.0 and not caplog.records
+        real = MilvusStore._vsearch
+
+        def poor(self, coll, data, limit, expr, fields):  # an index that misses the best half
+            return [hs[5:] for hs in real(self, coll, data, limit, expr, fields)]
+
+        monkeypatch.setattr(MilvusStore, "_vsearch", poor)
+        r = st.check_recall(q, K, by="tracklet", after=200.0, before=700.0)
+        assert r < 0.95
+        assert f"recall@10 {r:.3f}" in caplog.text and "below the asked 0.950" in caplog.text
+        assert "raise ef" in caplog.text and PASSWORD not in caplog.text

@@ -75,9 +75,12 @@ from partreid.store.milvus_uri import (
 from partreid.utils.extras import require
 from partreid.utils.private import make_private_dir, warn_loose_modes
 
+log = logging.getLogger("partreid")
+
 CONNECT_TIMEOUT = 5.0  # seconds before an unreachable server is reported
 MARGIN = 16  # extra candidates so that ties at rank k sort by id
 STALE_S = 600.0  # a journal row this old belongs to a dead writer, whatever its cameras
+CHECK_ROWS = 200_000  # the most rows check_recall ranks exactly
 _INSERT_ROWS = 1000  # rows per insert call (gRPC messages stay well under 64 MB at 3,072-d)
 _IN_CHUNK = 4096  # values per "in [...]" expression
 _PAGE = 8192  # rows per page of a query that reads many
@@ -926,6 +929,50 @@ class MilvusStore(base.GalleryStore):
         if r is None:
             return None
         return normalize(np.asarray(r["vector"], np.float32)), _tracklet_hit(r, 0.0)
+
+    def check_recall(
+        self,
+        queries: np.ndarray,
+        k: int = 10,
+        by: str = "crop",
+        cameras: Optional[CameraFilter] = None,
+        after: Optional[float] = None,
+        before: Optional[float] = None,
+    ) -> float:
+        """The recall@k of this store's searches for ``queries`` under a filter, against the
+        exact answer (the filtered rows' vectors fetched and ranked here: at most
+        :data:`CHECK_ROWS` of them). Below the URI's ``recall=R`` it logs a warning saying so
+        and what to raise."""
+        q = base.check_search_args(queries, k, by, self.dim, f"store {self.uri}")
+        got = self.search(q, k, by, cameras, after, before)
+        coll, pk = (self._crops, "id") if by == "crop" else (self._tr, "key")
+        with self._lock:
+            expr = self._expr(by, cameras, after, before)
+            n = self._count(coll, expr)
+            if n > CHECK_ROWS:
+                raise StoreError(
+                    f"store {self.uri}: {n} rows under this filter; an exact check reads at most"
+                    f" {CHECK_ROWS}: narrow it (cameras, after, before)"
+                )
+            rows = list(self._iterate(coll, expr, [pk, "vector"]))
+        if not rows:
+            return 1.0
+        d = to_distance(q @ np.asarray([r["vector"] for r in rows], np.float32).T)
+        ids = [r[pk] for r in rows]
+        found, total = 0, 0
+        for di, hits in zip(d, got):
+            want = {ids[i] for i in sorted(range(len(ids)), key=lambda i: (di[i], ids[i]))[:k]}
+            have = {h.id if by == "crop" else h.tracklet for h in hits}
+            found, total = found + len(want & have), total + len(want)
+        recall = found / max(total, 1)
+        asked = self._t.recall
+        if asked is not None and recall < asked:
+            log.warning(
+                "store %s: recall@%d %.3f on these %d queries is below the asked %.3f (index %s):"
+                " raise ef / nprobe or exact in the URI",
+                self.uri, k, recall, len(q), asked, self.index.record(),
+            )  # fmt: skip
+        return recall
 
     def wait_indexed(self, timeout: float = 7200.0) -> Dict[str, Any]:
         """Seal what was added and wait until Milvus searches it with its index (a server

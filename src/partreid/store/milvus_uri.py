@@ -13,7 +13,9 @@ Options (``?a=1&b=2``):
   indexes as asked;
 - ``ef`` (HNSW) / ``nprobe`` (IVF): the search's breadth, for this handle (default: recorded);
 - ``exact=N``: a filtered subset of at most N rows is searched exactly (default 4096, at most
-  16384; 0: never).
+  16384; 0: never);
+- ``recall=R``: the recall@k asked of searches; :meth:`MilvusStore.check_recall` measures it
+  against an exact search and says when the store falls short.
 
 Secrets never leave this module in a message: :attr:`MilvusTarget.shown` is the URI with the
 password replaced by ``***``, and that is the store's ``uri`` everywhere (errors, logs, stats,
@@ -54,7 +56,7 @@ _LIMITS = {  # integers; the index's own ranges are Milvus's to check (its messa
     "exact": (0, MAX_LIMIT),
 }
 _ALIASES = {"m": "M", "efconstruction": "efConstruction", "ef_construction": "efConstruction"}
-_OPTIONS = ("token_file", "index", "reindex", "exact", *sorted(_LIMITS))
+_OPTIONS = ("token_file", "index", "reindex", "exact", "recall", *sorted(_LIMITS))
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,12 @@ class MilvusTarget:
         """Filtered subsets up to this many rows are searched exactly."""
         return int(self.params.get("exact", EXACT_ROWS))
 
+    @property
+    def recall(self) -> Optional[float]:
+        """The recall@k the URI asks for (``recall=0.95``), None when it asks none."""
+        ppm = self.params.get("recall_ppm")
+        return None if ppm is None else ppm / 1e6
+
 
 def redact(uri: str) -> str:
     """The URI with any password replaced by ``***`` (for messages)."""
@@ -142,6 +150,14 @@ def _options(query: str, shown: str) -> Tuple[Dict[str, int], Optional[str], str
                 raise StoreError(f"store {shown}: index={value!r}; expected one of {kinds}")
         elif key == "reindex":
             reindex = value.lower() in ("1", "true", "yes")
+        elif key == "recall":
+            try:
+                r = float(value)
+            except ValueError:
+                r = -1.0
+            if not 0.0 < r <= 1.0:
+                raise StoreError(f"store {shown}: recall={value!r}; expected a number in (0, 1]")
+            params["recall_ppm"] = int(round(r * 1e6))
         elif key in _LIMITS:
             lo, hi = _LIMITS[key]
             if not re.fullmatch(r"\d{1,10}", value) or not lo <= int(value) <= hi:
