@@ -63,6 +63,7 @@ OPTIONAL = {
     "av",
     "pymilvus",
     "milvus_lite",
+    "milvus",
     "playwright",
     "tensorboard",
     "multipart",

@@ -495,6 +495,14 @@ def _add_ingest(sub: argparse._SubParsersAction) -> None:
     ig.add_argument("--no-progress", action="store_true", help="no progress bar")
     ig.add_argument("--link", action="store_true", help="then link the store (`partreid link`)")
     ig.add_argument("--transitions", help="with --link: the site's moves (see `partreid link`)")
+    ig.add_argument(
+        "--runtime",
+        choices=["torch", "onnx", "auto"],
+        default="torch",
+        help="model runtime: torch, or onnx = ONNX Runtime on a checked export of the checkpoint"
+        " (made once, cached), auto = onnx on the CPU when installed (an exported .onnx/.xml"
+        " runs in its own runtime)",
+    )
     ig.set_defaults(func=RUNS["ingest"])
 
 

@@ -29,14 +29,55 @@ T = "2026-12-03T"
 TOKEN = "s3cret-token-for-the-tests-0123456789"
 
 
+@pytest.fixture(scope="module", params=["embedded", "milvus-server"])
+def served(request, store_setup):
+    """The store the app serves: the session's embedded one, or the same footage ingested
+    into a collection of the session's Milvus server (dropped after the module)."""
+    if request.param == "embedded":
+        yield store_setup
+        return
+    from partreid.commands.ingest import ingest_command
+    from partreid.store import open_store
+
+    base = request.getfixturevalue("milvus_server_uri")
+    name = f"serve_{os.getpid()}"
+    uri = f"{base}/{name}"
+    common = dict(device="cpu", batch_size=32, num_workers=0, progress=False)
+    ingest_command(store_setup["checkpoint"], store_setup["manifest"], uri, **common)
+    ingest_command(
+        store_setup["checkpoint"],
+        store_setup["video"],
+        uri,
+        boxes=store_setup["boxes"],
+        camera=9,
+        start_time="2026-12-03T14:30:00",
+        **common,
+    )
+    store = open_store(uri)
+    yield {**store_setup, "store": store}
+    store.close()
+    _drop_collections(base, name)
+
+
+def _drop_collections(base_uri: str, prefix: str) -> None:
+    import pymilvus
+
+    creds, _, hostport = base_uri.split("://", 1)[1].rpartition("@")
+    c = pymilvus.MilvusClient(uri=f"http://{hostport}", token=creds)
+    for coll in c.list_collections():
+        if coll.startswith(prefix + "_"):
+            c.drop_collection(coll)
+    c.close()
+
+
 @pytest.fixture(scope="module")
-def sclient(store_setup):
-    """A TestClient over the store app (no token, no audit)."""
+def sclient(served):
+    """A TestClient over the store app (no token, no audit), on each backend."""
     from fastapi.testclient import TestClient
 
     from partreid.serve import create_app
 
-    with TestClient(create_app(store_setup["worker"], store=store_setup["store"])) as c:
+    with TestClient(create_app(served["worker"], store=served["store"])) as c:
         yield c
 
 
@@ -93,12 +134,12 @@ def _check_filters(rows, by, cams, after, before):
 
 
 @pytest.mark.parametrize("by", ["tracklet", "crop"])
-def test_upload_search_equals_search_store_with_filters(sclient, store_setup, by):
-    path = _query_image(store_setup)
+def test_upload_search_equals_search_store_with_filters(sclient, served, by):
+    path = _query_image(served)
     with open(path, "rb") as f:
         data = f.read()
-    feat = _feature(store_setup["worker"], path)
-    store = store_setup["store"]
+    feat = _feature(served["worker"], path)
+    store = served["store"]
     for cams, after, before in [
         ("", None, None),
         ("2,9", f"{T}14:30:00", f"{T}15:00:01"),
@@ -129,8 +170,8 @@ def test_upload_search_equals_search_store_with_filters(sclient, store_setup, by
 
 
 @pytest.mark.parametrize("by", ["tracklet", "crop"])
-def test_tracklet_search_equals_search_store_and_leaves_itself_out(sclient, store_setup, by):
-    store = store_setup["store"]
+def test_tracklet_search_equals_search_store_and_leaves_itself_out(sclient, served, by):
+    store = served["store"]
     feat, _ = store.get_tracklet("9:1")
     params = {"tracklet": "9:1", "topk": 5, "by": by, "cameras": "9,1", "after": f"{T}14:00:00"}
     body = sclient.get("/api/store/search_tracklet", params=params).json()
@@ -197,9 +238,9 @@ def test_unknown_tracklet_and_bad_upload(sclient):
     assert r.status_code == 400 and "not an image" in r.json()["detail"]
 
 
-def test_stats_and_health_describe_the_store(sclient, store_setup):
+def test_stats_and_health_describe_the_store(sclient, served):
     st = sclient.get("/api/store/stats").json()
-    raw = store_setup["store"].stats()
+    raw = served["store"].stats()
     assert (st["crops"], st["tracklets"]) == (raw.crops, raw.tracklets)
     assert [c["camera"] for c in st["cameras"]] == [1, 2, 3, 9]
     assert st["first"] == f"{T}14:00:00.000Z" and st["model"]["name"] == "bot"

@@ -50,29 +50,57 @@ def gallery() -> CropBatch:
     return make_gallery()
 
 
-def _uri_maker(backend: str, tmp_path):
-    """``uri(name)``: a fresh URI of ``backend`` under tmp_path (skips without Milvus Lite)."""
-    if backend == "milvus":
+BACKENDS = ["embedded", "milvus", "milvus-server"]
+
+
+def _uri_maker(backend: str, request, tmp_path):
+    """``uri(name)``: a fresh URI of ``backend``: a folder or a Milvus Lite file under tmp_path,
+    or collections of this test's own on the session's Milvus server (skips without pymilvus)."""
+    if backend != "embedded":
         pytest.importorskip("pymilvus")
+    if backend == "milvus":
         pytest.importorskip("milvus_lite")
+    names = {}
+    if backend == "milvus-server":
+        collection = request.getfixturevalue("milvus_collections")
+        base = request.getfixturevalue("milvus_server_uri")
 
     def uri(name: str = "site") -> str:
         if backend == "embedded":
             return str(tmp_path / name)
-        return f"milvus://{tmp_path / (name + '.db')}"
+        if backend == "milvus":
+            return f"milvus://{tmp_path / (name + '.db')}"
+        if name not in names:
+            names[name] = collection(name)
+        return f"{base}/{names[name]}"
 
     uri.backend = backend
     return uri
 
 
-@pytest.fixture(params=["embedded", "milvus"])
+@pytest.fixture(params=BACKENDS)
 def store_uri(request, tmp_path):
-    """``store_uri(name)``: a fresh URI of the parametrised backend under tmp_path."""
-    return _uri_maker(request.param, tmp_path)
+    """``store_uri(name)``: a fresh URI of the parametrised backend."""
+    return _uri_maker(request.param, request, tmp_path)
 
 
-@pytest.fixture(params=["embedded", pytest.param("milvus", marks=pytest.mark.slow)])
+@pytest.fixture(
+    params=[
+        "embedded",
+        pytest.param("milvus", marks=pytest.mark.slow),
+        pytest.param("milvus-server", marks=pytest.mark.slow),
+    ]
+)
 def any_uri(request, tmp_path):
-    """Like ``store_uri``, with the Milvus Lite run in the slow set (for tests whose Milvus side
+    """Like ``store_uri``, with the Milvus runs in the slow set (for tests whose Milvus side
     another default test already covers)."""
-    return _uri_maker(request.param, tmp_path)
+    return _uri_maker(request.param, request, tmp_path)
+
+
+def pytest_collection_modifyitems(config, items):
+    """The site-identity tests on the server are slow (~65 s together; their Milvus Lite runs
+    cover the same Milvus code in the default run): the default run stays in the CI budget."""
+    slow = pytest.mark.slow
+    for item in items:
+        if "test_identities.py" in item.nodeid and "milvus-server" in item.nodeid:
+            item.add_marker(slow)

@@ -28,12 +28,14 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import numpy as np
 
 from ..data.sources import Source, open_source, video_frame_rate
+from ..deploy.runtime import build_extractor
 from ..errors import InvalidValueError
-from ..inference import Extractor
+from ..inference import Extractor, is_exported
 from ..inference.stream import iter_batches
 from ..store import CropBatch, GalleryStore, open_store
 from ..store.link import link_store, read_transitions
 from ..store.query import camera_id
+from ..utils.cache import cache_dir
 from ..utils.logs import setup_logging
 from ..utils.model_match import ModelDescription, ModelMismatchError, check_same_model
 from ..utils.times import parse_time
@@ -131,7 +133,7 @@ def open_store_for(uri: str, model: Dict[str, Any]) -> GalleryStore:
     try:
         check_same_model(
             ModelDescription.from_record(store.info.get("model"), store.dim),
-            f"store {uri}",
+            f"store {store.uri}",  # (without its password)
             ModelDescription.from_record(model),
             "the checkpoint",
             "ingest with the store's model, or into a new store",
@@ -222,18 +224,31 @@ def ingest_command(
     progress: bool = True,
     link: bool = False,
     transitions: Optional[str] = None,
+    runtime: str = "torch",
 ) -> IngestReport:
     """``partreid ingest CKPT INPUT --store STORE``: the whole command; with ``link``, the
-    store's tracklets are linked into site identities afterwards (``partreid link``)."""
+    store's tracklets are linked into site identities afterwards (``partreid link``).
+
+    ``runtime``: ``torch`` runs the checkpoint in PyTorch; ``onnx`` / ``auto`` as ``partreid
+    serve`` (:func:`partreid.deploy.runtime.build_extractor`; the checked export is cached in
+    ``~/.cache/partreid/ingest``); an exported ``.onnx`` / ``.xml`` as CKPT runs in its own
+    runtime whatever this says.
+    """
     setup_logging()
     if transitions and not link:
         raise InvalidValueError("--transitions is for linking: give --link with it")
     moves = read_transitions(transitions) if transitions else None
     src, timing = open_timed_source(source, boxes, camera, start_time, fps)
-    ext = Extractor(
-        checkpoint, device=device, batch_size=batch_size, num_workers=num_workers, progress=progress
-    )
+    if runtime == "torch" or is_exported(checkpoint):
+        ext = Extractor(checkpoint, device=device, batch_size=batch_size, num_workers=num_workers)
+    else:
+        ext, _ = build_extractor(
+            checkpoint, cache_dir("ingest"), runtime, device, batch_size, num_workers
+        )
+    ext.progress = bool(progress)
     with open_store_for(store_uri, model_description(ext)) as store:
+        shown = store.uri  # the URI without its password, for the log below
+        store.repair(np.unique(timing.camera).tolist())  # what a killed run left half done
         rep = ingest(ext, store, src, timing)
         linked = link_store(store, transitions=moves) if link else None
         total = store.stats()
@@ -253,7 +268,7 @@ def ingest_command(
         rep.seconds,
         rep.added / max(rep.seconds, 1e-9),
         100.0 * rep.store_seconds / max(rep.seconds, 1e-9),
-        store_uri,
+        shown,
         total.crops,
         total.tracklets,
     )

@@ -9,7 +9,7 @@ import logging
 from typing import Any, Dict, List, Optional
 
 from ..errors import InvalidValueError
-from ..store import open_store
+from ..store import open_store, redact
 from ..store.link import K, LinkReport, link_store, read_transitions
 from ..store.query import parse_cameras
 from ..utils.logs import setup_logging
@@ -50,7 +50,9 @@ def link_command(
     if as_json:
         print(json.dumps(report.to_dict(), indent=1))
         return report
-    print(f"linked    {report.tracklets} tracklet(s) of {store_uri} in {report.seconds:.1f} s")
+    print(
+        f"linked    {report.tracklets} tracklet(s) of {redact(store_uri)} in {report.seconds:.1f} s"
+    )
     print(f"people    {report.identities} ({report.new_identities} new)")
     print(f"changed   {report.changed} tracklet(s) given an identity or a new one")
     for absorbed, into in report.merges:
@@ -96,7 +98,7 @@ def tracklets_command(
     with open_store(store_uri) as store:
         table = store.tracklets(cams, t_after, t_before, identities=who)
     records = table.records()
-    header = {"store": store_uri, "identity": identity}
+    header = {"store": redact(store_uri), "identity": identity}
     _write_table(out, records, header)
-    log.info("%d tracklet(s) of %s -> %s", len(records), store_uri, out)
+    log.info("%d tracklet(s) of %s -> %s", len(records), redact(store_uri), out)
     return records

@@ -8,7 +8,7 @@ import logging
 from typing import Any, Optional
 
 from ..errors import InvalidValueError
-from ..store import StoreStats, open_store
+from ..store import StoreStats, open_store, redact
 from ..store.identity import identity_counts, identity_id
 from ..store.query import camera_id, parse_cameras, track_ref
 from ..utils.logs import setup_logging
@@ -34,7 +34,7 @@ def delete_command(
     with open_store(store_uri) as store:
         n = store.delete(before=t_before, camera=camera, track=ref)
         left = store.stats()
-    log.info("deleted %d crop(s) from %s; %d left", n, store_uri, left.crops)
+    log.info("deleted %d crop(s) from %s; %d left", n, redact(store_uri), left.crops)
     return n
 
 
@@ -53,7 +53,7 @@ def _delete_identity(store_uri: str, identity: Any, before: Any, camera: Any, tr
         "deleted identity %d: %d crop(s) and their tracklets from %s; %d crop(s) left",
         ident,
         n,
-        store_uri,
+        redact(store_uri),
         left.crops,
     )
     return n
@@ -83,7 +83,7 @@ def stats_command(
     window = ""
     if cams is not None or t_after is not None or t_before is not None:
         window = f" (tracklets of cameras {cameras or 'all'}, {after or '..'} .. {before or '..'})"
-    print(f"store     {store_uri} ({st.backend})")
+    print(f"store     {redact(store_uri)} ({st.backend})")
     print(f"crops     {st.crops} in {st.tracklets} tracklets")
     print(f"span      {span}")
     print(f"features  {st.dim}-d, model {model.get('name')} ({model.get('checkpoint')})")

@@ -15,7 +15,7 @@ import numpy as np
 from ..data.io import list_image_files
 from ..errors import InvalidValueError, NotFoundError
 from ..inference import Extractor
-from ..store import GalleryStore, open_store
+from ..store import GalleryStore, open_store, redact
 from ..store.identity import search_identities
 from ..store.query import check_topk, parse_cameras, search_store, tracklet_id
 from ..store.query import records as hit_records
@@ -148,7 +148,7 @@ def search_store_command(
             hits = search_store(store, feature, topk, by, cams, t_after, t_before, tracklet)
     records = hit_records(hits)
     header = {
-        "store": store_uri,
+        "store": redact(store_uri),
         "query": what,
         "by": by,
         "cameras": None if cams is None else [list(r) for r in cams],  # [[first, last], ...]

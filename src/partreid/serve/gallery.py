@@ -30,6 +30,7 @@ from ..data.io import list_image_files
 from ..errors import NotFoundError, PartreidError
 from ..features import Features
 from ..index import GalleryIndex, open_gallery
+from ..utils.cache import cache_dir
 
 log = logging.getLogger("partreid")
 
@@ -49,8 +50,7 @@ class GalleryPathError(PartreidError, ValueError):
 
 def default_cache_dir() -> str:
     """``$XDG_CACHE_HOME/partreid/serve`` (``~/.cache/partreid/serve``)."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "partreid", "serve")
+    return cache_dir("serve")
 
 
 def list_images(folder: str) -> List[Tuple[str, int, int]]:

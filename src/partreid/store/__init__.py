@@ -10,8 +10,10 @@ URIs (``open_store``):
 
 - a folder path: the embedded store (SQLite + a vector file, :mod:`partreid.store.embedded`);
 - ``milvus:///abs/path/site.db``: a Milvus Lite file, in this process;
-- ``milvus://host:19530[/collection]``: a Milvus server (collection prefix ``partreid`` unless
-  given), :mod:`partreid.store.milvus`.
+- ``milvus://[user:password@]host:19530[/collection][?index=hnsw&M=16&ef=128]``: a Milvus
+  server (collection prefix ``partreid`` unless given), :mod:`partreid.store.milvus`; its
+  options (credentials in a token file, the vector index): :mod:`partreid.store.milvus_uri`;
+  a local server for trials and tests: :mod:`partreid.store.milvus_server`.
 
 A new backend is one module with an ``open_*(uri, create, info)`` function, a
 :class:`GalleryStore` subclass implementing the storage steps its docstring lists, and one line
@@ -35,6 +37,7 @@ from partreid.store.base import (
     TrackletNotFoundError,
     TrackletTable,
 )
+from partreid.store.milvus_uri import redact
 
 # URI scheme -> "module:function" opening it; "" is a plain folder path
 BACKENDS: Dict[str, str] = {
@@ -56,6 +59,7 @@ __all__ = [
     "TrackletNotFoundError",
     "TrackletTable",
     "open_store",
+    "redact",
 ]
 
 
@@ -82,17 +86,18 @@ def open_store(
     if target is None:
         known = ", ".join(f"{s}://" for s in sorted(BACKENDS) if s)
         raise StoreError(
-            f"store URI {uri!r}: unknown scheme {scheme!r}; expected a folder path or one of {known}"
+            f"store URI {redact(uri)!r}: unknown scheme {scheme!r}; expected a folder path or"
+            f" one of {known}"
         )
     if info is not None:
         if not isinstance(info, dict) or "dim" not in info:
-            raise StoreError(f"store {uri}: info must be a dict with 'dim', got {info!r}")
+            raise StoreError(f"store {redact(uri)}: info must be a dict with 'dim', got {info!r}")
         try:
             if int(info["dim"]) < 1:
                 raise ValueError
         except (TypeError, ValueError):
             raise StoreError(
-                f"store {uri}: info['dim'] = {info['dim']!r}, expected an int >= 1"
+                f"store {redact(uri)}: info['dim'] = {info['dim']!r}, expected an int >= 1"
             ) from None
     module, func = target.split(":")
     return getattr(importlib.import_module(module), func)(uri, create, info)

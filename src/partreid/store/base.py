@@ -504,6 +504,7 @@ class GalleryStore:
       ``_forget_identity(identity)``; a backend's delete also drops the identity of every
       tracklet it empties;
     - ``close()``;
+    - ``_repair(cameras)`` where a write is not atomic (see :meth:`repair`; default: nothing);
 
     and where other processes may write too, ``_writing()``: a context manager held (inside
     ``_lock``) around every add and delete (the embedded store's lock across processes).
@@ -529,6 +530,7 @@ class GalleryStore:
                     f" {self.dim}"
                 )
             batch = batch.unique()
+            self._repair(np.unique(batch.camera).tolist())
             new = batch.select(~self._present(batch.ids))
             if len(new) == 0:
                 return 0
@@ -586,6 +588,14 @@ class GalleryStore:
         )
         with self._lock, self._writing():
             return self._delete(flt)
+
+    def repair(self, cameras: Optional[Sequence[int]] = None) -> int:
+        """Finish the writes that a writer killed midway left half done: on the store's
+        tracklets of ``cameras`` (None: of writers gone for a while); returns the number of
+        tracklets recomputed. ``add`` does it for its batch's cameras first; an ingest for its
+        input's cameras. A store whose writes are atomic has none: 0."""
+        with self._lock, self._writing():
+            return self._repair(None if cameras is None else [int(c) for c in cameras])
 
     def stats(self) -> StoreStats:
         """Counts of crops and tracklets, per camera, the time span, dim and info."""
@@ -680,6 +690,10 @@ class GalleryStore:
     def _writing(self) -> ContextManager[Any]:
         """Held around every add and delete, inside ``_lock``; nothing more by default."""
         return contextlib.nullcontext()
+
+    def _repair(self, cameras: Optional[List[int]]) -> int:
+        """Finish half-done writes touching ``cameras`` (see :meth:`repair`); none by default."""
+        return 0
 
     def _present(self, ids: np.ndarray) -> np.ndarray:
         """For each id (int64), whether the store holds a crop with that id."""
