@@ -287,13 +287,14 @@ CALLS = [
     ),
     (
         "partreid.commands.ingest:ingest_command",
-        "ingest m.pth cam1.mkv --store site --boxes b.txt --camera 1 --link --transitions t.csv",
+        "ingest m.pth cam1.mkv --store site --boxes b.txt --camera 1 --link --transitions t.csv"
+        " --runtime onnx",
         None,
         0,
         {
             **dict(checkpoint="m.pth", source="cam1.mkv", store_uri="site", boxes="b.txt"),
             **dict(camera=1, start_time=None, fps=None, device="auto", batch_size=64),
-            **dict(num_workers=2, progress=True, link=True, transitions="t.csv"),
+            **dict(num_workers=2, progress=True, link=True, transitions="t.csv", runtime="onnx"),
         },
     ),
     (
