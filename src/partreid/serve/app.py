@@ -21,8 +21,8 @@ an HttpOnly cookie), ``POST /api/logout``. With ``--token-file`` every other ``/
 answers 401 without the token; a ``--host`` other than loopback needs one.
 
 The pages (``/``) are ``static/index.html`` + ``app.js`` or ``static/store.html`` +
-``store.js``, with ``auth.js`` and ``style.css``: no build step and nothing loaded from
-elsewhere.
+``store.js``, with ``auth.js``, ``page.js`` (the helpers both scripts use) and ``style.css``:
+no build step and nothing loaded from elsewhere.
 """
 
 import logging

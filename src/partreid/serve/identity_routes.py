@@ -23,17 +23,17 @@ from ..errors import PartreidError
 from ..store import IdentityNotFoundError, TrackletHit
 from ..store.base import MAX_ID
 from ..store.identity import RouteStep, identity_id, route_of
-from ..store.query import MAX_TOPK, TRACKLET_MAX_CHARS, TRACKLET_PATTERN, tracklet_id
+from ..store.query import MAX_TOPK, tracklet_id
 from .error_responses import RequestError
 from .store_routes import (
+    FilterArgs,
     Filters,
     StoreService,
     _answer,
-    _client,
     _field,
-    _filter_queries,
-    _text_query,
+    filter_params,
     parse_filters,
+    tracklet_param,
 )
 from .worker import ServeLimits
 
@@ -105,19 +105,21 @@ def _route_feature(service: StoreService, identity: int) -> tuple:
 
 def identity_router(service: StoreService, limits: ServeLimits) -> Any:
     """The routes of the module docstring."""
-    from fastapi import APIRouter, Request
+    from fastapi import APIRouter, Depends, Query, Request
     from starlette.concurrency import run_in_threadpool
 
     router = APIRouter()
-    q = _filter_queries(limits)
-    tracklet_q = _text_query(
-        ..., TRACKLET_PATTERN, TRACKLET_MAX_CHARS, "a tracklet id: camera:track or crop:id", "1:3"
-    )
-    from fastapi import Query
+    filters = Depends(filter_params(limits))
+    tracklet_q = Depends(tracklet_param())
 
-    identity_q = Query(
-        ..., ge=1, le=MAX_ID, description="a site identity (partreid link)", examples=[7]
-    )
+    def identity_param(
+        identity: int = Query(
+            ..., ge=1, le=MAX_ID, description="a site identity (partreid link)", examples=[7]
+        ),
+    ) -> int:  # a dependency, so that its errors come before the filters' ones
+        return identity
+
+    identity_q = Depends(identity_param)
 
     @router.get(
         "/api/store/route",
@@ -127,15 +129,13 @@ def identity_router(service: StoreService, limits: ServeLimits) -> Any:
     async def route(request: Request, tracklet: str = tracklet_q) -> Dict[str, Any]:
         tracklet = _field(tracklet_id, tracklet, "tracklet")
         rec = await run_in_threadpool(route_record, service, tracklet)
-        if service.audit is not None:
-            service.audit.write(
-                "route",
-                _client(request),
-                request.url.path,
-                tracklet=tracklet,
-                identity=rec["identity"],
-                tracklets=len(rec["route"]),
-            )
+        service.audit_event(
+            request,
+            "route",
+            tracklet=tracklet,
+            identity=rec["identity"],
+            tracklets=len(rec["route"]),
+        )
         return rec
 
     @router.get(
@@ -146,14 +146,10 @@ def identity_router(service: StoreService, limits: ServeLimits) -> Any:
     async def search_route(
         request: Request,
         identity: int = identity_q,
-        topk: int = q["topk"],
-        by: str = q["by"],
-        cameras: Optional[str] = q["cameras"],
-        after: Optional[str] = q["after"],
-        before: Optional[str] = q["before"],
+        given: FilterArgs = filters,
     ) -> Dict[str, Any]:
         t0 = time.perf_counter()
-        f = parse_filters(cameras, after, before, by, topk)
+        f = parse_filters(*given)
         ident = _field(identity_id, identity, "identity")
         feature, own, crops = await run_in_threadpool(_route_feature, service, ident)
         extra = len(own) if f.by == "tracklet" else crops  # room for its own, left out below
@@ -190,15 +186,7 @@ def identity_router(service: StoreService, limits: ServeLimits) -> Any:
         except PartreidError as exc:
             raise RequestError(f"identity: {exc}", 422) from None
         cond = {"identity": ident}
-        if service.audit is not None:
-            service.audit.write(
-                "delete",
-                _client(request),
-                request.url.path,
-                conditions=cond,
-                deleted=n,
-                tracklets=keys,
-            )
+        service.audit_event(request, "delete", conditions=cond, deleted=n, tracklets=keys)
         return {
             "deleted": n,
             "tracklets": len(keys),

@@ -22,7 +22,7 @@ import asyncio
 import threading
 import time
 from dataclasses import dataclass
-from typing import Annotated, Any, Dict, List, Optional, Tuple
+from typing import Annotated, Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -190,13 +190,14 @@ class StoreService:
         self.registry.forget(before, camera, track)
         return n
 
+    def audit_event(self, request: Any, event: str, **fields: Any) -> None:
+        """One audit line for ``event`` of ``request`` (when the server keeps an audit log)."""
+        if self.audit is not None:
+            self.audit.write(event, _client(request), request.url.path, **fields)
+
     def audit_search(self, request: Any, f: Filters, query: Dict[str, Any], n: int) -> None:
         """One audit line for a search."""
-        if self.audit is not None:
-            route = request.url.path
-            self.audit.write(
-                "search", _client(request), route, filters=f.to_dict(), query=query, results=n
-            )
+        self.audit_event(request, "search", filters=f.to_dict(), query=query, results=n)
 
 
 def _answer(query: Dict[str, Any], f: Filters, recs: List[Dict[str, Any]], t0: float) -> Dict:
@@ -238,11 +239,17 @@ def _result_links() -> Dict[str, Any]:
     return {200: {"description": "the ranked results", "links": links}}
 
 
-def _filter_queries(limits: ServeLimits) -> Dict[str, Any]:
-    """The search filters' query parameters (defaults, bounds, patterns)."""
+# the search filters as given, in :func:`parse_filters`'s order: cameras, after, before, by, topk
+FilterArgs = Tuple[Optional[str], Optional[str], Optional[str], str, int]
+
+
+def filter_params(limits: ServeLimits) -> Callable[..., FilterArgs]:
+    """A FastAPI dependency: the search filters' query parameters (defaults, bounds, patterns),
+    one definition for every search route. The route parses them (:func:`parse_filters`), so
+    that a parameter FastAPI rejects is answered before a filter that does not parse."""
     from fastapi import Query
 
-    return {
+    q = {
         "topk": Query(
             limits.default_topk, ge=1, le=limits.max_topk, description="results", examples=[10]
         ),
@@ -271,17 +278,39 @@ def _filter_queries(limits: ServeLimits) -> Dict[str, Any]:
         ),
     }
 
+    def filters(
+        topk: int = q["topk"],
+        by: str = q["by"],
+        cameras: Optional[str] = q["cameras"],
+        after: Optional[str] = q["after"],
+        before: Optional[str] = q["before"],
+    ) -> FilterArgs:
+        return cameras, after, before, by, topk
+
+    return filters
+
+
+def tracklet_param() -> Callable[..., str]:
+    """A FastAPI dependency: the ``tracklet`` query parameter, one definition for the routes
+    that take it (a dependency, so that its errors come before the filters' ones)."""
+    q = _text_query(
+        ..., TRACKLET_PATTERN, TRACKLET_MAX_CHARS, "a tracklet id: camera:track or crop:id", "1:3"
+    )
+
+    def tracklet(tracklet: str = q) -> str:
+        return tracklet
+
+    return tracklet
+
 
 def store_search_router(service: StoreService, worker: SearchWorker, limits: ServeLimits) -> Any:
     """``POST /api/store/search`` (an upload) and ``GET /api/store/search_tracklet``."""
-    from fastapi import APIRouter, Request, UploadFile
+    from fastapi import APIRouter, Depends, Request, UploadFile
     from starlette.concurrency import run_in_threadpool
 
     router = APIRouter()
-    q = _filter_queries(limits)
-    tracklet_q = _text_query(
-        ..., TRACKLET_PATTERN, TRACKLET_MAX_CHARS, "a tracklet id: camera:track or crop:id", "1:3"
-    )
+    filters = Depends(filter_params(limits))
+    tracklet_q = Depends(tracklet_param())
 
     @router.post(
         "/api/store/search",
@@ -293,14 +322,10 @@ def store_search_router(service: StoreService, worker: SearchWorker, limits: Ser
     async def search_upload(
         request: Request,
         image: Annotated[UploadFile, image_field()],
-        topk: int = q["topk"],
-        by: str = q["by"],
-        cameras: Optional[str] = q["cameras"],
-        after: Optional[str] = q["after"],
-        before: Optional[str] = q["before"],
+        given: FilterArgs = filters,
     ) -> Dict[str, Any]:
         t0 = time.perf_counter()
-        f = parse_filters(cameras, after, before, by, topk)
+        f = parse_filters(*given)
         data, img, tensor = await read_upload_tensor(worker, limits, image)
         feature = await asyncio.wrap_future(worker.submit_embed(tensor))
         recs = await run_in_threadpool(service.search, feature[None, :], f)
@@ -317,14 +342,10 @@ def store_search_router(service: StoreService, worker: SearchWorker, limits: Ser
     async def search_tracklet(
         request: Request,
         tracklet: str = tracklet_q,
-        topk: int = q["topk"],
-        by: str = q["by"],
-        cameras: Optional[str] = q["cameras"],
-        after: Optional[str] = q["after"],
-        before: Optional[str] = q["before"],
+        given: FilterArgs = filters,
     ) -> Dict[str, Any]:
         t0 = time.perf_counter()
-        f = parse_filters(cameras, after, before, by, topk)
+        f = parse_filters(*given)
         tracklet = _field(tracklet_id, tracklet, "tracklet")
         feature, meta = await run_in_threadpool(service.tracklet_feature, tracklet)
         recs = await run_in_threadpool(service.search, feature, f, tracklet)
@@ -393,10 +414,7 @@ def store_admin_router(service: StoreService) -> Any:
         ref = _field(lambda v, name: track_ref(v, cam, name), track or None, "track")
         n = await run_in_threadpool(service.delete, t_before, cam, ref)
         cond = {"before": before or None, "camera": cam, "track": ref}
-        if service.audit is not None:
-            service.audit.write(
-                "delete", _client(request), request.url.path, conditions=cond, deleted=n
-            )
+        service.audit_event(request, "delete", conditions=cond, deleted=n)
         return {"deleted": n, "conditions": cond, "store": service.summary()}
 
     return router

@@ -436,8 +436,9 @@ class Hit:
 
 
 @dataclass
-class TrackletHit:
-    """One tracklet found: id, span, size, ``distance`` of its feature and its nearest crop."""
+class TrackletSpan:
+    """A tracklet's id, where and when it was seen and its number of crops (the first fields of
+    a tracklet hit and of a route's step)."""
 
     tracklet: str
     camera: int
@@ -445,6 +446,12 @@ class TrackletHit:
     start: float
     end: float
     n_crops: int
+
+
+@dataclass
+class TrackletHit(TrackletSpan):
+    """One tracklet found: id, span, size, ``distance`` of its feature and its nearest crop."""
+
     distance: float
     best: Optional[Hit] = field(default=None)
 

@@ -13,7 +13,14 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from partreid.errors import InvalidValueError
-from partreid.store.base import MAX_ID, GalleryStore, TrackletHit, TrackletTable, normalize
+from partreid.store.base import (
+    MAX_ID,
+    GalleryStore,
+    TrackletHit,
+    TrackletSpan,
+    TrackletTable,
+    normalize,
+)
 from partreid.store.query import check_topk
 from partreid.utils.times import format_time, shown
 
@@ -33,16 +40,10 @@ def identity_id(value: Any, what: str = "--identity") -> int:
 
 
 @dataclass
-class RouteStep:
+class RouteStep(TrackletSpan):
     """One tracklet of a route: where and when, and its ``distance`` (``2 - 2 cos``) to the
     query (None when the route was asked for without a query)."""
 
-    tracklet: str
-    camera: int
-    track_id: int
-    start: float
-    end: float
-    n_crops: int
     distance: Optional[float] = None
 
     def record(self) -> Dict[str, Any]:

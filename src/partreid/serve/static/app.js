@@ -1,7 +1,6 @@
-// partreid search page: plain JavaScript, talks only to this server's /api.
+// partreid search page: plain JavaScript, talks only to this server's /api (helpers: page.js).
 "use strict";
 
-const $ = (id) => document.getElementById(id);
 const state = {
   info: null,
   query: null,        // {kind: "upload", file, name} | {kind: "item", item}
@@ -11,32 +10,6 @@ const state = {
   requestId: 0,
 };
 const MARKET_NAME = /^(-?\d+)_c(\d+)/; // Market-1501 style: 0001_c2s1_000151_01.jpg
-
-function fmt(n) { return Number(n).toLocaleString("en-US"); }
-
-function setStatus(text, kind) {
-  const el = $("status");
-  el.textContent = text || "";
-  el.className = "status" + (kind ? " " + kind : "");
-}
-
-async function api(url, options) {
-  const res = await partreidAuth.authFetch(url, options);
-  const type = res.headers.get("content-type") || "";
-  const body = type.includes("application/json") ? await res.json() : null;
-  if (!res.ok) {
-    const msg = body && body.detail ? body.detail : `${res.status} ${res.statusText}`;
-    throw new Error(msg);
-  }
-  return body;
-}
-
-function el(tag, cls, text) {
-  const e = document.createElement(tag);
-  if (cls) e.className = cls;
-  if (text !== undefined) e.textContent = text;
-  return e;
-}
 
 // ---------------------------------------------------------------- cards
 function card(item, opts) {
@@ -80,17 +53,10 @@ async function loadInfo() {
   const info = await api("/api/health");
   state.info = info;
   const m = info.model, g = info.gallery;
-  const meta = $("meta");
-  meta.replaceChildren();
-  const parts = [
+  showMeta([
     ["model ", `${m.name}${m.backbone ? " · " + m.backbone : ""}`, ` ${m.input[0]}×${m.input[1]}, ${m.feature_dim}-d${m.runtime === "onnxruntime" ? ", ONNX Runtime" : ""}`],
     ["  ·  gallery ", fmt(g.size), ` items, ${g.cameras.length} cameras, ${g.metric} (${g.kind}/${g.backend})`],
-  ];
-  for (const [a, b, c] of parts) {
-    meta.append(a);
-    meta.appendChild(el("b", null, b));
-    meta.append(c);
-  }
+  ]);
   $("gallery-count").textContent = fmt(g.size);
   state.pageSize = info.limits.default_page_size;
   const topk = $("topk");

@@ -1,6 +1,7 @@
 // partreid store page: a result's person (site identity, `partreid link`): its route, one row
 // per camera on a shared time axis with a crop per tracklet; search with the route, or forget
-// the person (the server asks for the token). Uses store.js's $, el, api, state, run.
+// the person (the server asks for the token). Uses page.js's $, el, api, setStatus and
+// store.js's state, run.
 "use strict";
 
 (function () {

@@ -1,7 +1,7 @@
-// partreid store search page: plain JavaScript, talks only to this server's /api/store.
+// partreid store search page: plain JavaScript, talks only to this server's /api/store
+// (helpers: page.js).
 "use strict";
 
-const $ = (id) => document.getElementById(id);
 const state = {
   info: null,       // /api/health
   query: null,      // {kind: "upload", file, name} | {kind: "tracklet", id, image}
@@ -9,26 +9,6 @@ const state = {
   sort: "distance",
   requestId: 0,
 };
-
-function fmt(n) { return Number(n).toLocaleString("en-US"); }
-function el(tag, cls, text) {
-  const e = document.createElement(tag);
-  if (cls) e.className = cls;
-  if (text !== undefined) e.textContent = text;
-  return e;
-}
-function setStatus(text, kind) {
-  const s = $("status");
-  s.textContent = text || "";
-  s.className = "status" + (kind ? " " + kind : "");
-}
-async function api(url, options) {
-  const res = await partreidAuth.authFetch(url, options);
-  const type = res.headers.get("content-type") || "";
-  const body = type.includes("application/json") ? await res.json() : null;
-  if (!res.ok) throw new Error(body && body.detail ? body.detail : `${res.status} ${res.statusText}`);
-  return body;
-}
 
 // ISO "2026-12-03T14:00:01.000Z" -> seconds; shown as "2026-12-03 14:00:01"
 const secs = (iso) => Date.parse(iso) / 1000;
@@ -43,15 +23,12 @@ async function loadInfo() {
   const info = await api("/api/health");
   state.info = info;
   const s = info.store, m = info.model;
-  const meta = $("meta");
-  meta.replaceChildren();
   const when = s.first ? span(s.first, s.last) + " UTC" : "empty";
-  const parts = [
+  const meta = showMeta([
     ["store ", fmt(s.crops), " crops in "], ["", fmt(s.tracklets), " tracklets · "],
     ["", String(s.cameras.length), " cameras · "], ["", when, " · model "],
     ["", `${m.name} ${m.feature_dim}-d`, ""],
-  ];
-  for (const [a, b, c] of parts) { meta.append(a); meta.appendChild(el("b", null, b)); meta.append(c); }
+  ]);
   meta.title = `${s.uri} (${s.backend})`;
   const chips = $("cam-chips");
   chips.replaceChildren(...s.cameras.map((c) => {
