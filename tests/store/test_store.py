@@ -287,3 +287,30 @@ def test_milvus_best_crop_when_counts_understate(tmp_path, gallery):
 def normalize_rows(x):
     """float32 unit rows, as the store normalises queries."""
     return _unit(x).astype(np.float32)
+
+
+@pytest.mark.parametrize("limit", [16384, 7])
+def test_milvus_camera_edges_found_together_equal_each_alone(tmp_path, gallery, monkeypatch, limit):
+    """After a delete, the cameras' first and last crops are found for all cameras in a few
+    queries; the answer equals numpy's, also when an answer may be cut (a tiny limit) and with
+    crops spread far apart in time (windows that grow several times)."""
+    pytest.importorskip("pymilvus")
+    pytest.importorskip("milvus_lite")
+    import partreid.store.milvus as milvus
+
+    b = gallery
+    b.timestamp = np.where(b.camera % 2 == 0, b.timestamp, b.timestamp * 1e4)  # up to ~3.8 months
+    monkeypatch.setattr(milvus, "MAX_LIMIT", limit)
+    with open_store(f"milvus://{tmp_path / 'm.db'}", create=True, info=INFO) as st:
+        st.add(b)
+        cut = 150.0 * np.where(b.camera % 2 == 0, 1, 1e4)
+        gone = b.timestamp < cut
+        for c in range(6):  # each camera loses its first crops, camera 5 also its last
+            st.delete(camera=c, before=float(np.max(cut[b.camera == c])))
+        last5 = b.ids[b.camera == 5][np.argmax(b.timestamp[b.camera == 5])]
+        st.delete(ids=[last5])
+        gone |= b.ids == last5
+        spans = st._spans()
+        for c in range(6):
+            t = b.timestamp[(b.camera == c) & ~gone]
+            assert spans[c] == (pytest.approx(t.min()), pytest.approx(t.max()), len(t)), c

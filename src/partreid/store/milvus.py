@@ -667,16 +667,55 @@ class MilvusStore(base.GalleryStore):
             best = pick([best] + [float(r["timestamp"]) for r in rows])
         return best
 
+    def _edges(self, starts: Dict[int, float], low: bool) -> Dict[int, float]:
+        """:meth:`_edge` of many cameras at once: each window is one query for every camera
+        still to find while its answer is whole (under Milvus's limit); a camera whose answer
+        may be cut, or with no crop within any window, is found on its own."""
+        out: Dict[int, float] = {}
+        todo = dict(starts)
+        pick = min if low else max
+        w = 3600.0
+        while todo and w < 1e12:
+            for part in chunks(sorted(todo), 64):
+                terms = []
+                for c in part:
+                    a, b = (todo[c], todo[c] + w) if low else (todo[c] - w, todo[c])
+                    terms.append(f"(camera == {c} and timestamp >= {a!r} and timestamp <= {b!r})")
+                rows = self._query(
+                    self._crops, " or ".join(terms), ["camera", "timestamp"], limit=MAX_LIMIT
+                )
+                if len(rows) == MAX_LIMIT:  # maybe cut: each on its own
+                    out.update({c: self._edge(c, low, todo.pop(c)) for c in part})
+                    continue
+                for r in rows:
+                    c, t = int(r["camera"]), float(r["timestamp"])
+                    out[c] = pick(out.get(c, t), t)
+                for c in part:
+                    if c in out:
+                        todo.pop(c, None)
+            w *= 16
+        out.update({c: self._edge(c, low, a) for c, a in todo.items()})
+        return out
+
     def _new_spans(
-        self, cameras: List[int], known: Optional[Dict[int, Span]] = None
+        self,
+        cameras: List[int],
+        known: Optional[Dict[int, Span]] = None,
+        counts: Optional[Dict[int, int]] = None,
     ) -> Dict[int, Optional[Span]]:
-        """These cameras' rows found anew from their crops (None: no crop left)."""
+        """These cameras' rows found anew from their crops (None: no crop left); ``counts``:
+        their crops when known (else counted, 4 cameras at a time)."""
         known = self._spans(cameras) if known is None else known
-        out: Dict[int, Optional[Span]] = {}
-        for cam in cameras:
-            n = self._count(self._crops, f"camera == {int(cam)}")
-            a, b, _ = known.get(cam, (-1e18, 1e18, 0))
-            out[cam] = (self._edge(cam, True, a), self._edge(cam, False, b), n) if n else None
+        if counts is None:
+            with ThreadPoolExecutor(4) as pool:
+                n = pool.map(lambda c: self._count(self._crops, f"camera == {int(c)}"), cameras)
+                counts = dict(zip(cameras, n))
+        left = [int(c) for c in cameras if counts[c] > 0]
+        far = (-1e18, 1e18, 0)
+        first = self._edges({c: known.get(c, far)[0] for c in left}, True)
+        last = self._edges({c: known.get(c, far)[1] for c in left}, False)
+        out: Dict[int, Optional[Span]] = {int(c): None for c in cameras}
+        out.update({c: (first[c], last[c], counts[c]) for c in left})
         return out
 
     def _write_spans(self, spans: Dict[int, Optional[Span]]) -> None:
@@ -843,6 +882,7 @@ class MilvusStore(base.GalleryStore):
     def _delete(self, flt: base.DeleteFilter) -> int:
         """Filter expressions inside Milvus (see :meth:`GalleryStore.delete`)."""
         self._repair(None)
+        self._seal()  # Lite: its reads below would each scan the unflushed rows
         conds = []
         if flt.before is not None:
             conds.append(f"timestamp < {float(flt.before)!r}")
@@ -882,6 +922,7 @@ class MilvusStore(base.GalleryStore):
         ones) were deleted, every read first: a tracklet that lost all its counted crops (and
         has none left) is deleted, the others rebuilt from their crops; a camera's count goes
         down, and its span is found anew where its first or last crop went."""
+        self._seal()
         stored = self._tracklets(sorted(per_key), ["key", "n"])
         whole = [k for k, m in per_key.items() if k in stored and int(stored[k]["n"]) == m]
         if any(self._count(self._crops, f"tracklet in {_in(p)}") for p in chunks(whole, _IN_CHUNK)):
@@ -892,7 +933,10 @@ class MilvusStore(base.GalleryStore):
             c for c, (a, b, n) in spans.items()
             if c not in known or a <= known[c][0] or b >= known[c][1] or n >= known[c][2]
         ]  # fmt: skip
-        new: Dict[int, Optional[Span]] = self._new_spans(moved, known)
+        counts = None  # a server counts (other writers); Lite's counts are its own
+        if not self._server:
+            counts = {c: known[c][2] - spans[c][2] if c in known else 0 for c in moved}
+        new: Dict[int, Optional[Span]] = self._new_spans(moved, known, counts)
         for c in set(spans) - set(moved):
             a, b, n = known[c]
             new[c] = (a, b, n - spans[c][2])
