@@ -71,6 +71,10 @@ def test_embedder_ingest_and_serve_take_the_ir(exports, own_norm_ckpt, tiny_synt
         assert st.stats().crops == len(os.listdir(crops))
     extractor, module = build_extractor(out, str(tmp_path / "cache"), runtime="auto")
     assert extractor.backend == "openvino" and module is None
+    from partreid.serve import build_worker
+
+    worker = build_worker(out, None, cache_dir=str(tmp_path / "cache"), device="cpu")
+    assert worker.runtime == "openvino"  # the page and /api/health name the IR's runtime
     with pytest.raises(InvalidValueError, match="--runtime torch needs a partreid checkpoint"):
         build_extractor(out, str(tmp_path / "cache"), runtime="torch")
 

@@ -183,7 +183,7 @@ class SearchWorker:
         self.module = module if module is not None and hasattr(module, "activation_maps") else None
         # the checkpoint's description, also when the forward pass runs on its ONNX export
         self.info = module.info if module is not None else extractor.info
-        self.runtime = "onnxruntime" if getattr(extractor, "onnx", None) is not None else "torch"
+        self.runtime = getattr(extractor, "backend", "torch")  # torch, onnxruntime or openvino
         self.transform = self.info.transform()
         if gallery is not None:
             gallery.features.check_dim(
