@@ -39,6 +39,9 @@ class StoreError(PartreidError, ValueError):
     """A store that cannot be opened or used as asked: the message names the store and why."""
 
 
+MAKE_ONE = "`partreid ingest ... --store URI` makes one; in Python, open_store(URI, create=True)"
+
+
 class TrackletNotFoundError(StoreError):
     """The store holds no tracklet of that id (a 404 for the server)."""
 

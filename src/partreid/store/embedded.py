@@ -165,7 +165,7 @@ class EmbeddedStore(base.GalleryStore):
                 what = "no gallery store in" if os.path.isdir(self.path) else "no folder"
                 raise StoreError(
                     f"store {path}: {what} {self.path} (expected a store folder with store.json;"
-                    " open it with create=True to make one)"
+                    f" {base.MAKE_ONE})"
                 )
             if info is None:
                 raise StoreError(f"store {path}: creating a store needs info with 'dim'")

@@ -185,8 +185,7 @@ class MilvusStore(base.GalleryStore):
                 raise StoreError(f"store {self.uri}: no folder {folder} for the file")
             if not os.path.exists(t.target) and not create:
                 raise StoreError(
-                    f"store {self.uri}: no Milvus Lite file {t.target} (open it with create=True"
-                    " to make one)"
+                    f"store {self.uri}: no Milvus Lite file {t.target} ({base.MAKE_ONE})"
                 )
             if not os.path.exists(t.target):  # Milvus Lite keeps its files in it: owner only
                 make_private_dir(t.target)
@@ -218,7 +217,7 @@ class MilvusStore(base.GalleryStore):
             if not create:
                 raise StoreError(
                     f"store {self.uri}: no gallery store (collection {self._meta}) there;"
-                    " open it with create=True to make one"
+                    f" {base.MAKE_ONE}"
                 )
             if info is None:
                 raise StoreError(f"store {self.uri}: creating a store needs info with 'dim'")
