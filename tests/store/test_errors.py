@@ -42,7 +42,7 @@ def test_bad_uri(uri, words):
 
 
 def test_missing_embedded_store(tmp_path):
-    with pytest.raises(StoreError, match="no folder .*create=True"):
+    with pytest.raises(StoreError, match="no folder .*partreid ingest .*--store URI.*create=True"):
         open_store(str(tmp_path / "nope"))
     (tmp_path / "empty").mkdir()
     with pytest.raises(StoreError, match="no gallery store in"):
