@@ -696,6 +696,18 @@ class MilvusStore(base.GalleryStore):
         out.update({c: self._edge(c, low, a) for c, a in todo.items()})
         return out
 
+    def _camera_counts(self, cameras: Sequence[int]) -> Dict[int, int]:
+        """Each camera's crops by ``count(*)``: 4 at a time on a server (exact while other
+        processes write), one after another on Milvus Lite."""
+
+        def count(c: int) -> int:
+            return self._count(self._crops, f"camera == {int(c)}")
+
+        if not self._server:
+            return {int(c): count(c) for c in cameras}
+        with ThreadPoolExecutor(4) as pool:
+            return dict(zip((int(c) for c in cameras), pool.map(count, cameras)))
+
     def _new_spans(
         self,
         cameras: List[int],
@@ -703,12 +715,9 @@ class MilvusStore(base.GalleryStore):
         counts: Optional[Dict[int, int]] = None,
     ) -> Dict[int, Optional[Span]]:
         """These cameras' rows found anew from their crops (None: no crop left); ``counts``:
-        their crops when known (else counted, 4 cameras at a time)."""
+        their crops when known (else counted)."""
         known = self._spans(cameras) if known is None else known
-        if counts is None:
-            with ThreadPoolExecutor(4) as pool:
-                n = pool.map(lambda c: self._count(self._crops, f"camera == {int(c)}"), cameras)
-                counts = dict(zip(cameras, n))
+        counts = self._camera_counts(cameras) if counts is None else counts
         left = [int(c) for c in cameras if counts[c] > 0]
         far = (-1e18, 1e18, 0)
         first = self._edges({c: known.get(c, far)[0] for c in left}, True)
@@ -950,12 +959,8 @@ class MilvusStore(base.GalleryStore):
         process) keeps the counts in the rows."""
         spans = self._spans()
         cams = sorted(spans)
-        if self._server:
-            with ThreadPoolExecutor(4) as pool:
-                counts = list(pool.map(lambda c: self._count(self._crops, f"camera == {c}"), cams))
-        else:
-            counts = [spans[c][2] for c in cams]
-        per = {c: n for c, n in zip(cams, counts) if n > 0}
+        counts = self._camera_counts(cams) if self._server else {c: spans[c][2] for c in cams}
+        per = {c: n for c, n in counts.items() if n > 0}
         first = min((spans[c][0] for c in per), default=None)
         last = max((spans[c][1] for c in per), default=None)
         return self._stats_of(
