@@ -69,6 +69,11 @@ class Backbone(nn.Module):
     def out_channels(self) -> int:
         return self.channels[-1]
 
+    @property
+    def last_stride(self) -> int:
+        """Stride of stage4 alone (1: it keeps the stage3 resolution, the Re-ID convention)."""
+        return self.strides[-1] // self.strides[-2]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
         for stage in self.stages:
