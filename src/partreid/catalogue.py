@@ -2,7 +2,7 @@
 the data sets. ``partreid list`` and anything else that only needs the names read this.
 
 The live registries stay the truth: :func:`partreid.models.list_models` /
-:func:`partreid.models.model_options` (read from each model's constructor) and
+:func:`partreid.models.model_options` (read from build_backbone and each model's constructor) and
 :func:`partreid.data.list_datasets`. ``tests/test_catalogue.py`` checks that this copy equals
 them name by name, option by option (value, type and order), and that every ``"module:name"``
 below is the object registered under that name, so a model or data set added, renamed or given

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from partreid.models import build_backbone, build_model
-from partreid.models.registry import model_options
+from partreid.models.registry import _get, list_models, model_options
 
 SHARED = Path(
     os.environ.get("PARTREID_SHARED", Path(__file__).resolve().parents[2].parent / "shared")
@@ -20,6 +20,7 @@ def test_stages_compose_and_strides(name, last_stride):
     y = bb(x)
     assert y.shape == (2, bb.out_channels, 128 // bb.strides[-1], 64 // bb.strides[-1])
     assert bb.strides[-1] == (16 if last_stride == 1 else 32)
+    assert bb.last_stride == last_stride
     for cut in ["input", "stem", "res_conv2c", "res_conv4_1", "stage3", "res_conv5"]:
         trunk, rest = bb.split(cut)
         assert torch.allclose(rest(trunk(x)), y, atol=1e-5), cut
@@ -78,6 +79,22 @@ def test_registry_validates_options():
         build_model("bot", 5, backbone="resnet18", bogus=1)
     with pytest.raises(KeyError, match="registered models"):
         build_model("nonexistent", 5)
+
+
+def test_the_backbone_options_come_first_with_build_backbones_defaults():
+    for name in list_models():
+        first = list(model_options(name).items())[:3]
+        assert first == [("backbone", "resnet50"), ("pretrained", False), ("last_stride", 1)]
+
+
+@pytest.mark.parametrize("name", ["bot", "cgpn", "mgn", "pcb", "rmgl"])
+def test_build_model_builds_the_backbone_and_gives_it_to_the_model(name):
+    torch.manual_seed(0)
+    built = build_model(name, 5, backbone="resnet18", last_stride=2)
+    torch.manual_seed(0)
+    given = _get(name)(build_backbone("resnet18", last_stride=2), 5)
+    a, b = built.state_dict(), given.state_dict()
+    assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
 
 
 @pytest.mark.parametrize(

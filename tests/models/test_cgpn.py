@@ -23,7 +23,7 @@ NUM_CLASSES = 7
 
 def small_cgpn(**kw) -> CGPN:
     torch.manual_seed(0)
-    return CGPN(NUM_CLASSES, backbone=kw.pop("backbone", "mobilenet_v2"), **kw)
+    return build_model("cgpn", NUM_CLASSES, backbone=kw.pop("backbone", "mobilenet_v2"), **kw)
 
 
 class RowBroadcast(nn.Module):
@@ -72,7 +72,7 @@ def test_train_outputs_counts_and_shapes():
 def cgpn50() -> CGPN:
     """The paper's CGPN on ResNet-50 (random weights), 751 classes (Market-1501)."""
     torch.manual_seed(0)
-    return CGPN(751, backbone="resnet50")
+    return build_model("cgpn", 751, backbone="resnet50")
 
 
 def test_resnet50_forward_small_batch(cgpn50):

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import partreid.models.mgn  # noqa: F401  (registers "mgn")
-from partreid.models import build_model
+from partreid.models import build_backbone, build_model
 from partreid.models.mgn import MGN
 from partreid.models.parts import ReductionHead
 
@@ -47,7 +47,7 @@ def head(cin: int, num_classes: int) -> int:
 
 def small_mgn(**kw) -> MGN:
     torch.manual_seed(0)
-    return MGN(NUM_CLASSES, backbone=kw.pop("backbone", "mobilenet_v2"), **kw)
+    return build_model("mgn", NUM_CLASSES, backbone=kw.pop("backbone", "mobilenet_v2"), **kw)
 
 
 @pytest.mark.parametrize("size", [(384, 128), (200, 96)])
@@ -81,6 +81,14 @@ def test_global_branch_downsamples_and_starts_from_the_same_weights():
     assert model.training and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     same = small_mgn(global_last_stride=1).activation_maps(torch.randn(1, 3, 128, 64))
     assert same["branch_G"].shape == (1, 8, 4)
+
+
+def test_global_branch_stride_against_a_given_backbone():
+    """The global branch's stride is set against the backbone's own last stride."""
+    bb = build_backbone("mobilenet_v2", last_stride=2)
+    maps = MGN(bb, NUM_CLASSES, global_last_stride=1).activation_maps(torch.randn(1, 3, 128, 64))
+    assert maps["branch_G"].shape == (1, 8, 4)  # stride 16
+    assert maps["branch_P2"].shape == (1, 4, 2)  # the backbone's stride 32
 
 
 def test_stripes_pool_their_rows(row_map):
@@ -131,7 +139,7 @@ def test_parameter_count_resnet50():
     nc, c = 751, 2048
     trunk, rest = resnet50_parts()
     expected = trunk + 3 * rest + 8 * head(c, nc)
-    model = MGN(nc, backbone="resnet50")
+    model = build_model("mgn", nc, backbone="resnet50")
     assert sum(p.numel() for p in model.parameters()) == expected
     assert sum(isinstance(m, nn.Linear) for m in model.modules()) == 8
     model.eval()

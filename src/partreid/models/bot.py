@@ -10,7 +10,7 @@ from typing import Dict
 import torch
 from torch import nn
 
-from .backbones import build_backbone
+from .backbones import Backbone
 from .parts import ReductionHead, check_choice, pool2d
 from .registry import register_model
 
@@ -20,24 +20,24 @@ class BoT(nn.Module):
     """Global feature with BNNeck; CE on the BN feature's logits, triplet before BN.
 
     Args:
+        backbone: built by ``build_model`` from its options ``backbone``, ``pretrained`` and
+            ``last_stride`` (see :func:`~partreid.models.backbones.build_backbone`).
         num_classes: training identities.
-        backbone, pretrained, last_stride: see :func:`partreid.models.backbones.build_backbone`.
         pooling: ``avg`` (GAP, the paper's) or ``max``.
         test_feature: ``after_bn`` (the paper's) or ``before_bn``.
     """
 
     def __init__(
         self,
+        backbone: Backbone,
         num_classes: int,
-        backbone: str = "resnet50",
-        pretrained=False,
-        last_stride: int = 1,
+        *,
         pooling: str = "avg",
         test_feature: str = "after_bn",
     ):
         super().__init__()
         check_choice("test_feature", test_feature, ("after_bn", "before_bn"))
-        self.backbone = build_backbone(backbone, pretrained, last_stride)
+        self.backbone = backbone
         self.pooling = pooling
         self.test_feature = test_feature
         self.head = ReductionHead(self.backbone.out_channels, num_classes, dim=None, relu=False)

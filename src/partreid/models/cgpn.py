@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from ..errors import InvalidValueError
-from .backbones import build_backbone
+from .backbones import Backbone
 from .parts import ReductionHead, check_choice, pool2d, stripe_pool, window_max
 from .registry import register_model
 
@@ -132,10 +132,11 @@ class CGPN(nn.Module):
     """Coarse granularity part-level network.
 
     Args:
-        num_classes: training identities.
-        backbone, pretrained: see :func:`partreid.models.backbones.build_backbone`.
-        last_stride: stride of res_conv5 in every branch (1: MGN-like 24x8 map at 384x128;
+        backbone: built by ``build_model`` from its options ``backbone``, ``pretrained`` and
+            ``last_stride`` (see :func:`~partreid.models.backbones.build_backbone`). Its last
+            stride is the stride of res_conv5 in every branch (1: MGN-like 24x8 map at 384x128;
             the paper is silent).
+        num_classes: training identities.
         stripes: stripe count K_i of each branch; one branch per entry. (2, 3, 4) is CGPN;
             (2,) keeps only branch 1, (2, 3, 4, 5) is "CGPN + Branch 4". A branch with K=1
             has no coarse window (no integer L with 1/2 <= L < 1), so only its global part
@@ -158,10 +159,9 @@ class CGPN(nn.Module):
 
     def __init__(
         self,
+        backbone: Backbone,
         num_classes: int,
-        backbone: str = "resnet50",
-        pretrained=False,
-        last_stride: int = 1,
+        *,
         stripes: Sequence[int] = (2, 3, 4),
         global_parts: int = 2,
         global_part: bool = True,
@@ -199,9 +199,8 @@ class CGPN(nn.Module):
         self.triplet_on = triplet_on
         self.triplet_features = triplet_features
 
-        bb = build_backbone(backbone, pretrained, last_stride)
-        self.trunk, rest = bb.split("res_conv4_1")  # conv1 .. res_conv4_1, shared
-        self.channels = bb.out_channels  # c
+        self.trunk, rest = backbone.split("res_conv4_1")  # conv1 .. res_conv4_1, shared
+        self.channels = backbone.out_channels  # c
         self.branches = nn.ModuleList(
             CGPNBranch(
                 copy.deepcopy(rest),

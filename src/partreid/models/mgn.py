@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..errors import InvalidValueError
-from .backbones import build_backbone
+from .backbones import Backbone, build_backbone
 from .parts import ReductionHead, check_choice, pool2d, stripe_pool
 from .registry import register_model
 
@@ -57,10 +57,13 @@ class MGN(nn.Module):
     """Multiple granularity network.
 
     Args:
+        backbone: built by ``build_model`` from its options ``backbone``, ``pretrained`` and
+            ``last_stride`` (see :func:`~partreid.models.backbones.build_backbone`). Its last
+            stride is the res_conv5 stride of the part branches (1 in the paper).
         num_classes: training identities.
-        backbone, pretrained: see :func:`partreid.models.backbones.build_backbone`.
-        last_stride: res_conv5 stride of the part branches (1 in the paper).
-        global_last_stride: res_conv5 stride of the global branch (2 in the paper).
+        global_last_stride: res_conv5 stride of the global branch (2 in the paper); another
+            than the backbone's gives the global branch a backbone of the same name and weights
+            with this stride.
         parts: stripe counts of the part branches ((2, 3) in the paper); the global branch has none.
         reduction_dim: size of every reduced feature (256).
         triplet_on: the triplet loss reads the ``pooled`` global features (the paper's 2048-d)
@@ -69,10 +72,9 @@ class MGN(nn.Module):
 
     def __init__(
         self,
+        backbone: Backbone,
         num_classes: int,
-        backbone: str = "resnet50",
-        pretrained=False,
-        last_stride: int = 1,
+        *,
         global_last_stride: int = 2,
         parts: Sequence[int] = (2, 3),
         reduction_dim: int = 256,
@@ -89,14 +91,13 @@ class MGN(nn.Module):
         if any(k < 1 for k in parts):
             raise InvalidValueError(f"model.parts must list stripe counts >= 1, got {parts}")
         self.triplet_on = triplet_on
-        bb = build_backbone(backbone, pretrained, last_stride)
-        self.trunk, rest = bb.split("res_conv4_1")  # conv1 .. res_conv4_1, shared
-        c = bb.out_channels
-        if global_last_stride != last_stride:
+        self.trunk, rest = backbone.split("res_conv4_1")  # conv1 .. res_conv4_1, shared
+        c = backbone.out_channels
+        if global_last_stride != backbone.last_stride:
             # Same weights, other stride: a fresh backbone with the global branch's stride,
             # loaded from the first (works for every backbone without knowing where its stride is).
-            bb_global = build_backbone(backbone, False, global_last_stride)
-            bb_global.load_state_dict(bb.state_dict())
+            bb_global = build_backbone(backbone.name, False, global_last_stride)
+            bb_global.load_state_dict(backbone.state_dict())
             rest_global = bb_global.split("res_conv4_1")[1]
         else:
             rest_global = copy.deepcopy(rest)

@@ -19,7 +19,7 @@ from torch import nn
 
 from ..errors import InvalidValueError
 from .abp import abp_pool as _abp_pool
-from .backbones import build_backbone
+from .backbones import Backbone
 from .parts import ReductionHead, check_choice, stripe_pool
 from .registry import register_model
 
@@ -29,9 +29,10 @@ class PCB(nn.Module):
     """Uniform stripes of the last map, each reduced to 256-d and classified on its own.
 
     Args:
+        backbone: built by ``build_model`` from its options ``backbone``, ``pretrained`` and
+            ``last_stride`` (see :func:`~partreid.models.backbones.build_backbone`); the paper's:
+            ResNet-50, ImageNet, last stride 1.
         num_classes: training identities.
-        backbone, pretrained, last_stride: see :func:`partreid.models.backbones.build_backbone`
-            (the paper: ResNet-50, ImageNet, last stride 1).
         stripes: number of uniform horizontal stripes (the paper's p = 6).
         pooling: ``avg`` (GAP, the paper's) or ``max``.
         reduction_dim: size of every reduced stripe feature h (256).
@@ -42,10 +43,9 @@ class PCB(nn.Module):
 
     def __init__(
         self,
+        backbone: Backbone,
         num_classes: int,
-        backbone: str = "resnet50",
-        pretrained=False,
-        last_stride: int = 1,
+        *,
         stripes: int = 6,
         pooling: str = "avg",
         reduction_dim: int = 256,
@@ -59,7 +59,7 @@ class PCB(nn.Module):
         check_choice("pooling", pooling, ("avg", "max"))
         check_choice("test_feature", test_feature, ("reduced", "pooled"))
         check_choice("abp_pool", abp_pool, ("avg", "max"))
-        self.backbone = build_backbone(backbone, pretrained, last_stride)
+        self.backbone = backbone
         self.stripes = stripes
         self.pooling = pooling
         self.test_feature = test_feature

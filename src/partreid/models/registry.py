@@ -1,7 +1,11 @@
 """Model registry: ``build_model(name, num_classes, **cfg)``.
 
-Every model is an ``nn.Module`` whose ``__init__`` takes ``num_classes`` and keyword
-options; those keyword names are the valid keys of the ``model:`` config section.
+``build_model`` builds the backbone (options ``backbone``, ``pretrained``, ``last_stride``,
+with :func:`~partreid.models.backbones.build_backbone`'s defaults) and gives it to the model:
+every model is an ``nn.Module`` whose ``__init__(backbone, num_classes, *, ...)`` takes that
+:class:`~partreid.models.backbones.Backbone`, the number of classes and its own keyword
+options. The backbone options followed by the model's own are the valid keys of the
+``model:`` config section.
 """
 
 from __future__ import annotations
@@ -12,6 +16,11 @@ from typing import Callable, Dict, List
 from torch import nn
 
 from ..errors import InvalidValueError, UnknownNameError
+from .backbones import build_backbone
+
+#: build_model's backbone options (``model:`` config keys) -> build_backbone's parameters,
+#: whose defaults they take.
+BACKBONE_OPTIONS = {"backbone": "name", "pretrained": "pretrained", "last_stride": "last_stride"}
 
 _MODELS: Dict[str, Callable[..., nn.Module]] = {}
 
@@ -34,15 +43,15 @@ def list_models() -> List[str]:
 
 
 def model_options(name: str) -> Dict[str, object]:
-    """The keyword options of model ``name`` with their defaults."""
+    """The keyword options of model ``name`` with their defaults: the backbone's, then its own."""
     cls = _get(name)
-    sig = inspect.signature(cls.__init__)
+    backbone = inspect.signature(build_backbone).parameters
+    options = {key: backbone[arg].default for key, arg in BACKBONE_OPTIONS.items()}
     kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    return {
-        k: p.default
-        for k, p in sig.parameters.items()
-        if k not in ("self", "num_classes") and p.kind in kinds
-    }
+    for k, p in inspect.signature(cls.__init__).parameters.items():
+        if k not in ("self", "backbone", "num_classes") and p.kind in kinds:
+            options[k] = p.default
+    return options
 
 
 def _get(name: str):
@@ -56,7 +65,9 @@ def build_model(name: str, num_classes: int, **cfg) -> nn.Module:
 
     In ``train()`` mode the model returns a dict of named outputs (``logits``,
     ``triplet``, ``mse``, ...) for the losses; in ``eval()`` mode it returns the
-    test feature (N x D).
+    test feature (N x D). The options ``backbone``, ``pretrained`` and ``last_stride`` build
+    its backbone (see :func:`~partreid.models.backbones.build_backbone`), which is built first;
+    the others are the model's own.
     """
     cls = _get(name)
     valid = model_options(name)
@@ -65,4 +76,7 @@ def build_model(name: str, num_classes: int, **cfg) -> nn.Module:
         raise UnknownNameError(
             f"unknown option(s) {unknown} for model {name!r}; valid options: {sorted(valid)}"
         )
-    return cls(num_classes=num_classes, **cfg)
+    backbone = build_backbone(
+        **{arg: cfg.pop(key, valid[key]) for key, arg in BACKBONE_OPTIONS.items()}
+    )
+    return cls(backbone, num_classes, **cfg)

@@ -28,7 +28,7 @@ from torch import nn
 from ..errors import InvalidValueError
 from .abp import abp_borders as _abp_borders
 from .abp import abp_pool as _abp_pool
-from .backbones import build_backbone
+from .backbones import Backbone
 from .parts import ReductionHead, check_choice, pool2d, stripe_pool
 from .receptive import run_on_stripes, stitch
 from .registry import register_model
@@ -54,9 +54,10 @@ class RMGL(nn.Module):
     receptive-partitioned (RP) path through shared weights.
 
     Args:
+        backbone: built by ``build_model`` from its options ``backbone``, ``pretrained`` and
+            ``last_stride`` (see :func:`~partreid.models.backbones.build_backbone`); the paper's:
+            ResNet-50, ImageNet, last stride 1.
         num_classes: training identities.
-        backbone, pretrained, last_stride: see :func:`partreid.models.backbones.build_backbone`
-            (the paper: ResNet-50, ImageNet, last stride 1).
         stripes: stripe count ``K`` of every branch: ``[2, 3]`` = RMGL (Local-2, Local-3),
             ``[1, 2, 3]`` = RMGL(1+2+3) (``K = 1``: global branch), ``[2, 3, 4]``, ``[2]`` = the
             "2-stripe" single-branch networks of Table V.
@@ -81,10 +82,9 @@ class RMGL(nn.Module):
 
     def __init__(
         self,
+        backbone: Backbone,
         num_classes: int,
-        backbone: str = "resnet50",
-        pretrained=False,
-        last_stride: int = 1,
+        *,
         stripes: Union[int, Sequence[int]] = (2, 3),
         branch_cut: str = "res_conv2c",
         rp: bool = True,
@@ -124,15 +124,14 @@ class RMGL(nn.Module):
         self.pooling = check_choice("pooling", pooling, ("max", "avg"))
         self.triplet_on = check_choice("triplet_on", triplet_on, ("reduced", "pooled"))
 
-        bb = build_backbone(backbone, pretrained, last_stride)
-        trunk, rest = bb.split(branch_cut)
+        trunk, rest = backbone.split(branch_cut)
         self.trunk = trunk
         self.branches = nn.ModuleList(copy.deepcopy(rest) for _ in stripes)
         self._trunk_len = len(trunk)
         self.partition_depth = partition_depth
-        self._depth = self._resolve_depth(bb, partition_depth, len(trunk) + len(rest))
+        self._depth = self._resolve_depth(backbone, partition_depth, len(trunk) + len(rest))
 
-        channels = bb.out_channels
+        channels = backbone.out_channels
         self.feature_names: List[str] = []
         self.branch_names: List[str] = []
         for b, k in enumerate(stripes):
@@ -154,7 +153,7 @@ class RMGL(nn.Module):
 
     # ------------------------------------------------------------------ structure
     @staticmethod
-    def _resolve_depth(bb, depth: str, total: int) -> int:
+    def _resolve_depth(bb: Backbone, depth: str, total: int) -> int:
         """Number of backbone blocks (trunk + branch) before the partition."""
         key = str(depth).lower()
         if key in OUTPUT_DEPTHS:
