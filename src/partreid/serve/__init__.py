@@ -5,7 +5,8 @@ app = create_app(build_worker("run/last.pth", "gallery_folder"))   # a FastAPI a
 
 Modules: ``worker`` (the search worker thread and upload decoding), ``gallery`` (loading,
 caching, paging the gallery), ``routes`` (the HTTP routes), ``errors`` (JSON error answers),
-``middleware`` (body size limit, nosniff), ``app`` (assembling and running the server).
+``middleware`` (body size limit, nosniff), ``pages`` (the web pages from one shell), ``app``
+(assembling and running the server).
 """
 
 from .app import build_worker, create_app, serve

@@ -14,15 +14,16 @@ JSON API (all errors are ``{"detail": "<message>"}`` with a 4xx status; OpenAPI 
 
 With ``--store`` the gallery routes give way to the store's (:mod:`.store_routes`:
 ``/api/store/stats``, ``/api/store/search``, ``/api/store/search_tracklet``,
-``/api/store/crops/{id}``, ``/api/store/delete``) and the page is ``static/store.html``.
+``/api/store/crops/{id}``, ``/api/store/delete``) and the page is the store's.
 
 Access (:mod:`.access`): ``GET /api/auth``, ``POST /api/login`` (JSON ``{"token": ...}``, sets
 an HttpOnly cookie), ``POST /api/logout``. With ``--token-file`` every other ``/api/*`` route
 answers 401 without the token; a ``--host`` other than loopback needs one.
 
-The pages (``/``) are ``static/index.html`` + ``app.js`` or ``static/store.html`` +
-``store.js``, with ``auth.js``, ``page.js`` (the helpers both scripts use) and ``style.css``:
-no build step and nothing loaded from elsewhere.
+The pages (``/``, :mod:`.pages`: one shell around ``templates/gallery.html`` or
+``templates/store.html``) load ``app.js`` or ``store.js``, with ``auth.js``, ``page.js`` (the
+helpers both scripts use) and ``style.css`` from ``static/``: no build step and nothing loaded
+from elsewhere.
 """
 
 import logging
@@ -40,6 +41,7 @@ from .error_responses import add_error_handlers, missing_extra, require_serve_ex
 from .gallery import default_cache_dir, load_gallery
 from .identity_routes import identity_router
 from .middleware import add_size_limit_and_nosniff
+from .pages import GALLERY_PAGE, STORE_PAGE
 from .routes import add_page, gallery_router, health_router, heatmap_router, search_router
 from .store_routes import StoreService, store_admin_router, store_health_router, store_search_router
 from .worker import SearchWorker, ServeLimits, install_pixel_limit
@@ -92,7 +94,7 @@ def create_app(
         app.include_router(store_admin_router(service))
         app.include_router(identity_router(service, limits))  # people: routes, forget
     app.include_router(heatmap_router(worker, limits))
-    add_page(app, "index.html" if store is None else "store.html")
+    add_page(app, GALLERY_PAGE if store is None else STORE_PAGE)
     add_size_limit_and_nosniff(app, limits.max_upload_bytes, token, throttle)
     return app
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from ..utils.times import shown
 from .gallery import ServedGallery
+from .pages import GALLERY_PAGE, Page, render_page
 from .worker import SearchWorker, ServeLimits, UploadError, decode_upload
 
 log = logging.getLogger("partreid")
@@ -294,20 +295,20 @@ def _swagger_assets() -> Optional[str]:
     return os.path.join(os.path.dirname(fastapi_offline.__file__), "static")
 
 
-def page_router(swagger_urls: Dict[str, str], page_file: str = "index.html") -> Any:
-    """``GET /`` (the web page ``static/<page_file>``, under its Content-Security-Policy) and
+def page_router(swagger_urls: Dict[str, str], page: Page = GALLERY_PAGE) -> Any:
+    """``GET /`` (the web ``page``, rendered once here, under its Content-Security-Policy) and
     ``GET /docs`` (Swagger UI from ``swagger_urls``; FastAPI's CDN files when empty)."""
     from fastapi import APIRouter, Request
     from fastapi.openapi.docs import get_swagger_ui_html
-    from fastapi.responses import FileResponse
+    from fastapi.responses import HTMLResponse
 
     router = APIRouter()
+    html = render_page(page)
 
     @router.get("/", include_in_schema=False)
-    def page():
-        return FileResponse(
-            os.path.join(STATIC_DIR, page_file),
-            headers={"Content-Security-Policy": PAGE_CSP, "Cache-Control": "no-cache"},
+    def page_html():
+        return HTMLResponse(
+            html, headers={"Content-Security-Policy": PAGE_CSP, "Cache-Control": "no-cache"}
         )
 
     @router.get("/docs", include_in_schema=False)
@@ -320,8 +321,8 @@ def page_router(swagger_urls: Dict[str, str], page_file: str = "index.html") -> 
     return router
 
 
-def add_page(app: Any, page_file: str = "index.html") -> None:
-    """The web page (``static/<page_file>``), its static files (``/static``) and the API docs
+def add_page(app: Any, page: Page = GALLERY_PAGE) -> None:
+    """The web ``page`` (:mod:`.pages`), its static files (``/static``) and the API docs
     (``/docs``, offline when ``fastapi-offline`` is installed) on ``app``."""
     from fastapi.staticfiles import StaticFiles
 
@@ -335,4 +336,4 @@ def add_page(app: Any, page_file: str = "index.html") -> None:
             "swagger_css_url": "/docs-static/swagger-ui.css",
             "swagger_favicon_url": "/docs-static/favicon.png",
         }
-    app.include_router(page_router(urls, page_file))
+    app.include_router(page_router(urls, page))
