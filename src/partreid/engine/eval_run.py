@@ -12,6 +12,7 @@ from ..errors import InvalidValueError
 from ..inference import load_trained
 from ..report.activations import draw_activation_maps
 from ..report.html import write_html
+from ..report.image_batch import ImageBatch
 from ..report.ranked_list import draw_ranked_lists
 from ..utils.logs import setup_logging
 from .evaluator import evaluate, format_metrics
@@ -106,9 +107,8 @@ def write_run_report(
     if hasattr(model, "activation_maps") and cfg.eval.num_visualize > 0:
         items = ds.query[:: max(1, len(ds.query) // 4)][:4]
         try:
-            draw_activation_maps(
-                model, items, test_transform(cfg), device, os.path.join(out_dir, "activations.png")
-            )
+            batch = ImageBatch.read(items, test_transform(cfg), device)
+            draw_activation_maps(model, batch, os.path.join(out_dir, "activations.png"))
             images.append("activations.png")
         except Exception as exc:  # a picture must not lose a finished run's metrics
             log.warning("could not draw activation maps: %s", exc)
