@@ -34,14 +34,15 @@ def mean_rate(run: Path) -> float:
 
 def evaluate_variant(row: dict, label: str, overrides: list, out: str) -> dict:
     """Evaluate the trained model of ``row`` again with ``overrides`` (e.g. test-time ABP)."""
-    from partreid.engine.eval_run import evaluate_run
-    from partreid.visualize import load_trained
+    from partreid.engine.eval_run import EvalTarget, evaluate_run
+    from partreid.engine.setup import load_data
+    from partreid.inference import load_trained
 
     run = f"{out}/{row['model']}"
     over = overrides + [f"output_dir={run}", "train.progress=false"]
     t0 = time.time()
-    cfg, model, ds, device = load_trained(row["config"], f"{run}/last.pth", over)
-    m = evaluate_run(cfg, model, ds, device, draw=False)
+    cfg, model, device = load_trained(f"{run}/last.pth", row["config"], over)
+    m = evaluate_run(EvalTarget(cfg, model, load_data(cfg), device))
     return {
         "model": label,
         "config": f"{row['config']} (trained as {row['model']}) {overrides[-1]}",

@@ -11,6 +11,7 @@ from .errors import InvalidValueError
 from .inference import load_trained
 from .report.abp import draw_abp_borders
 from .report.activations import draw_activation_maps
+from .report.image_batch import ImageBatch
 from .report.ranked_list import draw_ranked_lists
 
 
@@ -33,9 +34,9 @@ def visualize(
     if what in ("activations", "rp"):
         if not hasattr(model, "activation_maps"):
             raise InvalidValueError(f"model {cfg.model['name']!r} has no activation maps to draw")
-        draw_activation_maps(model, items, tf, device, out, cfg.input.mean, cfg.input.std)
+        draw_activation_maps(model, ImageBatch.read(items, tf, device), out)
     elif what == "abp":
-        draw_abp_borders(model, items, tf, device, out, cfg.input.mean, cfg.input.std)
+        draw_abp_borders(model, ImageBatch.read(items, tf, device), out)
     elif what == "ranked":
         _, distmat = evaluate(
             model, ds.query, ds.gallery, tf, cfg.eval, device, cfg.sampler.num_workers

@@ -12,7 +12,7 @@ import torch
 from partreid.config import load_config
 from partreid.data import build_dataset
 from partreid.data.occlusion import DonorPool
-from partreid.engine.eval_run import write_run_report
+from partreid.engine.eval_run import EvalTarget, write_run_report
 from partreid.engine.evaluator import evaluate
 from partreid.engine.robustness import robustness_sweep
 from partreid.engine.setup import test_transform as make_transform
@@ -134,7 +134,7 @@ def test_run_report_carries_robustness(setup, tmp_path):
     cfg.eval.robustness.severities = [0.3]
     out = tmp_path / "report"
     counting = CountingModel(model).eval()
-    m = write_run_report(cfg, counting, ds, torch.device("cpu"), out_dir=str(out))
+    m = write_run_report(EvalTarget(cfg, counting, ds, torch.device("cpu")), out_dir=str(out))
     # the sweep reuses the clean evaluation's features: clean images once, altered queries per point
     nq, ng, passes = len(ds.query), len(ds.gallery), 2 if cfg.eval.flip else 1
     assert counting.images == passes * (nq + ng + 2 * nq)
@@ -154,5 +154,7 @@ def test_unknown_kind_in_config_is_named(setup, tmp_path):
     cfg.eval.robustness.enabled = True
     cfg.eval.robustness.kinds = ["person_left"]
     with pytest.raises(ValueError, match="eval.robustness.kinds.*person_left"):
-        write_run_report(cfg, model, ds, torch.device("cpu"), out_dir=str(tmp_path / "r"))
+        write_run_report(
+            EvalTarget(cfg, model, ds, torch.device("cpu")), out_dir=str(tmp_path / "r")
+        )
     assert not (tmp_path / "r" / "metrics.json").exists()  # failed before the clean test

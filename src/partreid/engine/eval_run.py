@@ -5,13 +5,20 @@ from __future__ import annotations
 import json
 import logging
 import os
+from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence
 
+import torch
+from torch import nn
+
+from ..config import Config
 from ..data import build_dataset
+from ..data.datasets.base import ReIDDataset
 from ..errors import InvalidValueError
 from ..inference import load_trained
 from ..report.activations import draw_activation_maps
 from ..report.html import write_html
+from ..report.image_batch import ImageBatch
 from ..report.ranked_list import draw_ranked_lists
 from ..utils.logs import setup_logging
 from .evaluator import evaluate, format_metrics
@@ -21,24 +28,37 @@ from .setup import load_data, test_transform
 log = logging.getLogger("partreid")
 
 
+@dataclass
+class EvalTarget:
+    """What is evaluated and where: a config's model on its data set, on ``device``, with
+    autocast (``use_amp``) or not."""
+
+    cfg: Config
+    model: nn.Module
+    ds: ReIDDataset
+    device: torch.device
+    use_amp: bool = False
+
+    @property
+    def transform(self):
+        """The config's test transform."""
+        return test_transform(self.cfg)
+
+
 def evaluate_run(
-    cfg,
-    model,
-    ds,
-    device,
-    use_amp: bool = False,
+    target: EvalTarget,
     out_dir: Optional[str] = None,
     draw: bool = True,
     features: Optional[Dict[str, Any]] = None,
 ) -> Dict[str, Any]:
-    """Evaluate on ``ds`` and on every ``cfg.data.test`` set; one metrics table per set.
+    """Evaluate ``target.ds`` and every ``cfg.data.test`` set; one metrics table per set.
 
     Returns the metrics of ``ds`` at the top level and the other sets under ``cross_domain``.
     With ``out_dir``, also draws ``ranked_list.png`` (and ``ranked_list_<set>.png``).
     ``features`` receives ``ds``'s query and gallery features (see :func:`evaluate`).
     """
-    tf = test_transform(cfg)
-    sets = [(cfg.data.name, ds)]
+    cfg, tf = target.cfg, target.transform
+    sets = [(cfg.data.name, target.ds)]
     for spec in cfg.data.test:
         unknown = sorted(set(spec) - {"name", "root", "options", "label"})
         if unknown or "name" not in spec or "root" not in spec:
@@ -51,14 +71,14 @@ def evaluate_run(
     result: Dict[str, Any] = {}
     for i, (name, d) in enumerate(sets):
         m, distmat = evaluate(
-            model,
+            target.model,
             d.query,
             d.gallery,
             tf,
             cfg.eval,
-            device,
+            target.device,
             cfg.sampler.num_workers,
-            use_amp,
+            target.use_amp,
             name=name,
             features=features if i == 0 else None,
         )
@@ -82,22 +102,17 @@ def evaluate_run(
 
 
 def write_run_report(
-    cfg,
-    model,
-    ds,
-    device,
-    use_amp: bool = False,
-    out_dir: Optional[str] = None,
-    notes: Optional[List[str]] = None,
+    target: EvalTarget, out_dir: Optional[str] = None, notes: Optional[List[str]] = None
 ) -> Dict[str, Any]:
     """Evaluate, then write ``metrics.json``, ``ranked_list.png``, activation maps and
-    ``report.html`` into the run folder; return the metrics."""
+    ``report.html`` into the run folder (default ``cfg.output_dir``); return the metrics."""
+    cfg, model, ds, device = target.cfg, target.model, target.ds, target.device
     out_dir = out_dir or cfg.output_dir
     os.makedirs(out_dir, exist_ok=True)
     if cfg.eval.robustness.enabled:  # a wrong kind or severity fails before the clean test
         check_robustness_config(cfg.eval.robustness)
     clean: Dict[str, Any] = {}  # the clean features, reused by the robustness sweep
-    metrics = evaluate_run(cfg, model, ds, device, use_amp, out_dir=out_dir, features=clean)
+    metrics = evaluate_run(target, out_dir=out_dir, features=clean)
     metrics["model"] = cfg.model["name"]
     images = [metrics[k] for k in ("ranked_list",) if k in metrics]
     images += [
@@ -106,15 +121,14 @@ def write_run_report(
     if hasattr(model, "activation_maps") and cfg.eval.num_visualize > 0:
         items = ds.query[:: max(1, len(ds.query) // 4)][:4]
         try:
-            draw_activation_maps(
-                model, items, test_transform(cfg), device, os.path.join(out_dir, "activations.png")
-            )
+            batch = ImageBatch.read(items, target.transform, device)
+            draw_activation_maps(model, batch, os.path.join(out_dir, "activations.png"))
             images.append("activations.png")
         except Exception as exc:  # a picture must not lose a finished run's metrics
             log.warning("could not draw activation maps: %s", exc)
     if cfg.eval.robustness.enabled:
         metrics["robustness"], rob_images = robustness_report(
-            cfg, model, ds, test_transform(cfg), device, use_amp, out_dir, clean_features=clean
+            cfg, model, ds, target.transform, device, target.use_amp, out_dir, clean_features=clean
         )
         images += rob_images
     with open(os.path.join(out_dir, "metrics.json"), "w") as f:
@@ -156,6 +170,5 @@ def evaluate_checkpoint(
         ds = build_dataset(first["name"], first["root"], **first.get("options", {}))
     else:
         ds = load_data(cfg)
-    return write_run_report(
-        cfg, model, ds, device, cfg.train.amp and device.type == "cuda", out_dir=out
-    )
+    use_amp = cfg.train.amp and device.type == "cuda"
+    return write_run_report(EvalTarget(cfg, model, ds, device, use_amp), out_dir=out)

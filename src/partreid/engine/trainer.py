@@ -68,7 +68,7 @@ from .checkpointing import (
     nonfinite_term,
     truncate_file,
 )
-from .eval_run import evaluate_run, write_run_report
+from .eval_run import EvalTarget, evaluate_run, write_run_report
 from .evaluator import evaluate, format_metrics
 from .optim import build_optimizer, build_scheduler
 from .setup import load_data, model_kwargs, test_transform
@@ -243,10 +243,8 @@ def _finish(run: TrainRun) -> Dict[str, Any]:
         if run.skipped:
             log.warning("%d step(s) were skipped for a non-finite loss", run.skipped)
     _sync_buffers(run.model)
-    cfg, enabled = run.cfg, run.prec.enabled
-    if run.is_main:
-        return write_run_report(cfg, run.model, run.ds, run.device, enabled)
-    return evaluate_run(cfg, run.model, run.ds, run.device, enabled, out_dir=None, draw=False)
+    target = EvalTarget(run.cfg, run.model, run.ds, run.device, run.prec.enabled)
+    return write_run_report(target) if run.is_main else evaluate_run(target)
 
 
 # --------------------------------------------------------------------------- building the run

@@ -2,31 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from ..data.io import Item, read_image  # noqa: E402
-from ..errors import InvalidValueError
-from .activations import _denormalize  # noqa: E402
+from ..errors import InvalidValueError  # noqa: E402
+from .image_batch import ImageBatch, eval_mode  # noqa: E402
 
 COLOURS = ["#ff3030", "#30c0ff", "#ffd020", "#50ff50", "#ff50ff", "#ffffff"]
 
 
 @torch.no_grad()
-def draw_abp_borders(
-    model,
-    items: Sequence[Item],
-    transform,
-    device,
-    path: str,
-    mean=(0.485, 0.456, 0.406),
-    std=(0.229, 0.224, 0.225),
-) -> str:
+def draw_abp_borders(model, batch: ImageBatch, path: str) -> str:
     """One row per image, one panel per branch: the image with that branch's ABP stripe borders
     (uniform stripes dashed for comparison)."""
     if not hasattr(model, "abp_borders"):
@@ -34,16 +23,13 @@ def draw_abp_borders(
             f"model {type(model).__name__} has no activation balanced pooling "
             "(use an RMGL or PCB config with model.abp=true)"
         )
-    model.eval()
-    images = torch.stack([transform(read_image(p)) for p, _, _ in items]).to(device)
-    borders = model.abp_borders(images, image_rows=True)
+    with eval_mode(model):
+        borders = model.abp_borders(batch.tensor, image_rows=True)
     names = list(borders)
-    h = images.shape[-2]
-    fig, axes = plt.subplots(
-        len(items), len(names), figsize=(1.5 * len(names), 2.8 * len(items)), squeeze=False
-    )
-    for r in range(len(items)):
-        img = _denormalize(images[r], mean, std)
+    h = batch.size[0]
+    n = len(batch.items)
+    fig, axes = plt.subplots(n, len(names), figsize=(1.5 * len(names), 2.8 * n), squeeze=False)
+    for r, img in enumerate(batch.pictures):
         for c, name in enumerate(names):
             ax = axes[r, c]
             ax.imshow(img)

@@ -2,53 +2,30 @@
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from ..data.io import Item, read_image  # noqa: E402
-
-
-def _denormalize(x: torch.Tensor, mean, std) -> np.ndarray:
-    m = torch.tensor(mean).view(3, 1, 1)
-    s = torch.tensor(std).view(3, 1, 1)
-    return (x.cpu() * s + m).clamp(0, 1).permute(1, 2, 0).numpy()
+from .image_batch import ImageBatch, eval_mode  # noqa: E402
 
 
 @torch.no_grad()
-def draw_activation_maps(
-    model,
-    items: Sequence[Item],
-    transform,
-    device,
-    path: str,
-    mean=(0.485, 0.456, 0.406),
-    std=(0.229, 0.224, 0.225),
-) -> str:
+def draw_activation_maps(model, batch: ImageBatch, path: str) -> str:
     """One row per image: the image, then each named map of ``model.activation_maps`` over it."""
-    was = model.training
-    model.eval()
-    images = torch.stack([transform(read_image(p)) for p, _, _ in items]).to(device)
-    maps = model.activation_maps(images)
-    model.train(was)
+    with eval_mode(model):
+        maps = model.activation_maps(batch.tensor)
     names = list(maps)
-    h, w = images.shape[-2:]
+    h, w = batch.size
+    n = len(batch.items)
     fig, axes = plt.subplots(
-        len(items),
-        len(names) + 1,
-        figsize=(1.3 * (len(names) + 1), 2.6 * len(items)),
-        squeeze=False,
+        n, len(names) + 1, figsize=(1.3 * (len(names) + 1), 2.6 * n), squeeze=False
     )
-    for r in range(len(items)):
-        img = _denormalize(images[r], mean, std)
+    for r, img in enumerate(batch.pictures):
         axes[r, 0].imshow(img)
-        axes[r, 0].set_title(f"id {items[r][1]}", fontsize=7)
+        axes[r, 0].set_title(f"id {batch.items[r][1]}", fontsize=7)
         for c, name in enumerate(names, start=1):
             m = maps[name][r : r + 1, None].float()
             m = F.interpolate(m, size=(h, w), mode="bilinear", align_corners=False)[0, 0].cpu()
