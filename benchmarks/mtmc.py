@@ -198,7 +198,9 @@ def _link_and_score(uri: str, rows, person, **kw) -> dict:
         seconds = time.time() - t
         table = st.tracklets()
     out = score_site(rows, person, dict(zip(table.keys, table.identity.tolist())))
-    out.update(link_seconds=round(seconds, 2), threshold=round(rep.threshold, 4), how=rep.how)
+    out.update(
+        link_seconds=round(seconds, 2), threshold=round(rep.threshold, 4), how=rep.threshold_how
+    )
     return out
 
 

@@ -280,6 +280,6 @@ def ingest_command(
             linked.identities,
             linked.new_identities,
             len(linked.merges),
-            linked.how,
+            linked.threshold_how,
         )
     return rep

@@ -58,7 +58,7 @@ def link_command(
     for absorbed, into in report.merges:
         print(f"merged    identity {absorbed} into {into} (recorded in the store)")
     print(f"refused   {report.refused} merge(s) the rules did not allow")
-    print(f"threshold {report.how}")
+    print(f"threshold {report.threshold_how}")
     return report
 
 

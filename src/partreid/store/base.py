@@ -20,7 +20,7 @@ Conventions shared by every backend:
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, ContextManager, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -321,19 +321,8 @@ class StoreStats:
 
     def to_dict(self) -> Dict[str, Any]:
         """The JSON-ready dict ``partreid store stats --json`` prints (extra figures last)."""
-        return {
-            "backend": self.backend,
-            "uri": self.uri,
-            "crops": self.crops,
-            "tracklets": self.tracklets,
-            "cameras": self.cameras,
-            "first": self.first,
-            "last": self.last,
-            "dim": self.dim,
-            "model": self.model,
-            "info": self.info,
-            **self.extra,
-        }
+        d = {k: v for k, v in asdict(self).items() if k not in ("info", "extra")}
+        return {**d, "model": self.model, "info": self.info, **self.extra}
 
 
 @dataclass

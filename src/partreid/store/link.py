@@ -45,7 +45,7 @@ from __future__ import annotations
 import csv
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -611,23 +611,19 @@ class LinkReport:
     new_identities: int
     merges: List[Tuple[int, int]]
     threshold: float
-    how: str
+    threshold_how: str
     refused: int
     seconds: float
 
     def to_dict(self) -> Dict[str, object]:
-        """The report as JSON-ready values."""
-        return {
-            "tracklets": self.tracklets,
-            "changed": self.changed,
-            "identities": self.identities,
-            "new_identities": self.new_identities,
-            "merges": [list(m) for m in self.merges],
-            "threshold": round(self.threshold, 6),
-            "threshold_how": self.how,
-            "refused": self.refused,
-            "seconds": round(self.seconds, 3),
-        }
+        """The report as JSON-ready values (every field, in order; merges as lists, rounded)."""
+        d = asdict(self)  # updating a key keeps its place
+        d.update(
+            merges=[list(m) for m in self.merges],
+            threshold=round(self.threshold, 6),
+            seconds=round(self.seconds, 3),
+        )
+        return d
 
 
 def _union(a: TrackletTable, b: TrackletTable) -> TrackletTable:
@@ -692,7 +688,7 @@ def link_store(
         new_identities=len(fresh),
         merges=result.merges,
         threshold=result.threshold,
-        how=result.how,
+        threshold_how=result.how,
         refused=result.refused,
         seconds=time.time() - t0,
     )
