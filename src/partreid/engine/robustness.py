@@ -213,7 +213,7 @@ def example_rows(
         img = read_image(path)
         key = "query:" + image_key(path)
         for kind in kinds:
-            alt = [alter(img, kind, s, seed, key, donors, pid) for s in severities]
+            alt = [alter(img, kind, s, seed, key, donors, pid).image for s in severities]
             rows.append((f"{kind} #{qi}", [img] + alt))
     return rows, ["clean"] + [f"{s:g}" for s in severities]
 
