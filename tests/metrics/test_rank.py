@@ -1,4 +1,4 @@
-"""evaluate_rank / evaluate_cuhk03_single_gallery_shot against straightforward per-query references."""
+"""evaluate_rank / rank_summary / evaluate_cuhk03_single_gallery_shot against straightforward per-query references."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import partreid.metrics.rank as rank_module
-from partreid.metrics import evaluate_cuhk03_single_gallery_shot, evaluate_rank
+from partreid.metrics import evaluate_cuhk03_single_gallery_shot, evaluate_rank, rank_summary
 
 
 # ----------------------------------------------------------------------------- reference
@@ -205,6 +205,28 @@ def test_ties_broken_by_gallery_index(strategy):
     )
     assert out["cmc"][0] == 0 and out["cmc"][1] == 1
     assert out["mAP"] == pytest.approx((1 / 2 + 2 / 4) / 2)
+
+
+def test_rank_summary_packs_the_result_as_reported(strategy):
+    dist = np.array([[0.0, 0.1, 0.2, 0.3, 0.4]])
+    g_pids, g_cams = np.array([1, 2, 1, 3, 1]), np.array([0, 1, 1, 1, 2])
+    r = evaluate_rank(dist, np.array([1]), g_pids, np.array([0]), g_cams, max_rank=4)
+    m = rank_summary(r)
+    # rank-10 beyond a 4-long curve reads its last value; no "ap" unless asked per query
+    assert m == {
+        "rank1": 0.0,
+        "rank5": 1.0,
+        "rank10": 1.0,
+        "mAP": pytest.approx((1 / 2 + 2 / 4) / 2),
+        "mINP": pytest.approx(2 / 4),
+        "num_valid_queries": 1,
+        "num_skipped_queries": 0,
+    }
+    assert all(type(m[k]) is float for k in ("rank1", "rank5", "rank10", "mAP", "mINP"))
+    r = evaluate_rank(dist, np.array([1]), g_pids, np.array([0]), g_cams, per_query=True)
+    np.testing.assert_allclose(rank_summary(r)["ap"], [(1 / 2 + 2 / 4) / 2])
+    with pytest.raises(ValueError, match="^held-out: no query has a valid match in the gallery"):
+        rank_summary(dict(r, num_valid_queries=0), name="held-out")
 
 
 def test_errors_are_clear():

@@ -135,7 +135,8 @@ def evaluate(
         features.update(feats)
     (qf, q_pids, q_cams), (gf, g_pids, g_cams) = feats["query"], feats["gallery"]
     distmat = distances(qf, gf, cfg)
-    m = M.rank_metrics(distmat, q_pids, g_pids, q_cams, g_cams, max_rank=cfg.max_rank, name=name)
+    r = M.evaluate_rank(distmat, q_pids, g_pids, q_cams, g_cams, max_rank=cfg.max_rank)
+    m = M.rank_summary(r, name=name)
     out = {k: m[k] for k in ("rank1", "rank5", "rank10", "mAP", "mINP")}
     out.update(
         num_query=len(query),

@@ -37,7 +37,7 @@ import torch
 from ..errors import InvalidValueError
 from .distance import ArrayLike, as_tensor, chunks, single_thread_on_cpu
 
-__all__ = ["evaluate_rank", "evaluate_cuhk03_single_gallery_shot"]
+__all__ = ["evaluate_rank", "rank_summary", "evaluate_cuhk03_single_gallery_shot"]
 
 # elements of the query x gallery matrix handled at once when chunk_size is not given
 _DEFAULT_CHUNK_ELEMENTS = 1 << 23
@@ -405,38 +405,28 @@ def evaluate_rank(
         )
 
 
-def rank_metrics(
-    distmat: ArrayLike,
-    q_pids: ArrayLike,
-    g_pids: ArrayLike,
-    q_camids: ArrayLike,
-    g_camids: ArrayLike,
-    max_rank: int = 50,
-    per_query: bool = False,
-    name: str = "",
-) -> Dict[str, Any]:
-    """:func:`evaluate_rank` packed as partreid reports it: ``rank1``, ``rank5``, ``rank10``,
-    ``mAP``, ``mINP`` (fractions), ``num_valid_queries``, ``num_skipped_queries`` and, with
-    ``per_query``, each query's AP (``ap``, NaN without a valid match). No valid query at all is
-    an error (prefixed with ``name``)."""
-    r = evaluate_rank(
-        distmat, q_pids, g_pids, q_camids, g_camids, max_rank=max_rank, per_query=per_query
-    )
-    if r["num_valid_queries"] == 0:
+def rank_summary(result: Dict[str, Any], name: str = "") -> Dict[str, Any]:
+    """An :func:`evaluate_rank` result packed as partreid reports it.
+
+    Returns ``rank1``, ``rank5``, ``rank10``, ``mAP``, ``mINP`` (fractions),
+    ``num_valid_queries``, ``num_skipped_queries`` and, when ``result`` has it (``per_query``),
+    each query's AP (``ap``, NaN without a valid match). No valid query at all is an error
+    (prefixed with ``name``)."""
+    if result["num_valid_queries"] == 0:
         raise InvalidValueError(
             f"{name + ': ' if name else ''}no query has a valid match in the gallery (same "
             "identity, other camera); check the query/gallery split"
         )
-    cmc = r["cmc"]
+    cmc = result["cmc"]
     out = {f"rank{k}": float(cmc[min(k, len(cmc)) - 1]) for k in (1, 5, 10)}
     out.update(
-        mAP=float(r["mAP"]),
-        mINP=float(r["mINP"]),
-        num_valid_queries=int(r["num_valid_queries"]),
-        num_skipped_queries=int(r["num_skipped_queries"]),
+        mAP=float(result["mAP"]),
+        mINP=float(result["mINP"]),
+        num_valid_queries=int(result["num_valid_queries"]),
+        num_skipped_queries=int(result["num_skipped_queries"]),
     )
-    if per_query:
-        out["ap"] = r["ap"]
+    if "ap" in result:
+        out["ap"] = result["ap"]
     return out
 
 
