@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -15,6 +16,7 @@ from partreid.data.datasets import (
     DatasetNotFoundError,
     build_dataset,
 )
+from partreid.data.datasets.manifest import SplitOptions, random_identity_split
 from partreid.data.io import UnreadableImageError
 from partreid.data.list_files import read_manifest_rows
 from partreid.data.sources import manifest_source
@@ -182,6 +184,36 @@ def test_random_ids_camera_protocols(tmp_path, write_images):
     per_id = build_dataset("manifest", tmp_path, query_per="identity", test_fraction=1.0)
     assert Counter(pid for _, pid, _ in per_id.query) == {p: 1 for p in pid_set(per_id.query)}
     assert len(per_id.query) == 13
+
+
+def test_split_options_are_checked_once_when_made():
+    opts = SplitOptions(seed=2, query_cams=[1], gallery_cams=range(2, 4))
+    assert opts.query_cams == (1,) and opts.gallery_cams == (2, 3)  # kept as tuples
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        opts.seed = 3
+    with pytest.raises(DatasetError, match=r"query_per must be one of \['camera', 'identity'\]"):
+        SplitOptions(query_per="person")
+    with pytest.raises(DatasetError, match=r"test_fraction must be in \[0, 1\], got 1.5"):
+        SplitOptions(test_fraction=1.5)
+    SplitOptions(test_fraction=1.5, num_test_ids=3)  # the fraction is unused with a count
+    # the split the options ask for: seeded, half the identities to test, every image placed once
+    items = [(f"x/{p}_{c}_{k}.jpg", p, c) for p in range(1, 11) for c in (1, 2) for k in range(2)]
+    train, query, gallery, notes = random_identity_split(items, SplitOptions(seed=4))
+    assert len(pid_set(query)) == 5 and pid_set(train).isdisjoint(pid_set(query))
+    assert sorted(query + gallery + train) == sorted(items)
+    assert (train, query, gallery, notes) == random_identity_split(items, SplitOptions(seed=4))
+    assert random_identity_split(items, SplitOptions(seed=5))[1] != query
+    assert notes[0].startswith("random identity split (seed 4): 5 train / 5 test identities")
+
+
+def test_split_column_refuses_changed_split_options(tmp_path, write_images):
+    rows = [("x.jpg", 1, 0, "train"), ("y.jpg", 1, 1, "query"), ("z.jpg", 1, 2, "gallery")]
+    write_manifest(tmp_path, rows, write_images, header=("image", "pid", "camid", "split"))
+    # the seed and options given at their defaults are accepted; every other option is named
+    ds = build_dataset("manifest", tmp_path, seed=7, query_per="camera", test_fraction=0.5)
+    assert len(ds.query) == 1 and len(ds.gallery) == 1
+    with pytest.raises(DatasetError, match=r"option\(s\) query_per, gallery_cams only apply"):
+        build_dataset("manifest", tmp_path, query_per="identity", gallery_cams=[2])
 
 
 # ------------------------------------------------------------------------------------------

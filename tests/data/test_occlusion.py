@@ -10,10 +10,10 @@ from PIL import Image
 from partreid.data.occlusion import (
     CUTS,
     KINDS,
+    Altered,
     AlteredImageDataset,
     DonorPool,
     alter,
-    alter_with_mask,
     check_kinds,
     image_key,
 )
@@ -42,20 +42,20 @@ def _plain(mode: str = "RGB") -> Image.Image:
 def test_deterministic_per_seed_and_image(kind, donors):
     rng = np.random.default_rng(0)
     img = Image.fromarray(rng.integers(0, 256, (H, W, 3), dtype=np.uint8))
-    a = np.asarray(alter(img, kind, 0.3, seed=1, key="q/1.jpg", donors=donors, pid=3))
-    b = np.asarray(alter(img, kind, 0.3, seed=1, key="q/1.jpg", donors=donors, pid=3))
+    a = np.asarray(alter(img, kind, 0.3, seed=1, key="q/1.jpg", donors=donors, pid=3).image)
+    b = np.asarray(alter(img, kind, 0.3, seed=1, key="q/1.jpg", donors=donors, pid=3).image)
     assert np.array_equal(a, b)
     # another seed or another image changes the random draws of the random / person / clutter kinds
     if kind.endswith("random") or kind.startswith("clutter"):
-        c = np.asarray(alter(img, kind, 0.3, seed=2, key="q/1.jpg", donors=donors, pid=3))
-        d = np.asarray(alter(img, kind, 0.3, seed=1, key="q/2.jpg", donors=donors, pid=3))
+        c = np.asarray(alter(img, kind, 0.3, seed=2, key="q/1.jpg", donors=donors, pid=3).image)
+        d = np.asarray(alter(img, kind, 0.3, seed=1, key="q/2.jpg", donors=donors, pid=3).image)
         assert not np.array_equal(a, c) or not np.array_equal(a, d)
 
 
 @pytest.mark.parametrize("mode", ["RGB", "L", "RGBA"])
 @pytest.mark.parametrize("kind", KINDS)
 def test_keeps_size_and_mode(kind, mode, donors):
-    out = alter(_plain(mode), kind, 0.4, seed=0, key="k", donors=donors, pid=1)
+    out = alter(_plain(mode), kind, 0.4, seed=0, key="k", donors=donors, pid=1).image
     assert out.size == (W, H) and out.mode == mode
 
 
@@ -63,7 +63,7 @@ def test_keeps_size_and_mode(kind, mode, donors):
 @pytest.mark.parametrize("severity", [0.1, 0.2, 0.3, 0.4, 0.5])
 def test_occluder_covers_the_asked_fraction(kind, severity, donors):
     img = _plain()
-    out, mask, _ = alter_with_mask(img, kind, severity, seed=3, key="q/x.jpg", donors=donors, pid=2)
+    out, mask, _ = alter(img, kind, severity, seed=3, key="q/x.jpg", donors=donors, pid=2)
     changed = np.any(np.asarray(out) != np.asarray(img), axis=2)
     # measured on the pixels: everything outside the occluder is untouched ...
     assert not np.any(changed & ~mask)
@@ -73,13 +73,26 @@ def test_occluder_covers_the_asked_fraction(kind, severity, donors):
     assert abs(mask.mean() - severity) < 0.01
 
 
+@pytest.mark.parametrize("kind", ["clutter_random", "keep_top"])
+def test_alter_returns_the_image_its_mask_and_what_was_done(kind, donors):
+    res = alter(_plain(), kind, 0.3, seed=3, key="q/x.jpg", donors=donors, pid=2)
+    assert isinstance(res, Altered) and res == (res.image, res.mask, res.info)
+    assert res.info["kind"] == kind and res.info["severity"] == 0.3
+    if kind in CUTS:  # a cut moves every pixel: no mask, the kept rows instead
+        assert res.mask is None and res.info["kept_rows"] == round(0.7 * H)
+    else:
+        x0, y0, x1, y1 = res.info["box"]
+        assert res.mask.shape == (H, W) and res.mask.sum() == (x1 - x0) * (y1 - y0)
+        assert res.mask[y0:y1, x0:x1].all()
+
+
 @pytest.mark.parametrize("kind", CUTS)
 @pytest.mark.parametrize("severity", [0.1, 0.3, 0.5])
 def test_cut_keeps_the_asked_part_of_the_height(kind, severity):
     # each row has its own grey value 2*y, so the altered image shows which rows survived
     rows = (2 * np.arange(H, dtype=np.uint8))[:, None].repeat(W, 1)
     img = Image.fromarray(rows, "L")
-    out = np.asarray(alter(img, kind, severity), dtype=float)
+    out = np.asarray(alter(img, kind, severity).image, dtype=float)
     shown = (out.max() - out.min()) / 2 + 1  # number of original rows spanned
     assert abs(shown / H - (1 - severity)) < 0.02
     if kind == "keep_top":
@@ -91,7 +104,7 @@ def test_cut_keeps_the_asked_part_of_the_height(kind, severity):
 @pytest.mark.parametrize("kind", KINDS)
 def test_severity_zero_is_identity(kind, donors):
     img = Image.fromarray(np.random.default_rng(1).integers(0, 256, (H, W, 3), dtype=np.uint8))
-    out = alter(img, kind, 0.0, seed=0, key="k", donors=donors, pid=1)
+    out = alter(img, kind, 0.0, seed=0, key="k", donors=donors, pid=1).image
     assert np.array_equal(np.asarray(out), np.asarray(img))
 
 
@@ -99,7 +112,7 @@ def test_person_occluder_never_from_own_or_test_identity(donors):
     seen = set()
     for i in range(300):
         pid = 1 + i % 4  # query identities 1..4 (training pool has them: only the own is avoided)
-        out, mask, info = alter_with_mask(
+        out, mask, info = alter(
             _plain(), "person_random", 0.3, seed=0, key=f"q/{i}.jpg", donors=donors, pid=pid
         )
         donor_pid = int(np.asarray(out)[mask][0, 0])  # red channel = donor identity
@@ -140,7 +153,7 @@ def test_dataset_yields_the_altered_image(tmp_path, donors):
         "query:" + image_key(str(p)),
         donors,
         1,
-    )
+    ).image
     img, pid, camid, index = ds[0]
     assert np.array_equal(np.asarray(img), np.asarray(expect)) and (pid, camid, index) == (1, 0, 0)
     assert image_key(str(p)) == "query/0001_c1_0.jpg"

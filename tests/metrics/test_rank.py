@@ -1,4 +1,4 @@
-"""evaluate_rank / evaluate_cuhk03_single_gallery_shot against straightforward per-query references."""
+"""evaluate_rank (and its CUHK03 single-gallery-shot CMC) and rank_summary vs per-query references."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import partreid.metrics.rank as rank_module
-from partreid.metrics import evaluate_cuhk03_single_gallery_shot, evaluate_rank
+from partreid.metrics import evaluate_rank, rank_summary
 
 
 # ----------------------------------------------------------------------------- reference
@@ -207,6 +207,28 @@ def test_ties_broken_by_gallery_index(strategy):
     assert out["mAP"] == pytest.approx((1 / 2 + 2 / 4) / 2)
 
 
+def test_rank_summary_packs_the_result_as_reported(strategy):
+    dist = np.array([[0.0, 0.1, 0.2, 0.3, 0.4]])
+    g_pids, g_cams = np.array([1, 2, 1, 3, 1]), np.array([0, 1, 1, 1, 2])
+    r = evaluate_rank(dist, np.array([1]), g_pids, np.array([0]), g_cams, max_rank=4)
+    m = rank_summary(r)
+    # rank-10 beyond a 4-long curve reads its last value; no "ap" unless asked per query
+    assert m == {
+        "rank1": 0.0,
+        "rank5": 1.0,
+        "rank10": 1.0,
+        "mAP": pytest.approx((1 / 2 + 2 / 4) / 2),
+        "mINP": pytest.approx(2 / 4),
+        "num_valid_queries": 1,
+        "num_skipped_queries": 0,
+    }
+    assert all(type(m[k]) is float for k in ("rank1", "rank5", "rank10", "mAP", "mINP"))
+    r = evaluate_rank(dist, np.array([1]), g_pids, np.array([0]), g_cams, per_query=True)
+    np.testing.assert_allclose(rank_summary(r)["ap"], [(1 / 2 + 2 / 4) / 2])
+    with pytest.raises(ValueError, match="^held-out: no query has a valid match in the gallery"):
+        rank_summary(dict(r, num_valid_queries=0), name="held-out")
+
+
 def test_errors_are_clear():
     dist = np.zeros((2, 3))
     with pytest.raises(ValueError, match="g_pids"):
@@ -236,10 +258,14 @@ def test_sgs_equals_standard_cmc_with_one_image_per_identity():
     q_pids = rng.integers(1, num_ids + 1, 25)
     q_cams = np.zeros(25, dtype=np.int64)
     dist = rng.random((25, num_ids))
-    sgs = evaluate_cuhk03_single_gallery_shot(dist, q_pids, g_pids, q_cams, g_cams, max_rank=10)
+    sgs = evaluate_rank(dist, q_pids, g_pids, q_cams, g_cams, max_rank=10, single_gallery_shot=10)
     std = evaluate_rank(dist, q_pids, g_pids, q_cams, g_cams, max_rank=10)
-    np.testing.assert_allclose(sgs["cmc"], std["cmc"], atol=1e-12)
-    assert sgs["mAP"] == std["mAP"] and sgs["repeats"] == 10
+    np.testing.assert_allclose(sgs["cmc_sgs"], std["cmc"], atol=1e-12)
+    assert sgs["repeats"] == 10 and "cmc_sgs" not in std and "repeats" not in std
+    # the rest of the result is the standard evaluation's, unchanged
+    assert sgs.keys() - {"cmc_sgs", "repeats"} == std.keys()
+    np.testing.assert_array_equal(sgs["cmc"], std["cmc"])
+    assert all(sgs[k] == std[k] for k in std if k != "cmc")
 
 
 def expected_sgs_cmc(dist, q_pids, g_pids, q_cams, g_cams, max_rank):
@@ -275,13 +301,22 @@ def test_sgs_converges_to_its_expectation():
     g_pids = rng.integers(1, num_ids + 1, num_g)
     q_cams, g_cams = rng.integers(0, 2, num_q), rng.integers(0, 2, num_g)
     dist = rng.integers(0, 10, (num_q, num_g)).astype(np.float64)  # with ties
-    out = evaluate_cuhk03_single_gallery_shot(
-        dist, q_pids, g_pids, q_cams, g_cams, max_rank=5, repeats=3000, seed=1
+    out = evaluate_rank(
+        dist, q_pids, g_pids, q_cams, g_cams, max_rank=5, single_gallery_shot=3000, seed=1
     )
     expected = expected_sgs_cmc(dist, q_pids, g_pids, q_cams, g_cams, 5)
-    np.testing.assert_allclose(out["cmc"], expected, atol=0.02)
+    np.testing.assert_allclose(out["cmc_sgs"], expected, atol=0.02)
     # reproducible from the seed
-    again = evaluate_cuhk03_single_gallery_shot(
-        dist, q_pids, g_pids, q_cams, g_cams, max_rank=5, repeats=3000, seed=1
+    again = evaluate_rank(
+        dist, q_pids, g_pids, q_cams, g_cams, max_rank=5, single_gallery_shot=3000, seed=1
     )
-    np.testing.assert_array_equal(out["cmc"], again["cmc"])
+    np.testing.assert_array_equal(out["cmc_sgs"], again["cmc_sgs"])
+
+
+def test_sgs_rounds_validated_and_zero_means_off():
+    dist = np.array([[0.1, 0.2], [0.3, 0.4]])
+    ids, q_cams, g_cams = np.array([1, 2]), np.array([0, 0]), np.array([1, 1])
+    with pytest.raises(ValueError, match="single_gallery_shot.*0 for none, got -1"):
+        evaluate_rank(dist, ids, ids, q_cams, g_cams, single_gallery_shot=-1)
+    off = evaluate_rank(dist, ids, ids, q_cams, g_cams, max_rank=2, single_gallery_shot=0)
+    assert "cmc_sgs" not in off and "repeats" not in off

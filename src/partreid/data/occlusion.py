@@ -25,7 +25,7 @@ import math
 import os
 import zlib
 from collections import OrderedDict
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -222,7 +222,20 @@ def occluder_box(
 # --------------------------------------------------------------------------------------------
 # the alteration
 # --------------------------------------------------------------------------------------------
-def alter_with_mask(
+class Altered(NamedTuple):
+    """What :func:`alter` made of an image; unpacks as ``image, mask, info``.
+
+    ``image`` has the input's size and mode; ``mask`` is the (H, W) bool array of the occluded
+    pixels (None for the ``keep_*`` kinds, which move every pixel); ``info`` says what was done
+    (``kind``, ``severity`` and the ``box``, ``donor`` path and ``donor_pid``, or ``kept_rows``).
+    """
+
+    image: Image.Image
+    mask: Optional[np.ndarray]
+    info: Dict[str, object]
+
+
+def alter(
     img: Image.Image,
     kind: str,
     severity: float,
@@ -230,13 +243,11 @@ def alter_with_mask(
     key: str = "",
     donors: Optional[DonorPool] = None,
     pid: Optional[int] = None,
-) -> Tuple[Image.Image, Optional[np.ndarray], Dict[str, object]]:
-    """Alter ``img``; return ``(image, mask, info)``.
+) -> Altered:
+    """Alter ``img`` by ``kind`` at ``severity``; return the :class:`Altered` image, mask, info.
 
-    ``mask`` is the (H, W) bool array of the occluded pixels (None for the ``keep_*`` kinds,
-    which move every pixel); ``info`` says what was done (box, donor path and pid, kept rows).
     ``key`` names the image for seeding (see :func:`image_key`); ``pid`` is its identity, which
-    a person occluder never comes from. The result has ``img``'s size and mode.
+    a person occluder never comes from. The image has ``img``'s size and mode.
     """
     check_kinds([kind], "kind")
     s = check_severities([severity], "severity")[0]
@@ -251,13 +262,13 @@ def alter_with_mask(
         else:
             box = (0, 0, W, keep) if kind == "keep_top" else (0, H - keep, W, H)
             out = rgb.crop(box).resize((W, H), Image.BILINEAR)
-        return (out if mode == "RGB" else out.convert(mode)), None, info
+        return Altered(out if mode == "RGB" else out.convert(mode), None, info)
     fill, place = kind.split("_", 1)
     x0, y0, x1, y1 = occluder_box(place, s, W, H, _rng(seed, "place:" + place, key))
     info["box"] = (x0, y0, x1, y1)
     mask = np.zeros((H, W), dtype=bool)
     if x1 <= x0 or y1 <= y0:
-        return (rgb.copy() if mode == "RGB" else img.copy()), mask, info
+        return Altered(rgb.copy() if mode == "RGB" else img.copy(), mask, info)
     mask[y0:y1, x0:x1] = True
     w, h = x1 - x0, y1 - y0
     frng = _rng(seed, "fill:" + fill, key)
@@ -275,20 +286,7 @@ def alter_with_mask(
     arr = np.array(rgb, dtype=np.uint8)
     arr[y0:y1, x0:x1] = patch
     out = Image.fromarray(arr, "RGB")
-    return (out if mode == "RGB" else out.convert(mode)), mask, info
-
-
-def alter(
-    img: Image.Image,
-    kind: str,
-    severity: float,
-    seed: int = 0,
-    key: str = "",
-    donors: Optional[DonorPool] = None,
-    pid: Optional[int] = None,
-) -> Image.Image:
-    """The altered image only (see :func:`alter_with_mask`)."""
-    return alter_with_mask(img, kind, severity, seed, key, donors, pid)[0]
+    return Altered(out if mode == "RGB" else out.convert(mode), mask, info)
 
 
 class AlteredImageDataset:
@@ -327,7 +325,7 @@ class AlteredImageDataset:
             self.prefix + image_key(path),
             self.donors,
             pid,
-        )
+        ).image
 
     def __getitem__(self, index: int):
         _, pid, camid = self.items[index]

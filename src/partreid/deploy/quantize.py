@@ -29,7 +29,7 @@ from ..data.io import list_image_files
 from ..errors import InvalidValueError, PartreidError
 from ..inference import Extractor, open_exported
 from ..metrics.distance import compute_distance
-from ..metrics.rank import rank_metrics
+from ..metrics.rank import evaluate_rank, rank_summary
 from ..utils.extras import require
 from .openvino import save_openvino
 
@@ -164,14 +164,14 @@ def held_out_map(model: Any, info, query: Sequence, gallery: Sequence) -> Dict[s
     if ev.get("normalize"):
         qf, gf = torch.nn.functional.normalize(qf, dim=1), torch.nn.functional.normalize(gf, dim=1)
     dist = compute_distance(qf, gf, metric=ev.get("distance", "euclidean"))
-    m = rank_metrics(
+    r = evaluate_rank(
         dist,
         np.array([pid for _, pid, _ in query]),
         np.array([pid for _, pid, _ in gallery]),
         np.array([c for _, _, c in query]),
         np.array([c for _, _, c in gallery]),
-        name="held-out split",
     )
+    m = rank_summary(r, name="held-out split")
     return {"mAP": m["mAP"], "rank1": m["rank1"]}
 
 

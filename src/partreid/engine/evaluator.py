@@ -135,7 +135,11 @@ def evaluate(
         features.update(feats)
     (qf, q_pids, q_cams), (gf, g_pids, g_cams) = feats["query"], feats["gallery"]
     distmat = distances(qf, gf, cfg)
-    m = M.rank_metrics(distmat, q_pids, g_pids, q_cams, g_cams, max_rank=cfg.max_rank, name=name)
+    sgs = 10 if cfg.cuhk03_metric else 0  # rounds of the classic CUHK03 single-gallery-shot CMC
+    r = M.evaluate_rank(
+        distmat, q_pids, g_pids, q_cams, g_cams, max_rank=cfg.max_rank, single_gallery_shot=sgs
+    )
+    m = M.rank_summary(r, name=name)
     out = {k: m[k] for k in ("rank1", "rank5", "rank10", "mAP", "mINP")}
     out.update(
         num_query=len(query),
@@ -147,10 +151,7 @@ def evaluate(
         match_seconds=round(time.time() - t1, 2),
     )
     if cfg.cuhk03_metric:
-        s = M.evaluate_cuhk03_single_gallery_shot(
-            distmat, q_pids, g_pids, q_cams, g_cams, max_rank=cfg.max_rank
-        )
-        out["cuhk03_sgs_rank1"] = float(np.asarray(s["cmc"])[0])
+        out["cuhk03_sgs_rank1"] = float(np.asarray(r["cmc_sgs"])[0])
     if out["num_skipped_queries"]:
         log.info(
             "%s: %d of %d queries have no valid match in the gallery and were skipped",

@@ -45,7 +45,7 @@ POINT_METRICS = ("rank1", "rank5", "mAP", "mINP")
 
 def _rank_metrics(distmat, q_pids, g_pids, q_cams, g_cams) -> Dict[str, Any]:
     """The sweep's metrics of one distance matrix, each query's AP (``ap``) among them."""
-    return M.rank_metrics(distmat, q_pids, g_pids, q_cams, g_cams, per_query=True)
+    return M.rank_summary(M.evaluate_rank(distmat, q_pids, g_pids, q_cams, g_cams, per_query=True))
 
 
 def _ap_list(ap: np.ndarray) -> List[Optional[float]]:
@@ -213,7 +213,7 @@ def example_rows(
         img = read_image(path)
         key = "query:" + image_key(path)
         for kind in kinds:
-            alt = [alter(img, kind, s, seed, key, donors, pid) for s in severities]
+            alt = [alter(img, kind, s, seed, key, donors, pid).image for s in severities]
             rows.append((f"{kind} #{qi}", [img] + alt))
     return rows, ["clean"] + [f"{s:g}" for s in severities]
 

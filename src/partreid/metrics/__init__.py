@@ -10,14 +10,13 @@ from __future__ import annotations
 from .bootstrap import paired_bootstrap_ratio, percentile_interval
 from .distance import compute_distance
 from .query_expansion import alpha_query_expansion, average_query_expansion
-from .rank import evaluate_cuhk03_single_gallery_shot, evaluate_rank, rank_metrics
+from .rank import evaluate_rank, rank_summary
 from .rerank import re_rank, re_rank_features
 
 __all__ = [
     "compute_distance",
     "evaluate_rank",
-    "rank_metrics",
-    "evaluate_cuhk03_single_gallery_shot",
+    "rank_summary",
     "re_rank",
     "re_rank_features",
     "average_query_expansion",

@@ -30,14 +30,15 @@ GPU); memory is bounded by the chunk.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict
+from typing import Any, Dict, Tuple
 
+import numpy as np
 import torch
 
 from ..errors import InvalidValueError
 from .distance import ArrayLike, as_tensor, chunks, single_thread_on_cpu
 
-__all__ = ["evaluate_rank", "evaluate_cuhk03_single_gallery_shot"]
+__all__ = ["evaluate_rank", "rank_summary"]
 
 # elements of the query x gallery matrix handled at once when chunk_size is not given
 _DEFAULT_CHUNK_ELEMENTS = 1 << 23
@@ -374,6 +375,8 @@ def evaluate_rank(
     max_rank: int = 50,
     chunk_size: int | None = None,
     per_query: bool = False,
+    single_gallery_shot: int = 0,
+    seed: int = 0,
 ) -> Dict[str, Any]:
     """CMC, mAP and mINP of a query x gallery distance matrix (single-query protocol).
 
@@ -387,6 +390,15 @@ def evaluate_rank(
         chunk_size: query rows per chunk (default: about 8M matrix elements per chunk).
         per_query: also return ``ap``, each query's average precision (float64 array of length
             ``Q``, NaN for queries without a valid match), e.g. for confidence intervals.
+        single_gallery_shot: if positive, also the classic CUHK03 "single-gallery-shot" CMC
+            over this many rounds of draws (the classic protocol uses 10; ``0``: not computed).
+            For each valid query and round, one gallery image is drawn uniformly at random for
+            every gallery identity (for the query's own identity: one of its valid true
+            matches, junk excluded as above); the CMC counts whether the drawn true match is
+            within the top ``t`` of the drawn images (ties by gallery index), averaged over
+            rounds and valid queries.
+        seed: seed of those draws (made on the CPU, so the result does not depend on the
+            device; independent per query and round).
 
     On the CPU the work runs with one torch thread (restored afterwards): it is memory-bound,
     and intra-op threads only added synchronisation cost in our measurements.
@@ -394,55 +406,61 @@ def evaluate_rank(
     Returns a dict: ``cmc`` (float64 array of length ``max_rank``, fractions of valid
     queries), ``mAP`` and ``mINP`` (floats in [0, 1]), ``num_valid_queries`` and
     ``num_skipped_queries`` (queries without any valid true match).  Ties in distance are
-    broken by gallery index.  Raises ``ValueError`` if no query has a valid match.
+    broken by gallery index.  With ``single_gallery_shot`` the dict also holds ``cmc_sgs``
+    (float64 array of length ``max_rank``) and ``repeats`` (the number of rounds); ``cmc``,
+    ``mAP`` and ``mINP`` stay those of the full gallery (what the classic CUHK03 code reports
+    too).  Raises ``ValueError`` if no query has a valid match.
     """
     if int(max_rank) < 1:
         raise InvalidValueError(f"max_rank: expected a positive integer, got {max_rank}")
+    if int(single_gallery_shot) < 0:
+        raise InvalidValueError(
+            "single_gallery_shot: expected the number of rounds of draws (e.g. 10) or 0 for "
+            f"none, got {single_gallery_shot}"
+        )
     dist, _ = as_tensor(distmat, "distmat")
     with single_thread_on_cpu(dist.device):
-        return _evaluate_rank(
+        out, p = _evaluate_rank(
             dist, q_pids, g_pids, q_camids, g_camids, int(max_rank), chunk_size, per_query
         )
+        if int(single_gallery_shot) > 0:
+            out["cmc_sgs"] = _single_gallery_shot_cmc(
+                p, int(max_rank), int(single_gallery_shot), seed, out["num_valid_queries"]
+            )
+            out["repeats"] = int(single_gallery_shot)
+    return out
 
 
-def rank_metrics(
-    distmat: ArrayLike,
-    q_pids: ArrayLike,
-    g_pids: ArrayLike,
-    q_camids: ArrayLike,
-    g_camids: ArrayLike,
-    max_rank: int = 50,
-    per_query: bool = False,
-    name: str = "",
-) -> Dict[str, Any]:
-    """:func:`evaluate_rank` packed as partreid reports it: ``rank1``, ``rank5``, ``rank10``,
-    ``mAP``, ``mINP`` (fractions), ``num_valid_queries``, ``num_skipped_queries`` and, with
-    ``per_query``, each query's AP (``ap``, NaN without a valid match). No valid query at all is
-    an error (prefixed with ``name``)."""
-    r = evaluate_rank(
-        distmat, q_pids, g_pids, q_camids, g_camids, max_rank=max_rank, per_query=per_query
-    )
-    if r["num_valid_queries"] == 0:
+def rank_summary(result: Dict[str, Any], name: str = "") -> Dict[str, Any]:
+    """An :func:`evaluate_rank` result packed as partreid reports it.
+
+    Returns ``rank1``, ``rank5``, ``rank10``, ``mAP``, ``mINP`` (fractions),
+    ``num_valid_queries``, ``num_skipped_queries`` and, when ``result`` has it (``per_query``),
+    each query's AP (``ap``, NaN without a valid match). No valid query at all is an error
+    (prefixed with ``name``)."""
+    if result["num_valid_queries"] == 0:
         raise InvalidValueError(
             f"{name + ': ' if name else ''}no query has a valid match in the gallery (same "
             "identity, other camera); check the query/gallery split"
         )
-    cmc = r["cmc"]
+    cmc = result["cmc"]
     out = {f"rank{k}": float(cmc[min(k, len(cmc)) - 1]) for k in (1, 5, 10)}
     out.update(
-        mAP=float(r["mAP"]),
-        mINP=float(r["mINP"]),
-        num_valid_queries=int(r["num_valid_queries"]),
-        num_skipped_queries=int(r["num_skipped_queries"]),
+        mAP=float(result["mAP"]),
+        mINP=float(result["mINP"]),
+        num_valid_queries=int(result["num_valid_queries"]),
+        num_skipped_queries=int(result["num_skipped_queries"]),
     )
-    if per_query:
-        out["ap"] = r["ap"]
+    if "ap" in result:
+        out["ap"] = result["ap"]
     return out
 
 
 def _evaluate_rank(
     distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int, chunk_size, per_query: bool
-) -> Dict[str, Any]:
+) -> Tuple[Dict[str, Any], _Problem]:
+    """The :func:`evaluate_rank` result, and the prepared problem (for the single-gallery-shot
+    CMC)."""
     p = _prepare(distmat, q_pids, g_pids, q_camids, g_camids)
     num_q, num_g = p.dist.shape
     dev = p.dist.device
@@ -480,48 +498,13 @@ def _evaluate_rank(
     }
     if ap_q is not None:
         out["ap"] = torch.where(p.n_match > 0, ap_q, float("nan")).cpu().numpy()
-    return out
+    return out, p
 
 
-def evaluate_cuhk03_single_gallery_shot(
-    distmat: ArrayLike,
-    q_pids: ArrayLike,
-    g_pids: ArrayLike,
-    q_camids: ArrayLike,
-    g_camids: ArrayLike,
-    max_rank: int = 50,
-    repeats: int = 10,
-    seed: int = 0,
-) -> Dict[str, Any]:
-    """The classic CUHK03 "single-gallery-shot" CMC, with the standard mAP and mINP.
-
-    For each query (junk = same identity and same known camera removed, as in
-    :func:`evaluate_rank`) and each of ``repeats`` rounds, one gallery image is drawn uniformly
-    at random for every gallery identity (for the query's own identity: one of its valid true
-    matches).  The CMC counts whether that drawn true match is within the top ``t`` of the drawn
-    images (ties by gallery index), averaged over rounds and valid queries.  Draws are
-    independent per query and round and reproducible from ``seed`` (they are made on the CPU,
-    so the result does not depend on the device).  ``mAP`` and ``mINP`` are computed on the full
-    gallery exactly as in :func:`evaluate_rank` (that is what the classic code reports too).
-
-    Returns a dict with ``cmc``, ``mAP``, ``mINP``, ``num_valid_queries``,
-    ``num_skipped_queries`` and ``repeats``.
-    """
-    if int(repeats) < 1:
-        raise InvalidValueError(f"repeats: expected a positive integer, got {repeats}")
-    repeats, max_rank = int(repeats), int(max_rank)
-    standard = evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=max_rank)
-    dist, _ = as_tensor(distmat, "distmat")
-    with single_thread_on_cpu(dist.device):
-        return _single_gallery_shot(
-            standard, dist, q_pids, g_pids, q_camids, g_camids, max_rank, repeats, seed
-        )
-
-
-def _single_gallery_shot(
-    standard, distmat, q_pids, g_pids, q_camids, g_camids, max_rank, repeats, seed
-):
-    p = _prepare(distmat, q_pids, g_pids, q_camids, g_camids)
+def _single_gallery_shot_cmc(
+    p: _Problem, max_rank: int, repeats: int, seed: int, num_valid: int
+) -> np.ndarray:
+    """The single-gallery-shot CMC (see :func:`evaluate_rank`) of a prepared problem."""
     num_q, num_g = p.dist.shape
     dev = p.dist.device
     n_ids = p.uniq_pids.numel()
@@ -551,9 +534,5 @@ def _single_gallery_shot(
         other = ids.view(1, 1, -1) != p.q_id[a:b].view(-1, 1, 1)
         rank = (closer & other).sum(2)  # (c, repeats)
         hist += torch.bincount(rank[valid].reshape(-1).clamp(max=max_rank), minlength=max_rank + 1)
-    num_valid = standard["num_valid_queries"]
     cmc = torch.cumsum(hist[:max_rank], 0).to(torch.float64) / (num_valid * repeats)
-    out = dict(standard)
-    out["cmc"] = cmc.cpu().numpy()
-    out["repeats"] = repeats
-    return out
+    return cmc.cpu().numpy()

@@ -27,9 +27,9 @@ Protocols (``protocol=``):
 
 from __future__ import annotations
 
-import inspect
 import os
-from typing import Dict, List, Optional, Sequence
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -124,7 +124,9 @@ def load_manifest(
         return _split_column_dataset(name, csv_path, items, splits, notes, split)
     if has_split:
         notes.append("the 'split' column is ignored (protocol='random_ids')")
-    train, query, gallery, split_notes = random_identity_split(items, seed=seed, **split)
+    train, query, gallery, split_notes = random_identity_split(
+        items, SplitOptions(seed=seed, **split)
+    )
     return ReIDDataset(
         name=name,
         root=csv_path,
@@ -144,9 +146,9 @@ def _split_column_dataset(
     split_options: Dict[str, object],
 ) -> ReIDDataset:
     """The data set as the manifest's ``split`` column divides it; refuses the options of the
-    random identity split that differ from their defaults."""
-    defaults = inspect.signature(random_identity_split).parameters
-    changed = [k for k, v in split_options.items() if v != defaults[k].default]
+    random identity split that differ from their defaults (:class:`SplitOptions`)."""
+    defaults = SplitOptions()
+    changed = [k for k, v in split_options.items() if v != getattr(defaults, k)]
     if changed:
         raise DatasetError(
             f"option(s) {', '.join(changed)} only apply to protocol='random_ids', but "
@@ -160,21 +162,38 @@ def _split_column_dataset(
     return ReIDDataset(name=name, root=csv_path, notes=notes, **subsets)
 
 
+@dataclass(frozen=True)
+class SplitOptions:
+    """The options of :func:`random_identity_split` (the ``random_ids`` protocol of the module
+    doc), checked when made; the camera lists are kept as tuples.
+
+    The checks that need the images (cameras that no image has, more test identities than there
+    are) are made by the split itself."""
+
+    seed: int = 0
+    num_test_ids: Optional[int] = None
+    test_fraction: float = 0.5
+    query_per: str = "camera"
+    query_cams: Optional[Tuple[int, ...]] = None
+    gallery_cams: Optional[Tuple[int, ...]] = None
+    gallery_only_ids: bool = False
+
+    def __post_init__(self) -> None:
+        check_choice("query_per", self.query_per, ("camera", "identity"))
+        if self.num_test_ids is None and not 0.0 <= float(self.test_fraction) <= 1.0:
+            raise DatasetError(f"test_fraction must be in [0, 1], got {self.test_fraction}")
+        for opt in ("query_cams", "gallery_cams"):
+            cams = getattr(self, opt)
+            if cams is not None:
+                object.__setattr__(self, opt, tuple(cams))
+
+
 def random_identity_split(
-    items: Sequence[Item],
-    *,
-    seed: int = 0,
-    num_test_ids: Optional[int] = None,
-    test_fraction: float = 0.5,
-    query_per: str = "camera",
-    query_cams: Optional[Sequence[int]] = None,
-    gallery_cams: Optional[Sequence[int]] = None,
-    gallery_only_ids: bool = False,
+    items: Sequence[Item], options: SplitOptions = SplitOptions()
 ) -> tuple[List[Item], List[Item], List[Item], List[str]]:
     """Seeded identity split of ``items`` into train / query / gallery (see the module doc)."""
-    check_choice("query_per", query_per, ("camera", "identity"))
     all_cams = sorted({c for _, _, c in items})
-    for opt, cams in (("query_cams", query_cams), ("gallery_cams", gallery_cams)):
+    for opt, cams in (("query_cams", options.query_cams), ("gallery_cams", options.gallery_cams)):
         if cams is not None:
             unknown = sorted(set(int(c) for c in cams) - set(all_cams))
             if unknown:
@@ -182,46 +201,44 @@ def random_identity_split(
                     f"{opt} {list(cams)} names camera(s) {unknown} that no image has; "
                     f"the cameras of this data set are {all_cams}"
                 )
-    qcams = None if query_cams is None else {int(c) for c in query_cams}
-    gcams = None if gallery_cams is None else {int(c) for c in gallery_cams}
+    qcams = None if options.query_cams is None else {int(c) for c in options.query_cams}
+    gcams = None if options.gallery_cams is None else {int(c) for c in options.gallery_cams}
 
     cams_of: Dict[int, set] = {}
     for _, pid, cam in items:
         cams_of.setdefault(pid, set()).add(cam)
     pids = sorted(cams_of)
     single = set()
-    if gallery_only_ids:
+    if options.gallery_only_ids:
         single = {p for p in pids if len(cams_of[p]) == 1 and min(cams_of[p]) >= 0}
     pool = [p for p in pids if p not in single]
 
-    if num_test_ids is None:
-        if not 0.0 <= float(test_fraction) <= 1.0:
-            raise DatasetError(f"test_fraction must be in [0, 1], got {test_fraction}")
-        n_test = int(round(float(test_fraction) * len(pool)))
+    if options.num_test_ids is None:
+        n_test = int(round(float(options.test_fraction) * len(pool)))
     else:
-        n_test = int(num_test_ids)
+        n_test = int(options.num_test_ids)
         if not 0 <= n_test <= len(pool):
             raise DatasetError(
                 f"num_test_ids={n_test} is not in [0, {len(pool)}] (identities available for the split)"
             )
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(options.seed)
     test_ids = set(np.asarray(pool, dtype=np.int64)[rng.permutation(len(pool))[:n_test]].tolist())
 
     train = [it for it in items if it[1] not in single and it[1] not in test_ids]
     test = [it for it in items if it[1] in test_ids]
     candidates = [it for it in test if qcams is None or it[2] in qcams]
-    query, _ = split_query_gallery(candidates, rng, per=query_per)
+    query, _ = split_query_gallery(candidates, rng, per=options.query_per)
     chosen = set(query)
     gallery = [it for it in test if it not in chosen and (gcams is None or it[2] in gcams)]
     distractors = [it for it in items if it[1] in single and (gcams is None or it[2] in gcams)]
     gallery += distractors
 
     notes = [
-        f"random identity split (seed {seed}): {len(pool) - n_test} train / {n_test} test identities; "
-        f"query = one image per {'identity and camera' if query_per == 'camera' else 'identity'}"
+        f"random identity split (seed {options.seed}): {len(pool) - n_test} train / {n_test} test identities; "
+        f"query = one image per {'identity and camera' if options.query_per == 'camera' else 'identity'}"
         + (
             " (camid -1 counts as one camera)"
-            if query_per == "camera" and any(c < 0 for _, _, c in test)
+            if options.query_per == "camera" and any(c < 0 for _, _, c in test)
             else ""
         )
         + (f" of cameras {sorted(qcams)}" if qcams is not None else "")
