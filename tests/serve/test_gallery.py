@@ -45,6 +45,8 @@ def test_folder_is_extracted_once_then_reused_until_it_changes(serve_setup, smal
     # the features are the model's features of these files (independent: extract directly)
     files = [os.path.join(small_folder, p) for p in first.rel_paths]
     np.testing.assert_allclose(first.features.features, extractor(files), rtol=1e-5, atol=1e-5)
+    if os.name == "posix":  # the cached features are the owner's only, like a store's files
+        assert os.stat(first.cache_path).st_mode & 0o777 == 0o700
 
     again = load_gallery(small_folder, ckpt, factory, cache)
     assert factory.calls == 1 and again.cached and again.cache_path == first.cache_path

@@ -31,6 +31,7 @@ from ..errors import NotFoundError, PartreidError
 from ..features import Features
 from ..index import GalleryIndex, open_gallery
 from ..utils.cache import cache_dir
+from ..utils.private import make_private_dir
 
 log = logging.getLogger("partreid")
 
@@ -329,6 +330,6 @@ def _folder_features(
         "gallery %s: extracting features of %d images (once; cached in %s)", gallery, count, cache
     )
     feats = extractor_factory().extract(folder)
-    os.makedirs(cache, exist_ok=True)
+    make_private_dir(cache)  # the crops' features: readable by their owner only, as a store
     feats.save(feats_file)
     return feats, False
