@@ -15,7 +15,7 @@ other store routes' are.
 """
 
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -103,23 +103,42 @@ def _route_feature(service: StoreService, identity: int) -> tuple:
     return mean.astype(np.float32)[None, :], table.keys, int(table.n_crops.sum())
 
 
+def forget_identity(service: StoreService, identity: int) -> Tuple[int, List[str]]:
+    """Delete ``identity``'s crops, tracklets and identity from the served store and drop its
+    tracklets' cached features; ``(crops deleted, tracklet ids)``."""
+    with service.lock:
+        keys = service.store.tracklets(identities=[identity]).keys
+        n = service.store.delete_identity(identity)
+    for key in keys:
+        service.registry.forget(None, None, key)
+    return n, keys
+
+
+def identity_param() -> Callable[..., int]:
+    """A FastAPI dependency: the ``identity`` query parameter (a dependency, so that its errors
+    come before the filters' ones)."""
+    from fastapi import Query
+
+    def identity(
+        identity: int = Query(
+            ..., ge=1, le=MAX_ID, description="a site identity (partreid link)", examples=[7]
+        ),
+    ) -> int:
+        return identity
+
+    return identity
+
+
 def identity_router(service: StoreService, limits: ServeLimits) -> Any:
     """The routes of the module docstring."""
-    from fastapi import APIRouter, Depends, Query, Request
+    from fastapi import APIRouter, Depends, Request
     from starlette.concurrency import run_in_threadpool
 
     router = APIRouter()
     filters = Depends(filter_params(limits))
     tracklet_q = Depends(tracklet_param())
 
-    def identity_param(
-        identity: int = Query(
-            ..., ge=1, le=MAX_ID, description="a site identity (partreid link)", examples=[7]
-        ),
-    ) -> int:  # a dependency, so that its errors come before the filters' ones
-        return identity
-
-    identity_q = Depends(identity_param)
+    identity_q = Depends(identity_param())
 
     @router.get(
         "/api/store/route",
@@ -170,17 +189,8 @@ def identity_router(service: StoreService, limits: ServeLimits) -> Any:
     )
     async def delete_identity(request: Request, identity: int = identity_q) -> Dict[str, Any]:
         ident = _field(identity_id, identity, "identity")
-
-        def forget() -> tuple:
-            with service.lock:
-                keys = service.store.tracklets(identities=[ident]).keys
-                n = service.store.delete_identity(ident)
-            for key in keys:
-                service.registry.forget(None, None, key)
-            return n, keys
-
         try:
-            n, keys = await run_in_threadpool(forget)
+            n, keys = await run_in_threadpool(forget_identity, service, ident)
         except IdentityNotFoundError as exc:
             raise RequestError(f"identity: {exc}", 404) from None
         except PartreidError as exc:
