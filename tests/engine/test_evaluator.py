@@ -37,3 +37,28 @@ def test_cuhk03_metric_adds_sgs_rank1_only(tiny_synthetic, tiny_overrides):
     ref = evaluate_rank(dist, qp, gp, qc, gc, max_rank=cfg.eval.max_rank, single_gallery_shot=10)
     assert runs[True]["cuhk03_sgs_rank1"] == float(ref["cmc_sgs"][0])
     assert 0.0 <= runs[True]["cuhk03_sgs_rank1"] <= 1.0
+
+
+def test_rank10_is_rank10_when_max_rank_is_shorter(tiny_synthetic, tiny_overrides):
+    torch.manual_seed(0)
+    ds = build_dataset("market1501", str(tiny_synthetic))
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, stride=2, padding=1),
+        torch.nn.AdaptiveAvgPool2d((4, 2)),
+        torch.nn.Flatten(),
+    ).eval()
+    cfg = load_config(None, tiny_overrides + ["eval.max_rank=3"])
+    feats = {}
+    out, dist = evaluate(
+        model,
+        ds.query,
+        ds.gallery,
+        make_transform(cfg),
+        cfg.eval,
+        torch.device("cpu"),
+        0,
+        features=feats,
+    )
+    (_, qp, qc), (_, gp, gc) = feats["query"], feats["gallery"]
+    cmc = evaluate_rank(dist, qp, gp, qc, gc, max_rank=10)["cmc"]
+    assert (out["rank1"], out["rank5"], out["rank10"]) == (cmc[0], cmc[4], cmc[9])

@@ -210,9 +210,9 @@ def test_ties_broken_by_gallery_index(strategy):
 def test_rank_summary_packs_the_result_as_reported(strategy):
     dist = np.array([[0.0, 0.1, 0.2, 0.3, 0.4]])
     g_pids, g_cams = np.array([1, 2, 1, 3, 1]), np.array([0, 1, 1, 1, 2])
-    r = evaluate_rank(dist, np.array([1]), g_pids, np.array([0]), g_cams, max_rank=4)
+    r = evaluate_rank(dist, np.array([1]), g_pids, np.array([0]), g_cams, max_rank=10)
     m = rank_summary(r)
-    # rank-10 beyond a 4-long curve reads its last value; no "ap" unless asked per query
+    # 4 valid gallery images: the curve is 1 from rank 2 on; no "ap" unless asked per query
     assert m == {
         "rank1": 0.0,
         "rank5": 1.0,
@@ -227,6 +227,10 @@ def test_rank_summary_packs_the_result_as_reported(strategy):
     np.testing.assert_allclose(rank_summary(r)["ap"], [(1 / 2 + 2 / 4) / 2])
     with pytest.raises(ValueError, match="^held-out: no query has a valid match in the gallery"):
         rank_summary(dict(r, num_valid_queries=0), name="held-out")
+    # a curve shorter than 10 ranks cannot give rank-10 (it once reported rank-4 under that name)
+    short = evaluate_rank(dist, np.array([1]), g_pids, np.array([0]), g_cams, max_rank=4)
+    with pytest.raises(ValueError, match="^held-out: rank_summary reports .* the CMC has 4 ranks"):
+        rank_summary(short, name="held-out")
 
 
 def test_errors_are_clear():

@@ -136,8 +136,9 @@ def evaluate(
     (qf, q_pids, q_cams), (gf, g_pids, g_cams) = feats["query"], feats["gallery"]
     distmat = distances(qf, gf, cfg)
     sgs = 10 if cfg.cuhk03_metric else 0  # rounds of the classic CUHK03 single-gallery-shot CMC
+    max_rank = max(cfg.max_rank, 10)  # rank-10 is reported whatever the curve's length
     r = M.evaluate_rank(
-        distmat, q_pids, g_pids, q_cams, g_cams, max_rank=cfg.max_rank, single_gallery_shot=sgs
+        distmat, q_pids, g_pids, q_cams, g_cams, max_rank=max_rank, single_gallery_shot=sgs
     )
     m = M.rank_summary(r, name=name)
     out = {k: m[k] for k in ("rank1", "rank5", "rank10", "mAP", "mINP")}

@@ -436,15 +436,20 @@ def rank_summary(result: Dict[str, Any], name: str = "") -> Dict[str, Any]:
 
     Returns ``rank1``, ``rank5``, ``rank10``, ``mAP``, ``mINP`` (fractions),
     ``num_valid_queries``, ``num_skipped_queries`` and, when ``result`` has it (``per_query``),
-    each query's AP (``ap``, NaN without a valid match). No valid query at all is an error
-    (prefixed with ``name``)."""
+    each query's AP (``ap``, NaN without a valid match). No valid query at all, or a CMC
+    shorter than 10 ranks, is an error (prefixed with ``name``)."""
     if result["num_valid_queries"] == 0:
         raise InvalidValueError(
             f"{name + ': ' if name else ''}no query has a valid match in the gallery (same "
             "identity, other camera); check the query/gallery split"
         )
     cmc = result["cmc"]
-    out = {f"rank{k}": float(cmc[min(k, len(cmc)) - 1]) for k in (1, 5, 10)}
+    if len(cmc) < 10:  # a shorter curve would report rank-k < 10 under the name rank-10
+        raise InvalidValueError(
+            f"{name + ': ' if name else ''}rank_summary reports rank-1, -5 and -10; the CMC "
+            f"has {len(cmc)} ranks (evaluate with max_rank >= 10)"
+        )
+    out = {f"rank{k}": float(cmc[k - 1]) for k in (1, 5, 10)}
     out.update(
         mAP=float(result["mAP"]),
         mINP=float(result["mINP"]),
