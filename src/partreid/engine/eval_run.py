@@ -5,15 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence
 
-import torch
-from torch import nn
-
-from ..config import Config
 from ..data import build_dataset
-from ..data.datasets.base import ReIDDataset
 from ..errors import InvalidValueError
 from ..inference import load_trained
 from ..report.activations import draw_activation_maps
@@ -23,26 +17,9 @@ from ..report.ranked_list import draw_ranked_lists
 from ..utils.logs import setup_logging
 from .evaluator import evaluate, format_metrics
 from .robustness import check_robustness_config, robustness_report
-from .setup import load_data, test_transform
+from .setup import EvalTarget, load_data
 
 log = logging.getLogger("partreid")
-
-
-@dataclass
-class EvalTarget:
-    """What is evaluated and where: a config's model on its data set, on ``device``, with
-    autocast (``use_amp``) or not."""
-
-    cfg: Config
-    model: nn.Module
-    ds: ReIDDataset
-    device: torch.device
-    use_amp: bool = False
-
-    @property
-    def transform(self):
-        """The config's test transform."""
-        return test_transform(self.cfg)
 
 
 def evaluate_run(
@@ -127,9 +104,7 @@ def write_run_report(
         except Exception as exc:  # a picture must not lose a finished run's metrics
             log.warning("could not draw activation maps: %s", exc)
     if cfg.eval.robustness.enabled:
-        metrics["robustness"], rob_images = robustness_report(
-            cfg, model, ds, target.transform, device, target.use_amp, out_dir, clean_features=clean
-        )
+        metrics["robustness"], rob_images = robustness_report(target, out_dir, clean)
         images += rob_images
     with open(os.path.join(out_dir, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=2)

@@ -37,6 +37,7 @@ from ..report.robustness import (
     format_robustness_table,
 )
 from .evaluator import distances, extract_features
+from .setup import EvalTarget
 
 log = logging.getLogger("partreid")
 
@@ -229,18 +230,14 @@ def check_robustness_config(rc) -> None:
 
 
 def robustness_report(
-    cfg,
-    model,
-    ds,
-    transform,
-    device,
-    use_amp: bool = False,
+    target: EvalTarget,
     out_dir: Optional[str] = None,
     clean_features: Optional[Dict[str, Any]] = None,
 ) -> Tuple[Dict[str, Any], List[str]]:
-    """Run the ``eval.robustness`` sweep on ``ds``'s query/gallery, log one table, draw the
-    curves (``robustness.png``) and the altered examples (``robustness_examples.png``) into
-    ``out_dir``; return the robustness dict and the picture names."""
+    """Run the ``eval.robustness`` sweep on the target data set's query/gallery, log one table,
+    draw the curves (``robustness.png``) and the altered examples (``robustness_examples.png``)
+    into ``out_dir``; return the robustness dict and the picture names."""
+    cfg, model, ds, device = target.cfg, target.model, target.ds, target.device
     rc = cfg.eval.robustness
     check_robustness_config(rc)
     kinds = check_kinds(rc.kinds)
@@ -265,7 +262,7 @@ def robustness_report(
         model,
         ds.query,
         ds.gallery,
-        transform,
+        target.transform,
         cfg.eval,
         device,
         kinds,
@@ -274,7 +271,7 @@ def robustness_report(
         donors=donors,
         alter_gallery=rc.alter_gallery,
         num_workers=cfg.sampler.num_workers,
-        amp=use_amp,
+        amp=target.use_amp,
         name=cfg.data.name,
         clean_features=clean_features,
     )

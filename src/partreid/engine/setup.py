@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Dict
 
 from ..config import Config
 from ..data import build_dataset
 from ..data.transforms import build_test_transform
+
+if TYPE_CHECKING:  # annotations only
+    import torch
+    from torch import nn
+
+    from ..data.datasets.base import ReIDDataset
 
 log = logging.getLogger("partreid")
 
@@ -28,3 +35,20 @@ def load_data(cfg: Config):
     if cfg.data.verify_images:
         ds.verify()
     return ds
+
+
+@dataclass
+class EvalTarget:
+    """What is evaluated and where: a config's model on its data set, on ``device``, with
+    autocast (``use_amp``) or not."""
+
+    cfg: Config
+    model: nn.Module
+    ds: ReIDDataset
+    device: torch.device
+    use_amp: bool = False
+
+    @property
+    def transform(self):
+        """The config's test transform."""
+        return test_transform(self.cfg)
