@@ -34,7 +34,8 @@ def mean_rate(run: Path) -> float:
 
 def evaluate_variant(row: dict, label: str, overrides: list, out: str) -> dict:
     """Evaluate the trained model of ``row`` again with ``overrides`` (e.g. test-time ABP)."""
-    from partreid.engine.eval_run import EvalTarget, evaluate_run
+    from partreid.engine import EvalTarget
+    from partreid.engine.eval_run import evaluate_run
     from partreid.engine.setup import load_data
     from partreid.inference import load_trained
 

@@ -12,7 +12,7 @@ import torch
 from partreid.config import load_config
 from partreid.data import build_dataset
 from partreid.data.occlusion import DonorPool
-from partreid.engine.eval_run import EvalTarget, write_run_report
+from partreid.engine import EvalTarget, write_run_report
 from partreid.engine.evaluator import evaluate
 from partreid.engine.robustness import robustness_sweep
 from partreid.engine.setup import test_transform as make_transform

@@ -68,10 +68,10 @@ from .checkpointing import (
     nonfinite_term,
     truncate_file,
 )
-from .eval_run import EvalTarget, evaluate_run, write_run_report
+from .eval_run import evaluate_run, write_run_report
 from .evaluator import evaluate, format_metrics
 from .optim import build_optimizer, build_scheduler
-from .setup import load_data, model_kwargs, test_transform
+from .setup import EvalTarget, load_data, model_kwargs, test_transform
 from .speed import Precision, input_pipeline, precision, prepare_model
 
 log = logging.getLogger("partreid")
