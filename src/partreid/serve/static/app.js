@@ -182,11 +182,6 @@ async function itemHeatmap(item) {
 }
 
 function searchUpload(file) {
-  if (!file) return;
-  if (file.type && !file.type.startsWith("image/")) {
-    setStatus(`${file.name} is not an image (${file.type})`, "error");
-    return;
-  }
   const m = MARKET_NAME.exec(file.name);
   $("qpid").value = m ? String(parseInt(m[1], 10)) : "";
   state.query = { kind: "upload", file, name: file.name };
@@ -204,18 +199,7 @@ function searchItem(item) {
 
 // ---------------------------------------------------------------- wiring
 function wire() {
-  const drop = $("drop");
-  $("file").addEventListener("change", (e) => searchUpload(e.target.files[0]));
-  for (const ev of ["dragenter", "dragover"]) {
-    drop.addEventListener(ev, (e) => { e.preventDefault(); drop.classList.add("over"); });
-  }
-  for (const ev of ["dragleave", "drop"]) {
-    drop.addEventListener(ev, (e) => { e.preventDefault(); drop.classList.remove("over"); });
-  }
-  drop.addEventListener("drop", (e) => searchUpload(e.dataTransfer.files[0]));
-  drop.addEventListener("keydown", (e) => {
-    if (e.key === "Enter" || e.key === " ") { e.preventDefault(); $("file").click(); }
-  });
+  wireDropZone(searchUpload);
   $("topk").addEventListener("change", run);
   $("rerank").addEventListener("change", run);
   $("heat").addEventListener("change", run);

@@ -218,8 +218,6 @@ function showQuery(src, label) {
 }
 
 function searchUpload(file) {
-  if (!file) return;
-  if (file.type && !file.type.startsWith("image/")) { setStatus(`${file.name} is not an image (${file.type})`, "error"); return; }
   state.query = { kind: "upload", file, name: file.name };
   showQuery(URL.createObjectURL(file), `${file.name} · ${fmt(file.size)} bytes`);
   run();
@@ -235,12 +233,7 @@ function searchTracklet(id, image) {
 
 // ---------------------------------------------------------------- wiring
 function wire() {
-  const drop = $("drop");
-  $("file").addEventListener("change", (e) => searchUpload(e.target.files[0]));
-  for (const ev of ["dragenter", "dragover"]) drop.addEventListener(ev, (e) => { e.preventDefault(); drop.classList.add("over"); });
-  for (const ev of ["dragleave", "drop"]) drop.addEventListener(ev, (e) => { e.preventDefault(); drop.classList.remove("over"); });
-  drop.addEventListener("drop", (e) => searchUpload(e.dataTransfer.files[0]));
-  drop.addEventListener("keydown", (e) => { if (e.key === "Enter" || e.key === " ") { e.preventDefault(); $("file").click(); } });
+  wireDropZone(searchUpload);
   $("tracklet-form").addEventListener("submit", (e) => { e.preventDefault(); searchTracklet($("tracklet").value.trim()); });
   $("cameras").addEventListener("input", chipsFromCameras);
   $("run").addEventListener("click", run);
