@@ -151,8 +151,8 @@ def evaluate(
         extract_seconds=round(t1 - t0, 2),
         match_seconds=round(time.time() - t1, 2),
     )
-    if cfg.cuhk03_metric:
-        out["cuhk03_sgs_rank1"] = float(np.asarray(r["cmc_sgs"])[0])
+    if sgs:
+        out["cuhk03_sgs_rank1"] = float(r["cmc_sgs"][0])  # evaluate_rank gives a numpy array
     if out["num_skipped_queries"]:
         log.info(
             "%s: %d of %d queries have no valid match in the gallery and were skipped",
